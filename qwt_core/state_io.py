@@ -1,0 +1,54 @@
+"""Save / load the whole calibrated state: quantizer ranges and configuration, reparameterized
+weights (and biases created by the reparameterization), and QwT compensation.
+
+The file holds ``{"format", "state_dict", "compensated": {block name: compensation spec},
+"meta"}``. Loading needs a model built and quantized the same way (same plan); the loader re-wraps
+the compensated blocks and then loads the state dict strictly, so the reloaded model gives
+bit-identical outputs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .qwt.compensation import CompensatedBlock, build_compensation
+
+FORMAT = "qwt-state/1"
+
+
+def save_state(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
+    """Write the calibrated state atomically (temporary file, then rename)."""
+    compensated = {name: m.compensation.spec() for name, m in model.named_modules()
+                   if isinstance(m, CompensatedBlock)}
+    payload = {"format": FORMAT, "state_dict": model.state_dict(), "compensated": compensated,
+               "meta": meta or {}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(model: nn.Module, path: str | os.PathLike[str],
+               map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a state written by :func:`save_state` into an identically quantized ``model``.
+
+    Returns the saved ``meta``. Raises ``ValueError`` naming the file on a wrong format or a model
+    that does not match.
+    """
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a QwT calibrated state (expected format {FORMAT})")
+    for name, spec in payload["compensated"].items():
+        block = model.get_submodule(name)
+        if not isinstance(block, CompensatedBlock):
+            model.set_submodule(name, CompensatedBlock(block, build_compensation(spec)))
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: calibrated state does not match this model: {e}") from e
+    return payload["meta"]
