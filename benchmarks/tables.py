@@ -1,0 +1,253 @@
+"""Markdown results tables rendered from records, beside the paper's numbers.
+
+``results/imagenet.md`` and ``results/coco.md`` follow the paper's layout (model, method, W4/A4,
+W6/A6) with, per bits group, our value, the QwT paper's value and Δ = ours − paper; the COCO table
+adds the values RepQ-ViT's and APHQ-ViT's own tables report for the same setting. ``results/demo.md``
+is the embedded benchmark's table (:mod:`benchmarks.demo_table`). Per-block QwT plots go to
+``results/qwt_blocks/`` (:mod:`benchmarks.plots`).
+
+Cell rules (see docs/tables.md): several records for one cell -> the newest full run is shown and
+the cell says how many exist; only partial (``--val-limit``) runs -> the newest is shown in italics
+as "partial", with no Δ; no record -> "not run" and the Make target that produces it.
+
+CLI (what ``make tables`` / ``make tables-check`` run)::
+
+    python -m benchmarks.tables render --records results/records --out results
+    python -m benchmarks.tables check  --records results/records --out results
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from benchmarks import registry
+from benchmarks.demo_table import demo_markdown
+from benchmarks.records import RecordError
+from benchmarks.render import (GENERATED, Footnotes, Pick, bits_key, cells, fmt, fmt_delta, load_suite,
+                               markdown_table, records_frame, write_if_changed)
+
+PAPER_SUITES = ("imagenet", "coco")
+TABLE_FILES = {"imagenet": "imagenet.md", "coco": "coco.md", "demo": "demo.md"}
+TITLES = {"imagenet": "ImageNet top-1 (%): ours beside the QwT paper (CVPR 2025)",
+          "coco": "COCO val2017 AP<sup>box</sup> / AP<sup>mask</sup> (%): ours beside the QwT paper (CVPR 2025)"}
+DETAIL_METRICS = {"imagenet": ("top1", "top5", "agreement_fp", "kl_fp"),
+                  "coco": ("bbox_mAP", "segm_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP_50", "segm_mAP_75")}
+METRIC_DIGITS = {"kl_fp": 4}
+
+
+def _value(suite: str, metrics: dict[str, float]) -> str:
+    """A cell's number(s): "71.5" (ImageNet top-1) or "36.1 / 36.0" (COCO box / mask)."""
+    return " / ".join(fmt(metrics.get(m)) for m in registry.SUITE_METRICS[suite])
+
+
+def _delta(suite: str, ours: dict[str, float], paper: dict[str, float]) -> str:
+    if not paper:
+        return "—"
+    return " / ".join(fmt_delta(ours.get(m), paper.get(m)) for m in registry.SUITE_METRICS[suite])
+
+
+def ours_cell(suite: str, exp: registry.Experiment | None, cell: Pick, notes: Footnotes) -> tuple[str, str]:
+    """(our value cell, Δ cell) for one experiment given its records."""
+    rec = cell.shown
+    if rec is None:
+        if exp is None:
+            return "—", "—"
+        return (f"not run: `make {exp.target}`" if exp.target else "— (not run by this suite)"), "—"
+    count = f" ({cell.count_note()})" if cell.count_note() else ""
+    value = _value(suite, rec["metrics"])
+    if cell.partial:
+        return f"*partial: {value} on {rec['images']} images* {notes.mark(rec)}{count}", "— (partial)"
+    delta = _delta(suite, rec["metrics"], exp.paper if exp else {})
+    return f"{value} {notes.mark(rec)}{count}", delta
+
+
+def _refs(suite: str, exp: registry.Experiment | None) -> str:
+    if exp is None or not exp.refs:
+        return "—"
+    return "; ".join(f"{src}: {_value(suite, vals)}" for src, vals in sorted(exp.refs.items()))
+
+
+def paper_table(suite: str, frame: pd.DataFrame, notes: Footnotes) -> pd.DataFrame:
+    """The paper-layout table of ``suite`` as a DataFrame of strings."""
+    picks = cells(frame)
+    with_refs = any(e.refs for e in registry.experiments(suite) if e.method != "fp")
+    rows: list[dict[str, str]] = []
+    models = list(dict.fromkeys(e.model for e in registry.experiments(suite)))
+    for model in models:
+        exps = [e for e in registry.experiments(suite) if e.model == model]
+        fp = next(e for e in exps if e.method == "fp")
+        fp_ours, fp_delta = ours_cell(suite, fp, picks.get((model, "fp", -1, -1), Pick(())), notes)
+        methods = list(dict.fromkeys(e.method for e in exps if e.method != "fp"))
+        for i, method in enumerate(methods):
+            row = {"Model": registry.display(model) if i == 0 else "",
+                   "FP paper": _value(suite, fp.paper) if i == 0 else "",
+                   "FP ours": fp_ours if i == 0 else "", "FP Δ": fp_delta if i == 0 else "",
+                   "Method": registry.method_label(method)}
+            for b in registry.BITS:
+                exp = registry.find(suite, model, method, b, b)
+                lab = registry.bits_label(b, b)
+                ours, delta = ours_cell(suite, exp, picks.get((model, method, b, b), Pick(())), notes)
+                row[f"{lab} ours"] = ours
+                row[f"{lab} paper"] = _value(suite, exp.paper) if exp and exp.paper else "—"
+                row[f"{lab} Δ"] = delta
+                if with_refs:
+                    row[f"{lab} other tables"] = _refs(suite, exp)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _order(suite: str) -> Callable[[tuple], tuple]:
+    index = {e.key[1:]: i for i, e in enumerate(registry.experiments(suite))}
+
+    def key(k: tuple) -> tuple:
+        model, method, w, a = k
+        reg = (model, method, None if w < 0 else w, None if a < 0 else a)
+        return (0, index[reg], "", "", 0) if reg in index else (1, 0, model, method, w)
+    return key
+
+
+def details_table(suite: str, frame: pd.DataFrame, notes: Footnotes) -> pd.DataFrame:
+    """Every (model, method, bits) with records: all metrics of the shown record, and the run count."""
+    picks = cells(frame)
+    present = {m for rec in frame["record"] for m in rec["metrics"]}
+    metrics = [m for m in DETAIL_METRICS[suite] if m in present] + sorted(present - set(DETAIL_METRICS[suite]))
+    rows = []
+    for k in sorted(picks, key=_order(suite)):
+        model, method, w, a = k
+        cell = picks[k]
+        rec = cell.shown
+        assert rec is not None
+        reg = registry.find(suite, model, method, None if w < 0 else w, None if a < 0 else a)
+        row = {"Model": model, "Method": method, "Bits": registry.bits_label(rec["w_bits"], rec["a_bits"])}
+        for m in metrics:
+            row[m] = fmt(rec["metrics"].get(m), METRIC_DIGITS.get(m, 2))
+        row["images"] = f"{rec['images']} (partial)" if rec["partial"] else str(rec["images"])
+        row["runs"] = f"{cell.n} ({cell.n_partial} partial)" if cell.n_partial else str(cell.n)
+        row["in paper table"] = "yes" if reg is not None and reg.paper else ("extra row" if reg else "no")
+        row["note"] = notes.mark(rec)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_links(suite: str, frame: pd.DataFrame) -> list[str]:
+    """Markdown links to the per-block plots of this suite's records (see benchmarks.plots)."""
+    from benchmarks.plots import PLOT_DIR, plot_jobs
+    return [f"- [{label}]({PLOT_DIR}/{name})" for name, label, _ in plot_jobs(suite, frame)]
+
+
+def _align(column: str) -> str:
+    return "r" if column.endswith(("paper", "Δ")) else "l"
+
+
+def paper_markdown(suite: str, records: list[dict[str, Any]]) -> str:
+    """The whole ``results/<suite>.md`` for ``imagenet`` or ``coco``."""
+    frame = records_frame(records)
+    notes = Footnotes()
+    table = paper_table(suite, frame, notes)
+    exps = [e for e in registry.experiments(suite) if e.target]
+    picks = cells(frame)
+    n_run = sum(1 for e in exps if (e.model, e.method, *bits_key(e.w_bits, e.a_bits)) in picks
+                and not picks[(e.model, e.method, *bits_key(e.w_bits, e.a_bits))].partial)
+    n_partial = int(frame["partial"].sum()) if not frame.empty else 0
+    unit = "top-1 %" if suite == "imagenet" else "AP box / AP mask %"
+    parts = [f"# {TITLES[suite]}", "", GENERATED.format(suite=suite), "",
+             f"Records: {len(frame)} ({n_partial} partial). Registered cells with a full run: "
+             f"{n_run} of {len(exps)}. Values in {unit}; Δ = ours − paper. "
+             "How to read this table: [docs/tables.md](../docs/tables.md).", "",
+             markdown_table(table, [_align(c) for c in table.columns]), ""]
+    if suite == "imagenet":
+        parts += ["ResNet rows: \"Percentile\" quantizes conv inputs at 8 bits as the released code does "
+                  "(the paper's rows); \"Percentile (strict)\" quantizes them at n bits (our extra rows, "
+                  "no paper value).", ""]
+    else:
+        parts += ["\"other tables\": the same setting in RepQ-ViT's own table (seeds/003) and APHQ-ViT's "
+                  "table (seeds/004, its own method, reference only).", ""]
+    if not frame.empty:
+        parts += ["## Every run", "", markdown_table(details_table(suite, frame, notes)), ""]
+    if len(notes):
+        parts += ["## Provenance", "", *notes.lines(), ""]
+    links = plot_links(suite, frame)
+    if links:
+        parts += ["## Per-block QwT diagnostics (R², error before/after)", "", *links, ""]
+    return "\n".join(parts)
+
+
+def render_markdown(records_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """{file name: markdown} for every table, from the records under ``records_dir``."""
+    out = {}
+    for suite in PAPER_SUITES:
+        records = load_suite(records_dir, suite, registry.SUITE_METRICS[suite])
+        out[TABLE_FILES[suite]] = paper_markdown(suite, records)
+    out[TABLE_FILES["demo"]] = demo_markdown(load_suite(records_dir, "demo"))
+    return out
+
+
+def render(records_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], plots: bool = True) -> list[Path]:
+    """Write the tables (and the per-block plots) into ``out_dir``; returns the files written."""
+    written = []
+    for name, text in render_markdown(records_dir).items():
+        if write_if_changed(Path(out_dir) / name, text):
+            written.append(Path(out_dir) / name)
+    if plots:
+        from benchmarks.plots import render_plots
+        written += render_plots(records_dir, out_dir)
+    return written
+
+
+def check(records_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> list[str]:
+    """Problems with ``out_dir``'s tables: each differs from a fresh render of the records."""
+    from benchmarks.plots import expected_plots
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        render(records_dir, tmp, plots=False)
+        for name in TABLE_FILES.values():
+            fresh, committed = Path(tmp) / name, Path(out_dir) / name
+            if not committed.exists():
+                problems.append(f"{committed}: missing (run `make tables`)")
+                continue
+            a, b = committed.read_text(), fresh.read_text()
+            if a != b:
+                diff = difflib.unified_diff(a.splitlines(), b.splitlines(), f"{committed} (on disk)",
+                                            f"{name} (rendered from the records)", lineterm="", n=1)
+                problems.append(f"{committed}: differs from the records (hand-edited or stale); "
+                                "run `make tables`\n" + "\n".join(list(diff)[:40]))
+    for path in expected_plots(records_dir, out_dir):
+        if not path.exists():
+            problems.append(f"{path}: missing per-block plot (run `make tables`)")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.tables", description=__doc__.split("\n")[0])
+    ap.add_argument("action", choices=("render", "check"))
+    ap.add_argument("--records", default="results/records", help="records root (suite folders under it)")
+    ap.add_argument("--out", default="results", help="where the tables live")
+    ap.add_argument("--no-plots", action="store_true", help="render: skip the per-block PNGs")
+    args = ap.parse_args(argv)
+    try:
+        if args.action == "render":
+            for path in render(args.records, args.out, plots=not args.no_plots):
+                print(f"wrote {path}")
+            return 0
+        problems = check(args.records, args.out)
+    except RecordError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print("tables-check: FAILED -- tables are generated from records, never edited by hand", file=sys.stderr)
+        return 1
+    print(f"tables-check: {', '.join(TABLE_FILES.values())} match the records in {args.records}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
