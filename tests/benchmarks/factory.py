@@ -1,0 +1,39 @@
+"""Hand-made records for the table tests (fixed dates and commits, so renders are comparable)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.records import SCHEMA, validate, write_record
+
+
+def record(suite: str, model: str, method: str, bits: int | None, metrics: dict[str, float], *,
+           images: int = 50000, partial: bool = False, seed: int = 0,
+           date: str = "2026-11-20T10:00:00+00:00", commit: str = "abc1234def5678",
+           command: str = "make imagenet-x-w4a4", blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    rec = {"schema": SCHEMA, "suite": suite, "model": model, "method": method, "w_bits": bits,
+           "a_bits": bits, "metrics": metrics, "images": images, "partial": partial, "seed": seed,
+           "model_size": None, "times": {}, "blocks": blocks or [], "config": {},
+           "provenance": {"date": date, "git_commit": commit, "git_dirty": False, "command": command,
+                          "versions": {"python": "3.11"}, "device": "cpu", "world_size": 1}}
+    return validate(rec)
+
+
+def write(root: Path, rec: dict[str, Any]) -> Path:
+    return write_record(rec, root)
+
+
+def write_raw(root: Path, suite: str, name: str, obj: Any) -> Path:
+    """A record file written as is (no validation), for the error tests."""
+    path = root / suite / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def blocks(n: int = 4) -> list[dict[str, Any]]:
+    """BlockReport.to_dict()-shaped diagnostics."""
+    return [{"index": i, "name": f"blocks.{i}", "r2": 0.5 - 0.2 * i, "applied": 0.5 - 0.2 * i > 0,
+             "mse_before": 0.1 * (i + 1), "mse_after": 0.05 * (i + 1), "samples": 1000, "extra": {}}
+            for i in range(n)]

@@ -1,0 +1,194 @@
+"""Tables rendered from records: the cell rules, determinism, tables-check, record errors."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks import tables
+from benchmarks.demo_table import render_demo
+from benchmarks.plots import PLOT_DIR
+from benchmarks.records import RecordError
+
+from .factory import blocks, record, write, write_raw
+
+REPO = Path(__file__).resolve().parents[2]
+D1, D2, D3 = "2026-11-20T10:00:00+00:00", "2026-11-21T10:00:00+00:00", "2026-11-22T10:00:00+00:00"
+
+
+def row(md: str, first_cells: str) -> str:
+    """The first table line of ``md`` that starts with ``| first_cells``."""
+    for line in md.splitlines():
+        if line.startswith("| " + first_cells):
+            return line
+    raise AssertionError(f"no row starting {first_cells!r}")
+
+
+def cols(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+
+
+@pytest.fixture
+def recs(tmp_path: Path) -> Path:
+    """Full, partial-only, duplicate, extra and missing cells, plus COCO and demo records."""
+    root = tmp_path / "records"
+    cmd = "make imagenet-deit_small-w4a4"
+    write(root, record("imagenet", "deit_small", "fp", None, {"top1": 79.86, "top5": 95.0}, command=cmd))
+    write(root, record("imagenet", "deit_small", "repq+qwt", 4, {"top1": 71.32, "top5": 90.1,
+                                                                   "agreement_fp": 80.0, "kl_fp": 0.25},
+                       command=cmd, blocks=blocks()))
+    # partial only
+    write(root, record("imagenet", "deit_small", "repq", 4, {"top1": 68.0}, images=1000, partial=True,
+                       command="make imagenet-deit_small-w4a4 VAL_LIMIT=1000"))
+    # duplicates: older full, newer full (wins), newest partial
+    for date, top1, partial in ((D1, 60.0, False), (D2, 61.04, False), (D3, 99.0, True)):
+        write(root, record("imagenet", "deit_tiny", "repq+qwt", 4, {"top1": top1}, date=date, partial=partial,
+                           images=500 if partial else 50000, command="make imagenet-deit_tiny-w4a4"))
+    # not in the paper table
+    write(root, record("imagenet", "deit_small", "repq", 3, {"top1": 20.0}, command="qwt-classify --w-bits 3"))
+    write(root, record("coco", "mask_rcnn_swin_t", "repq+qwt", 4, {"bbox_mAP": 36.44, "segm_mAP": 36.06},
+                       images=5000, command="make coco-mask_rcnn_swin_t-w4a4", blocks=blocks(3)))
+    for seed, top1 in enumerate((90.0, 92.0, 94.0)):
+        write(root, record("demo", "demo_vit", "repq+qwt", 4, {"top1": top1, "kl_fp": 0.01 * (seed + 1)},
+                           seed=seed, images=360, command="make demo"))
+    write(root, record("demo", "demo_vit", "repq+qwt", 4, {"top1": 50.0}, seed=0, date="2026-11-19T00:00:00+00:00",
+                       images=360, command="make demo"))  # an older run of seed 0: superseded
+    write(root, record("demo", "demo_vit", "fp", None, {"top1": 97.0}, seed=0, images=360, command="make demo"))
+    return root
+
+
+def test_cells_full_partial_duplicate_missing(recs: Path) -> None:
+    md = tables.render_markdown(recs)
+    imagenet = md["imagenet.md"]
+    # full: value, footnote, Δ against the paper (71.32 - 71.5)
+    r = cols(row(imagenet, "DeiT-S"))
+    assert r[0] == "DeiT-S" and r[1] == "79.9" and r[2].startswith("79.9 [") and r[3] == "+0.0"
+    qwt = cols([l for l in imagenet.splitlines() if "71.3 [" in l][0])
+    assert qwt[4] == "RepQ-ViT + QwT" and qwt[6] == "71.5" and qwt[7] == "-0.2"
+    # partial only: italic, marked, no Δ, never a plain value
+    assert r[4] == "RepQ-ViT" and r[5].startswith("*partial: 68.0 on 1000 images*") and r[7] == "— (partial)"
+    assert "| 68.0 [" not in imagenet
+    # duplicates: newest full wins over the older full and the newer partial; the count is shown
+    tiny = cols([l for l in imagenet.splitlines() if "61.0 [" in l][0])
+    assert "(newest full of 3 runs, 1 partial)" in tiny[5] and tiny[7] == "-0.4"
+    assert "99.0" not in imagenet.split("## Every run")[0]
+    # missing: not run + the target
+    assert cols(row(imagenet, "DeiT-B"))[5] == "not run: `make imagenet-deit_base-w4a4`"
+    assert cols(row(imagenet, "DeiT-S"))[8] == "not run: `make imagenet-deit_small-w6a6`"
+    assert "Percentile (strict)" in imagenet and "not run: `make imagenet-resnet18-strict-w4a4`" in imagenet
+    # every run, including the one outside the paper table
+    every = imagenet.split("## Every run")[1]
+    assert re.search(r"\| deit_small \| repq \| W3/A3 \| 20\.00 .*\| no \|", every)
+    assert re.search(r"\| deit_tiny \| repq\+qwt \| W4/A4 \| 61\.04 .*\| 3 \(1 partial\) \|", every)
+    # provenance footnotes: images, date, commit, command; one note per invocation
+    prov = imagenet.split("## Provenance")[1]
+    assert re.search(r"- \[\d\] 50000 images; 2026-11-20; commit `abc1234`; `make imagenet-deit_small-w4a4`", prov)
+    assert prov.count("`make imagenet-deit_small-w4a4`") == 1  # fp and repq+qwt: one invocation, one note
+    assert "**partial run** (`--val-limit`): 1000 images" in prov
+    # COCO: box / mask, Δ per metric, the other tables' values
+    coco = md["coco.md"]
+    line = cols([l for l in coco.splitlines() if "36.4 / 36.1 [" in l][0])
+    assert line[4] == "RepQ-ViT + QwT" and line[6] == "36.3 / 36.0" and line[7] == "+0.1 / +0.1"
+    assert "RepQ-ViT: 44.2 / 40.2" in coco and "APHQ-ViT: 38.9 / 38.1" in coco
+    # plots are linked
+    assert f"({PLOT_DIR}/imagenet__deit_small__repq_plus_qwt__w4a4.png)" in imagenet
+
+
+def test_demo_mean_std_over_seeds(recs: Path, tmp_path: Path) -> None:
+    out = render_demo(recs, tmp_path / "out" / "demo.md")
+    md = out.read_text()
+    r = cols(row(md, "RepQ-ViT + QwT"))
+    assert r[1] == "W4/A4" and r[2] == "3; newest of 4 runs" and r[3] == "92.00 ± 2.00"
+    assert r[4] == "0.0200 ± 0.0100"
+    assert cols(row(md, "FP"))[2:4] == ["1", "97.00"]
+    assert "## demo_vit" in md and "- [1] 360 images" in md
+
+
+def test_empty_records_render_not_run(tmp_path: Path) -> None:
+    md = tables.render_markdown(tmp_path / "none")
+    assert md["imagenet.md"].count("not run: `make imagenet-") == 13 + 13 * 4 + 3 * 4
+    assert md["coco.md"].count("not run: `make coco-") == 5 * 5
+    assert "Not run: no demo records yet. Run `make demo`." in md["demo.md"]
+
+
+def test_render_deterministic_and_idempotent(recs: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    written = tables.render(recs, a)
+    names = {p.name for p in written}
+    assert {"imagenet.md", "coco.md", "demo.md", "imagenet__deit_small__repq_plus_qwt__w4a4.png",
+            "coco__mask_rcnn_swin_t__repq_plus_qwt__w4a4.png"} <= names
+    tables.render(recs, b)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    assert tables.render(recs, a) == []  # nothing changes on a second render
+    assert tables.check(recs, a) == []
+    # a stale plot (its record gone) is removed
+    (a / PLOT_DIR / "imagenet__old__repq_plus_qwt__w4a4.png").write_bytes(b"x")
+    tables.render(recs, a)
+    assert not (a / PLOT_DIR / "imagenet__old__repq_plus_qwt__w4a4.png").exists()
+
+
+def _make(target: str, records: Path, results: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), target,
+                           f"RECORDS={records}", f"RESULTS={results}"],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_tables_check_detects_hand_edit(recs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    r = _make("tables", recs, out)
+    assert r.returncode == 0, r.stderr
+    assert (out / "imagenet.md").exists() and (out / PLOT_DIR).is_dir()
+    r = _make("tables-check", recs, out)
+    assert r.returncode == 0, r.stderr
+    md = out / "imagenet.md"
+    md.write_text(md.read_text().replace("71.3 [", "75.0 ["))  # a hand edit
+    r = _make("tables-check", recs, out)
+    assert r.returncode != 0
+    assert f"{md}: differs from the records" in r.stderr
+    assert re.search(r"^-\|.*75\.0 \[", r.stderr, re.M) and re.search(r"^\+\|.*71\.3 \[", r.stderr, re.M)
+    r = _make("tables", recs, out)  # re-rendering repairs it
+    assert r.returncode == 0 and _make("tables-check", recs, out).returncode == 0
+    write(recs, record("imagenet", "vit_base", "repq", 6, {"top1": 83.0}))  # a new record: stale table
+    r = _make("tables-check", recs, out)
+    assert r.returncode != 0 and "imagenet.md: differs" in r.stderr
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({"schema": "qwt-record/0"}, "unknown schema 'qwt-record/0'"),
+    ("missing", "missing fields"),
+    ("[not json", "not valid JSON"),
+    ("no_top1", "metrics lack ['top1']"),
+    ("wrong_suite", "lies in the 'imagenet' folder"),
+])
+def test_bad_records_name_the_file(tmp_path: Path, obj, message: str) -> None:
+    root = tmp_path / "records"
+    good = record("imagenet", "deit_small", "repq", 4, {"top1": 1.0})
+    if obj == "missing":
+        obj = {k: v for k, v in good.items() if k not in ("images", "metrics")}
+    elif obj == "no_top1":
+        obj = {**good, "metrics": {"top5": 1.0}}
+    elif obj == "wrong_suite":
+        obj = {**good, "suite": "coco"}
+    if obj == "[not json":
+        path = root / "imagenet" / "broken.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(obj)
+    else:
+        path = write_raw(root, "imagenet", "broken.json", obj)
+    with pytest.raises(RecordError) as err:
+        tables.render_markdown(root)
+    assert str(path) in str(err.value) and message in str(err.value)
+    # the CLI reports it as one clear line and exits 2
+    assert tables.main(["render", "--records", str(root), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_committed_tables_are_current() -> None:
+    """results/*.md in the repo match a fresh render of results/records (`make tables-check`)."""
+    assert tables.check(REPO / "results" / "records", REPO / "results") == []
