@@ -26,7 +26,7 @@ from PIL import Image
 
 from .data import REPO, digits_split
 
-VERSION = 1
+VERSION = 2
 CANVAS = 128
 SIZES = {"train": 400, "val": 100}  # canvases per split
 SCALE = (24, 56)  # digit side in pixels
@@ -90,9 +90,9 @@ def make_split(split: str, n_images: int, rng: np.random.Generator, out: Path) -
                 "segmentation": {"size": [CANVAS, CANVAS], "counts": rle["counts"].decode("ascii")},
                 "iscrowd": 0})
             ann_id += 1
-        fname = f"{split}/{image_id:05d}.png"
+        fname = f"{image_id:05d}.png"  # relative to <root>/<split>/, as COCO's file_name
         rgb = np.repeat((canvas * 255).round().astype(np.uint8)[..., None], 3, axis=2)
-        Image.fromarray(rgb, mode="RGB").save(out / fname)
+        Image.fromarray(rgb, mode="RGB").save(out / split / fname)
         coco["images"].append({"id": image_id, "file_name": fname, "width": CANVAS, "height": CANVAS})
     return coco
 

@@ -25,7 +25,7 @@ from . import detection_data
 from .models import CHECKPOINTS
 
 NAME = "demo_mask_rcnn_swin"
-CONFIG = Path(__file__).resolve().parent / "configs" / "mask_rcnn_swin_digits.py"
+CONFIG = Path(__file__).resolve().parent / "configs" / f"{NAME}.py"
 SEED = 0
 TOLERANCE = 1.0  # points of box mAP (x100)
 

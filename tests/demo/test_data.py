@@ -84,7 +84,7 @@ def test_coco_valid_and_consistent(coco: Path):
             assert a["area"] == m.sum() > 0
             assert 10 <= max(a["bbox"][2:]) <= detection_data.SCALE[1]
         info = api.loadImgs(api.getImgIds()[0])[0]
-        im = Image.open(coco / info["file_name"])
+        im = Image.open(coco / split / info["file_name"])
         assert im.size == (128, 128) and im.mode == "RGB"
 
 

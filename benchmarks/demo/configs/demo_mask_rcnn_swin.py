@@ -11,7 +11,7 @@ data_root = 'data/demo/digits-coco/'  # overridden by --data-root
 img_scale = (128, 128)
 
 model = dict(
-    data_preprocessor=dict(mean=[78.9, 78.9, 78.9], std=[88.9, 88.9, 88.9], bgr_to_rgb=True,
+    data_preprocessor=dict(mean=[32.7, 32.7, 32.7], std=[52.4, 52.4, 52.4], bgr_to_rgb=True,
                            pad_mask=True, pad_size_divisor=32),
     backbone=dict(
         pretrain_img_size=128,
@@ -57,12 +57,12 @@ train_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=True),
     batch_sampler=None,
     dataset=dict(data_root=data_root, metainfo=metainfo, ann_file='annotations/instances_train.json',
-                 data_prefix=dict(img=''), filter_cfg=dict(filter_empty_gt=True, min_size=4),
+                 data_prefix=dict(img='train/'), filter_cfg=dict(filter_empty_gt=True, min_size=4),
                  pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=8, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, metainfo=metainfo, ann_file='annotations/instances_val.json',
-                 data_prefix=dict(img=''), pipeline=test_pipeline))
+                 data_prefix=dict(img='val/'), pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json', metric=['bbox', 'segm'])
 test_evaluator = val_evaluator
