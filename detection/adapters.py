@@ -1,0 +1,61 @@
+"""mmdet SwinTransformer -> qwt_core's BlockwiseAdapter.
+
+Blocks are called as ``block(x, hw_shape)`` with the (H, W) token grid of their stage; the last
+block of a stage is followed by the stage's patch merging (mmdet's ``downsample(x, hw)`` returns
+``(x, out_hw)``). The per-stage output norms (``norm0..3``) are not blocks. Grid sizes are fixed
+by the calibration image size, recorded by :meth:`embed` (all calibration batches share a size).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from mmdet.models.backbones.swin import SwinTransformer
+from qwt_core import BlockStep
+
+
+class SwinBackboneAdapter:
+    """QwT over every SwinBlock of an mmdet ``SwinTransformer`` (``model`` is the backbone)."""
+
+    def __init__(self, backbone: SwinTransformer) -> None:
+        if not isinstance(backbone, SwinTransformer):
+            raise TypeError(f"expected an mmdet SwinTransformer, got {type(backbone).__name__}")
+        self.model: nn.Module = backbone
+        self.hw: list[tuple[int, int]] = []  # token grid of each stage, set by embed()
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Patch embedding (+ absolute position, dropout) of images (B, 3, H, W) -> (B, L, C)."""
+        bb = self.model
+        x, hw = bb.patch_embed(images)
+        if bb.use_abs_pos_embed:
+            x = x + bb.absolute_pos_embed
+        x = bb.drop_after_pos(x)
+        grids = [tuple(hw)]
+        for stage in bb.stages[:-1]:
+            h, w = grids[-1]
+            ds = stage.downsample
+            k, s = ds.sampler.kernel_size, ds.sampler.stride
+            # AdaptivePadding('corner') pads up to a multiple of the stride, then unfold
+            grids.append(((h + (-h) % s[0] - k[0]) // s[0] + 1, (w + (-w) % s[1] - k[1]) // s[1] + 1))
+        if self.hw and self.hw != grids:
+            raise ValueError(f"calibration batches must share one size: grids {self.hw} vs {grids}")
+        self.hw = grids  # type: ignore[assignment]
+        return x
+
+    def _call(self, stage: int):  # noqa: ANN202
+        return lambda block, x: block(x, self.hw[stage])
+
+    def _after(self, stage: int):  # noqa: ANN202
+        ds = self.model.stages[stage].downsample
+        return lambda x: ds(x, self.hw[stage])[0]
+
+    def steps(self) -> Sequence[BlockStep]:
+        out = []
+        for i, stage in enumerate(self.model.stages):
+            n = len(stage.blocks)
+            for j in range(n):
+                last = j == n - 1 and stage.downsample is not None
+                out.append(BlockStep(f"stages.{i}.blocks.{j}", call=self._call(i),
+                                     after=self._after(i) if last else None))
+        return out

@@ -1,0 +1,128 @@
+"""COCO inputs: data-root handling, input checks, and the calibration data of SPEC "Detection".
+
+- RepQ-ViT statistics: the first batch of the *test* loader (first val2017 image, 1333x800
+  keep-ratio pipeline of the config), run through ``model.test_step``.
+- QwT regression: ``n`` train2017 images (seeded sample of the image folder, sorted by file name)
+  through mmdet's ``LoadImageFromFile -> Resize(size x size, keep_ratio=False) -> PackDetInputs``
+  (no flip), normalized by the detector's own ``data_preprocessor`` -> (B, 3, size, size).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from mmengine.config import Config, ConfigDict
+from mmengine.dataset import Compose, pseudo_collate
+from torch import Tensor, nn
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+class DataError(ValueError):
+    """Missing or unusable dataset files; the message says what to provide."""
+
+
+def _datasets(cfg: Config) -> list[ConfigDict]:
+    out = []
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        loader = cfg.get(key)
+        if loader is None:
+            continue
+        ds = loader["dataset"]
+        while "dataset" in ds:  # RepeatDataset / ClassBalancedDataset wrappers
+            ds = ds["dataset"]
+        out.append(ds)
+    return out
+
+
+def set_data_root(cfg: Config, root: str | os.PathLike[str]) -> None:
+    """Point every dataset and the COCO evaluators at ``root`` (COCO 2017 layout)."""
+    root = str(Path(root).resolve()) + "/"
+    cfg.data_root = root
+    for ds in _datasets(cfg):
+        ds["data_root"] = root
+    for key in ("val_evaluator", "test_evaluator"):
+        ev = cfg.get(key)
+        if ev is None:
+            continue
+        for e in ev if isinstance(ev, (list, tuple)) else [ev]:
+            if e.get("ann_file"):
+                e["ann_file"] = os.path.join(root, _rel_ann(e["ann_file"]))
+
+
+def _rel_ann(path: str) -> str:
+    """'data/coco/annotations/x.json' -> 'annotations/x.json'."""
+    p = Path(path)
+    parts = p.parts
+    return str(Path(*parts[parts.index("annotations"):])) if "annotations" in parts else p.name
+
+
+def test_paths(cfg: Config) -> tuple[Path, Path]:
+    """(annotation file, image folder) of the test split of ``cfg``."""
+    ds = cfg.test_dataloader["dataset"]
+    root = Path(ds.get("data_root", ""))
+    return root / ds["ann_file"], root / ds["data_prefix"]["img"]
+
+
+def train_image_dir(cfg: Config) -> Path:
+    ds = cfg.train_dataloader["dataset"]
+    while "dataset" in ds:
+        ds = ds["dataset"]
+    return Path(ds.get("data_root", "")) / ds["data_prefix"]["img"]
+
+
+def check_inputs(cfg: Config, need_train: bool) -> None:
+    """Raise :class:`DataError` when the COCO root, val annotations/images or (for QwT) the
+    train images are missing."""
+    root = Path(cfg.get("data_root", ""))
+    if not root.is_dir():
+        raise DataError(f"COCO root {root} not found: pass --data-root (make ... COCO=/path/to/coco) "
+                        "with annotations/, val2017/ and train2017/")
+    ann, img = test_paths(cfg)
+    if not ann.is_file():
+        raise DataError(f"annotation file {ann} not found under the COCO root {root}")
+    if not img.is_dir():
+        raise DataError(f"image folder {img} not found under the COCO root {root}")
+    if need_train:
+        tdir = train_image_dir(cfg)
+        if not tdir.is_dir() or not any(p.suffix.lower() in IMAGE_EXTS for p in tdir.iterdir()):
+            raise DataError(f"QwT needs train images in {tdir} (512 train2017 images by default)")
+
+
+def qwt_image_files(cfg: Config, n: int, seed: int) -> list[Path]:
+    """``n`` train images: a seeded sample of the sorted image folder."""
+    files = sorted(p for p in train_image_dir(cfg).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if len(files) < n:
+        raise DataError(f"QwT asks for {n} train images but {train_image_dir(cfg)} has {len(files)}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(files), generator=g)[:n].sort().values.tolist()
+    return [files[i] for i in idx]
+
+
+def qwt_batches(cfg: Config, model: nn.Module, n: int, size: int, seed: int, batch_size: int = 8,
+                rank: int = 0, world_size: int = 1) -> Iterator[Tensor]:
+    """Normalized QwT calibration images (B, 3, size, size) of this rank's shard."""
+    backend_args = cfg.get("backend_args", None)
+    pipeline = Compose([
+        dict(type="mmdet.LoadImageFromFile", backend_args=backend_args),
+        dict(type="mmdet.Resize", scale=(size, size), keep_ratio=False),
+        dict(type="mmdet.PackDetInputs", meta_keys=("img_path", "ori_shape", "img_shape", "scale_factor")),
+    ])
+    files = qwt_image_files(cfg, n, seed)[rank::world_size]
+    for i in range(0, len(files), batch_size):
+        items = [pipeline(dict(img_path=str(f), img_id=k)) for k, f in enumerate(files[i:i + batch_size])]
+        data = model.data_preprocessor(pseudo_collate(items), False)
+        yield data["inputs"]  # (B, 3, size, size), normalized, RGB
+
+
+def first_test_batch(cfg: Config) -> dict:
+    """The first item of the test loader (the config's test pipeline, e.g. 1333x800 keep-ratio),
+    collated as a batch of one. Taken from the dataset directly so that every process of a
+    distributed run calibrates on the same image (the sampler would shard)."""
+    from mmdet.registry import DATASETS
+
+    dataset = DATASETS.build(copy.deepcopy(cfg.test_dataloader.dataset))
+    return pseudo_collate([dataset[0]])

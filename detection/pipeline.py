@@ -1,0 +1,333 @@
+"""One COCO experiment: build the detector, load (and convert) its checkpoint, then evaluate the
+requested methods in order with mmengine's Runner test loop and CocoMetric (bbox + segm):
+
+    fp        full precision
+    repq      RepQ-ViT on the whole detector, calibrated on the first test-loader image
+    repq+qwt  the RepQ-ViT model plus QwT compensation on every Swin block, fitted on
+              ``qwt_size`` train2017 images at ``qwt_img_size`` (compensation kept in fp32)
+
+Each evaluated method gives one record (``benchmarks.records``, suite "coco", metrics in
+percent) written to ``results_dir`` on rank 0. ``run_experiment`` is what the CLI calls.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from benchmarks.records import RECORDS_DIR, make_record, write_record
+from qwt_core import (QwTConfig, check_bits, fit_qwt, load_state, model_size, save_state,
+                      set_quant_state)
+
+METHODS = ("fp", "repq", "repq+qwt")
+DEFAULT_CKPT_DIR = "checkpoints"
+
+
+class ExperimentError(ValueError):
+    """A bad request (bits, methods, detector, files); the message is one line for the user."""
+
+
+@dataclass
+class DetectionRun:
+    """Everything one run needs (the CLI options, one to one)."""
+
+    detector: str | None = None  # registry name (detection.registry.DETECTORS)
+    config: str | None = None  # or a custom mmdet config file
+    data_root: str | None = None  # COCO 2017 root (annotations/, val2017/, train2017/)
+    checkpoint: str | None = None  # default: <ckpt_dir>/<release file name>
+    ckpt_dir: str = DEFAULT_CKPT_DIR
+    w_bits: int = 4
+    a_bits: int = 4
+    methods: Sequence[str] = METHODS
+    device: str = "cpu"
+    qwt_size: int = 512  # train2017 images for the QwT regression (SPEC: 512)
+    qwt_img_size: int = 224  # square resize, keep_ratio False, no flip (SPEC)
+    qwt_batch_size: int = 8
+    qwt_store: str = "device"  # where block inputs of the QwT images live: device | cpu | disk
+    val_limit: int | None = None  # evaluate the first N test images only (recorded as partial)
+    seed: int = 0
+    start_block: int = 0  # QwT: blocks before this index keep zero compensation
+    results_dir: str | os.PathLike[str] = RECORDS_DIR
+    save_state: str | None = None
+    load_state: str | None = None
+    work_dir: str | None = None  # mmengine logs; default work_dirs/<detector>
+    workers: int = 2  # test dataloader workers
+    launcher: str = "none"  # none | pytorch (torchrun)
+    log_interval: int = 50
+    cfg_options: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None  # recorded; default: sys.argv
+    on_block: Callable[[Any], None] | None = None  # per-block QwT report callback
+
+
+def _validate(run: DetectionRun) -> None:
+    for what, bits in (("--w-bits", run.w_bits), ("--a-bits", run.a_bits)):
+        try:
+            check_bits(bits)
+        except ValueError:
+            raise ExperimentError(f"{what} must be an integer in 2..8, got {bits!r}") from None
+    bad = [m for m in run.methods if m not in METHODS]
+    if bad or not run.methods:
+        raise ExperimentError(f"unknown methods {bad or '(none)'}; choose from {', '.join(METHODS)}")
+    if (run.detector is None) == (run.config is None):
+        raise ExperimentError("give exactly one of --detector NAME or --config PATH")
+    if run.val_limit is not None and run.val_limit < 1:
+        raise ExperimentError(f"--val-limit must be >= 1, got {run.val_limit}")
+    if run.qwt_size < 1 or run.qwt_img_size < 32:
+        raise ExperimentError("--qwt-size must be >= 1 and --qwt-img-size >= 32")
+
+
+def resolve(run: DetectionRun) -> tuple[str, Path, str | None]:
+    """(model name, config path, release URL or None)."""
+    from .registry import DETECTORS
+
+    if run.detector is not None:
+        if run.detector not in DETECTORS:
+            raise ExperimentError(f"unknown detector {run.detector!r}; choose from {', '.join(DETECTORS)}")
+        d = DETECTORS[run.detector]
+        return d.name, d.config_path, d.url
+    path = Path(run.config)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise ExperimentError(f"config file {path} not found")
+    return path.stem, path, None
+
+
+def _checkpoint_path(run: DetectionRun, url: str | None) -> Path:
+    if run.checkpoint:
+        path = Path(run.checkpoint)
+    elif url is not None:
+        path = Path(run.ckpt_dir) / url.rsplit("/", 1)[-1]
+    else:
+        raise ExperimentError("a custom --config needs --checkpoint")
+    if not path.is_file():
+        hint = (f": download the release checkpoint {url} into {path.parent} (CKPT_DIR=...) "
+                "or pass --checkpoint") if url else ""
+        raise ExperimentError(f"checkpoint {path} not found{hint}")
+    return path
+
+
+def load_config(run: DetectionRun, config_path: Path, work_dir: str):  # noqa: ANN201
+    """The mmengine Config with data root, subset, workers and the subset-aware metric."""
+    from mmengine.config import Config
+
+    from .data import set_data_root
+
+    cfg = Config.fromfile(str(config_path))
+    if run.cfg_options:
+        cfg.merge_from_dict(run.cfg_options)
+    if run.data_root is not None:
+        set_data_root(cfg, run.data_root)
+    cfg.work_dir = work_dir
+    cfg.load_from = None
+    loader = cfg.test_dataloader
+    loader.num_workers = run.workers
+    loader.persistent_workers = run.workers > 0
+    loader.batch_size = 1
+    if run.val_limit is not None:
+        loader.dataset.indices = run.val_limit  # the first N images; the metric scores exactly these
+    evs = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
+    for ev in evs:
+        if ev.get("type") in ("CocoMetric", "mmdet.CocoMetric"):
+            ev["type"] = "SubsetCocoMetric"
+            ev["metric"] = ["bbox", "segm"]
+    cfg.default_hooks.logger.interval = run.log_interval
+    cfg.default_hooks.pop("visualization", None)
+    return cfg
+
+
+def build_detector(cfg, device: str, distributed: bool) -> nn.Module:  # noqa: ANN001
+    from mmdet.registry import MODELS
+    from mmengine.model import revert_sync_batchnorm
+
+    model = MODELS.build(cfg.model)
+    if not distributed:
+        model = revert_sync_batchnorm(model)  # SyncBN == BN in eval
+    return model.to(device).eval()
+
+
+class Evaluator:
+    """mmengine Runner test loop (TestLoop + the config's CocoMetric) on a given model."""
+
+    def __init__(self, cfg, work_dir: str, launcher: str) -> None:  # noqa: ANN001
+        self.cfg, self.work_dir, self.launcher = cfg, work_dir, launcher
+        self.calls = 0
+
+    def __call__(self, model: nn.Module, tag: str) -> tuple[dict[str, float], int, float]:
+        from mmengine.runner import Runner
+
+        self.calls += 1
+        cfg = self.cfg
+        t0 = time.time()
+        runner = Runner(
+            model=model, work_dir=self.work_dir, experiment_name=f"{tag}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}",
+            test_dataloader=cfg.test_dataloader, test_cfg=dict(type="TestLoop"),
+            test_evaluator=cfg.test_evaluator, default_hooks=cfg.default_hooks,
+            env_cfg=cfg.get("env_cfg", dict()), log_processor=cfg.get("log_processor"),
+            log_level=cfg.get("log_level", "INFO"), default_scope="mmdet", launcher=self.launcher,
+            randomness=dict(seed=None), cfg=cfg)
+        metrics = runner.test()
+        images = len(runner.test_dataloader.dataset)
+        return dict(metrics), images, time.time() - t0
+
+
+def _full_size(cfg) -> int | None:  # noqa: ANN001
+    import json
+
+    from .data import test_paths
+
+    ann, _ = test_paths(cfg)
+    try:
+        return len(json.loads(ann.read_text())["images"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
+    """Run the requested methods; returns the records (also written on rank 0)."""
+    _validate(run)
+    name, config_path, url = resolve(run)
+    import mmdet  # noqa: F401  (registers modules)
+    from mmdet.utils import register_all_modules
+    from mmengine.dist import get_dist_info, init_dist, is_distributed
+
+    from . import metrics as _metrics  # noqa: F401  (registers SubsetCocoMetric)
+    from .adapters import SwinBackboneAdapter
+    from .convert import load_detector_weights
+    from .data import check_inputs, first_test_batch, qwt_batches
+    from .quantize import calibrate_detector, find_swin, quantize_detector
+
+    register_all_modules(init_default_scope=True)
+    work_dir = run.work_dir or os.path.join("work_dirs", name)
+    cfg = load_config(run, config_path, work_dir)
+    if run.data_root is None:
+        raise ExperimentError("pass --data-root (make ... COCO=/path/to/coco)")
+    need_qwt = "repq+qwt" in run.methods
+    check_inputs(cfg, need_train=need_qwt and run.load_state is None)
+    ckpt = _checkpoint_path(run, url)
+    if run.load_state is not None and not Path(run.load_state).is_file():
+        raise ExperimentError(f"--load-state {run.load_state} not found")
+
+    if run.launcher != "none" and not is_distributed():
+        init_dist(run.launcher)
+    rank, world = get_dist_info()
+    distributed = world > 1 or run.launcher != "none"
+    torch.manual_seed(run.seed)
+
+    model = build_detector(cfg, run.device, distributed)
+    ck_info = load_detector_weights(model, ckpt, name)
+    evaluate = Evaluator(cfg, work_dir, run.launcher)
+    full = _full_size(cfg)
+    base_config = {
+        "detector": name, "config_file": str(config_path), "checkpoint": str(ckpt),
+        "checkpoint_format": ck_info["format"], "data_root": str(cfg.get("data_root")),
+        "val_limit": run.val_limit, "qwt_size": run.qwt_size, "qwt_img_size": run.qwt_img_size,
+        "qwt_batch_size": run.qwt_batch_size, "qwt_fp16_eval": False, "start_block": run.start_block,
+        "repq_calibration": "first test-loader image (config test pipeline)",
+        "qwt_calibration": f"{run.qwt_size} train images, {run.qwt_img_size}x{run.qwt_img_size}, keep_ratio False, no flip, seeded sample",
+        "patch_embed_a_bits": 8, "attn_scale": "q * scale before matmul1 (mmdet/RepQ-ViT)",
+        "pad_fix": "window padding after reparameterized norm1 uses -b (exact FP)",
+        "methods": list(run.methods), "launcher": run.launcher,
+    }
+    records: list[dict[str, Any]] = []
+
+    def record(method: str, metrics_raw: dict, images: int, times: dict, blocks: list, size: dict | None,
+               extra_cfg: dict) -> None:
+        from .metrics import to_percent
+
+        metrics, absent = to_percent(metrics_raw)
+        fp = method == "fp"
+        rec = make_record(
+            suite="coco", model=name, method=method, w_bits=None if fp else run.w_bits,
+            a_bits=None if fp else run.a_bits, metrics=metrics, images=images,
+            partial=run.val_limit is not None and (full is None or images < full), seed=run.seed,
+            config={**base_config, **extra_cfg, **({} if fp else {"w_bits": run.w_bits, "a_bits": run.a_bits})},
+            times=times, blocks=blocks, model_size=size, command=run.command, device=run.device,
+            world_size=world, metrics_absent=absent, coco_raw={k: v for k, v in metrics_raw.items()})
+        records.append(rec)
+        if rank == 0:
+            path = write_record(rec, run.results_dir)
+            print(f"[{name}] {method}: box AP {metrics['bbox_mAP']:.1f} / mask AP {metrics['segm_mAP']:.1f} "
+                  f"({images} images) -> {path}", flush=True)
+
+    if "fp" in run.methods:
+        m, n_img, t = evaluate(model, f"{name}_fp")
+        record("fp", m, n_img, {"eval_s": t}, [], model_size(model).to_dict(), {})
+    if not ({"repq", "repq+qwt"} & set(run.methods)):
+        return records
+
+    # --- RepQ-ViT -----------------------------------------------------------------------------
+    quantize_detector(model, run.w_bits, run.a_bits)
+    model.to(run.device)
+    t0 = time.time()
+    blocks: list[dict] = []
+    has_qwt = False
+    if run.load_state:
+        meta = load_state(model, run.load_state, map_location=run.device)
+        has_qwt = bool(meta.get("qwt"))
+        blocks = list(meta.get("blocks", []))
+        if has_qwt and "repq" in run.methods:
+            raise ExperimentError(f"--load-state {run.load_state} holds QwT compensation: it can only "
+                                  "evaluate repq+qwt (drop repq from --methods)")
+        print(f"[{name}] loaded calibrated state {run.load_state} (qwt={has_qwt})", flush=True)
+    else:
+        batch = first_test_batch(cfg)
+        print(f"[{name}] RepQ-ViT W{run.w_bits}A{run.a_bits}: calibrating on "
+              f"{batch['data_samples'][0].img_path}", flush=True)
+        calibrate_detector(model, batch, forward=lambda m, b: m.test_step(b))
+    set_quant_state(model, weight=True, act=True)  # quantizers start (and calibrate) disabled
+    t_cal = time.time() - t0
+    size = model_size(model).to_dict()
+    if "repq" in run.methods:
+        m, n_img, t = evaluate(model, f"{name}_repq_w{run.w_bits}a{run.a_bits}")
+        record("repq", m, n_img, {"calibration_s": t_cal, "eval_s": t}, [], size, {})
+    if not need_qwt:
+        if run.save_state and rank == 0:
+            save_state(model, run.save_state, {"detector": name, "qwt": False, "blocks": []})
+        return records
+
+    # --- QwT on the Swin backbone blocks ---------------------------------------------------------
+    t0 = time.time()
+    if not has_qwt:
+        from tqdm import tqdm
+
+        _, backbone = find_swin(model)
+        adapter = SwinBackboneAdapter(backbone)
+        qcfg = QwTConfig(start_block=run.start_block, fp16_eval=False, store=run.qwt_store)  # type: ignore[arg-type]
+        n_batches = math.ceil(len(range(rank, run.qwt_size, world)) / run.qwt_batch_size)
+        batches = tqdm(qwt_batches(cfg, model, run.qwt_size, run.qwt_img_size, run.seed,
+                                   run.qwt_batch_size, rank, world),
+                       total=n_batches, desc=f"[{name}] QwT images", disable=rank != 0)
+        n_blocks = len(adapter.steps())
+        bar = tqdm(total=n_blocks, desc=f"[{name}] QwT blocks", disable=rank != 0)
+
+        def on_block(r) -> None:  # noqa: ANN001
+            bar.update(1)
+            if rank == 0:
+                tqdm.write(f"[qwt] block {r.index:2d} {r.name}: R2={r.r2:.4f} mse {r.mse_before:.3e} -> "
+                           f"{r.mse_after:.3e} ({'applied' if r.applied else 'skipped'}, {r.samples} tokens)")
+            if run.on_block is not None:
+                run.on_block(r)
+
+        reports = fit_qwt(adapter, batches, qcfg, device=run.device, on_block=on_block)
+        bar.close()
+        blocks = [r.to_dict() for r in reports]
+    t_qwt = time.time() - t0
+    if run.save_state and rank == 0:
+        save_state(model, run.save_state, {"detector": name, "qwt": True, "blocks": blocks,
+                                           "w_bits": run.w_bits, "a_bits": run.a_bits})
+    m, n_img, t = evaluate(model, f"{name}_repq_qwt_w{run.w_bits}a{run.a_bits}")
+    record("repq+qwt", m, n_img, {"calibration_s": t_cal, "qwt_s": t_qwt, "eval_s": t}, blocks,
+           model_size(model).to_dict(), {"qwt_state_loaded": has_qwt})
+    return records
+
+
+def as_dict(run: DetectionRun) -> dict[str, Any]:
+    d = asdict(run)
+    d.pop("on_block", None)
+    return d

@@ -1,0 +1,68 @@
+"""The five detectors of the QwT COCO table: config file, release checkpoint, paper numbers.
+
+The checkpoints are the Swin-Transformer-Object-Detection releases (mmdet 2.x, official Swin key
+names) that the QwT paper quantizes; :mod:`detection.convert` converts them on load.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+RELEASE = "https://github.com/SwinTransformer/storage/releases/download/v1.0.2"
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str  # registry / Make target name
+    config: str  # file under detection/configs/
+    checkpoint: str  # release file name (looked up in --ckpt-dir)
+    kind: str  # "mask_rcnn" | "cascade_mask_rcnn"
+    embed_dims: int
+    depths: tuple[int, ...]
+    fp: tuple[float, float]  # paper FP (box AP, mask AP)
+    # paper RepQ-ViT / RepQ-ViT+QwT (box, mask) at W4A4 and W6A6
+    paper: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"{RELEASE}/{self.checkpoint}"
+
+    @property
+    def config_path(self) -> Path:
+        return CONFIG_DIR / self.config
+
+
+DETECTORS: dict[str, Detector] = {d.name: d for d in [
+    Detector("mask_rcnn_swin_t", "mask_rcnn_swin_t_3x_coco.py", "mask_rcnn_swin_tiny_patch4_window7.pth",
+             "mask_rcnn", 96, (2, 2, 6, 2), (46.0, 41.6),
+             {"repq@w4a4": (36.1, 36.0), "repq+qwt@w4a4": (36.3, 36.0),
+              "repq@w6a6": (45.5, 41.3), "repq+qwt@w6a6": (45.4, 41.3)}),
+    Detector("mask_rcnn_swin_s", "mask_rcnn_swin_s_3x_coco.py", "mask_rcnn_swin_small_patch4_window7.pth",
+             "mask_rcnn", 96, (2, 2, 18, 2), (48.5, 43.3),
+             {"repq@w4a4": (42.6, 40.0), "repq+qwt@w4a4": (43.1, 40.4),
+              "repq@w6a6": (47.6, 42.9), "repq+qwt@w6a6": (48.0, 43.1)}),
+    Detector("cascade_mask_rcnn_swin_t", "cascade_mask_rcnn_swin_t_3x_coco.py",
+             "cascade_mask_rcnn_swin_tiny_patch4_window7.pth", "cascade_mask_rcnn", 96, (2, 2, 6, 2),
+             (50.4, 43.7),
+             {"repq@w4a4": (47.0, 41.4), "repq+qwt@w4a4": (47.6, 41.8),
+              "repq@w6a6": (50.1, 43.5), "repq+qwt@w6a6": (50.1, 43.6)}),
+    Detector("cascade_mask_rcnn_swin_s", "cascade_mask_rcnn_swin_s_3x_coco.py",
+             "cascade_mask_rcnn_swin_small_patch4_window7.pth", "cascade_mask_rcnn", 96, (2, 2, 18, 2),
+             (51.9, 45.0),
+             {"repq@w4a4": (49.3, 43.1), "repq+qwt@w4a4": (49.9, 43.4),
+              "repq@w6a6": (51.4, 44.6), "repq+qwt@w6a6": (51.7, 44.8)}),
+    Detector("cascade_mask_rcnn_swin_b", "cascade_mask_rcnn_swin_b_3x_coco.py",
+             "cascade_mask_rcnn_swin_base_patch4_window7.pth", "cascade_mask_rcnn", 128, (2, 2, 18, 2),
+             (51.9, 45.0),
+             {"repq@w4a4": (49.3, 43.1), "repq+qwt@w4a4": (50.0, 43.7),
+              "repq@w6a6": (51.5, 44.8), "repq+qwt@w6a6": (51.8, 45.0)}),
+]}
+
+
+def get_detector(name: str) -> Detector:
+    """Look a detector up by name; the error lists the registered names."""
+    try:
+        return DETECTORS[name]
+    except KeyError:
+        raise KeyError(f"unknown detector {name!r}; registered: {', '.join(DETECTORS)}") from None

@@ -1,0 +1,37 @@
+# COCO detection: RepQ-ViT and QwT on the five Swin detectors of the QwT COCO table (mmdet 3.3).
+#   make coco-cascade_mask_rcnn_swin_t-w4a4 COCO=/data/coco [CKPT_DIR=checkpoints] [DEVICE=cuda] [GPUS=1]
+#   make coco-all COCO=/data/coco DEVICE=cuda        # every row: W4A4 and W6A6 (+ FP once)
+# Release checkpoints (Swin-Transformer-Object-Detection, see docs/detection.md) go in CKPT_DIR.
+# COCO_METHODS picks the methods (default fp,repq,repq+qwt); COCO_ARGS passes extra CLI options
+# (e.g. COCO_ARGS="--val-limit 500").
+COCO         ?= data/coco
+CKPT_DIR     ?= checkpoints
+COCO_METHODS ?= fp,repq,repq+qwt
+COCO_ARGS    ?=
+COCO_DETECTORS := mask_rcnn_swin_t mask_rcnn_swin_s cascade_mask_rcnn_swin_t cascade_mask_rcnn_swin_s cascade_mask_rcnn_swin_b
+
+# one process, or torchrun with GPUS processes (mmengine's 'pytorch' launcher)
+ifeq ($(strip $(GPUS)),1)
+DET_RUN = $(PY) -m detection
+else
+DET_RUN = $(PY) -m torch.distributed.run --nproc_per_node=$(GPUS) -m detection --launcher pytorch
+endif
+
+# coco-<detector>-w<b>a<b>: the stem is split at '-' into detector and bits, "w4a4" at 'a'.
+coco-%: $(STAMP)
+	$(eval _det := $(firstword $(subst -, ,$*)))
+	$(eval _bits := $(lastword $(subst -, ,$*)))
+	$(if $(filter $(_det),$(COCO_DETECTORS)),,$(error unknown detector '$(_det)'; choose from $(COCO_DETECTORS)))
+	$(if $(filter w%,$(_bits)),,$(error expected coco-<detector>-w<b>a<b>, got coco-$*))
+	$(DET_RUN) --detector $(_det) --data-root $(COCO) --ckpt-dir $(CKPT_DIR) \
+	  --w-bits $(patsubst w%,%,$(firstword $(subst a, ,$(_bits)))) --a-bits $(lastword $(subst a, ,$(_bits))) \
+	  --methods $(COCO_METHODS) --device $(DEVICE) $(COCO_ARGS)
+	$(if $(wildcard mk/tables.mk),$(MAKE) --no-print-directory tables)
+
+.PHONY: coco-all
+coco-all: $(STAMP)
+	@set -e; for d in $(COCO_DETECTORS); do \
+	  $(MAKE) --no-print-directory coco-$$d-w4a4 COCO_METHODS=fp,repq,repq+qwt; \
+	  $(MAKE) --no-print-directory coco-$$d-w6a6 COCO_METHODS=repq,repq+qwt; \
+	done
+	$(if $(wildcard mk/tables.mk),$(MAKE) --no-print-directory tables)

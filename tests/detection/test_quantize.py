@@ -1,0 +1,108 @@
+"""RepQ-ViT + QwT on the mmdet Swin backbone: plan, exact reparameterization with window padding,
+and QwT lowering the feature error on held-out images."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from qwt_core import QuantLinear, QwTConfig, fit_qwt, full_precision, quant_state
+
+pytestmark = pytest.mark.detection
+
+
+def _backbone(tiny, name="cascade_mask_rcnn_swin_t", seed=2):
+    from .helpers import build
+
+    return build(tiny[name][0], seed=seed).backbone
+
+
+def _images(n, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, h, w, generator=g)
+
+
+def test_plan_covers_every_linear_and_conv(tiny):
+    from torch import nn
+
+    from detection.quantize import build_plan, quantize_detector, reparam_pairs
+
+    from .helpers import build
+
+    model = build(tiny["cascade_mask_rcnn_swin_t"][0])
+    plan = build_plan(model, 4, 4)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert sorted(plan) == sorted(layers)
+    assert any(n.startswith("roi_head.bbox_head.2.shared_convs") for n in plan)
+    assert any(n.startswith("roi_head.mask_head.0.conv_logits") for n in plan)
+    assert plan["backbone.patch_embed.projection"].a_bits == 8
+    cw = sorted(n for n, s in plan.items() if s.act_channel_wise)
+    assert all(n.endswith(("attn.w_msa.qkv", "ffn.layers.0.0", "downsample.reduction")) for n in cw)
+    assert len(cw) == 2 * 8 + 3  # qkv + fc1 per block (8 blocks), 3 patch mergings
+    assert len(reparam_pairs(model)) == len(cw)
+    quantize_detector(model, 4, 4)
+    assert isinstance(model.roi_head.bbox_head[0].fc_cls, QuantLinear)
+    assert type(model.roi_head.mask_head[0].upsample).__name__ == "ConvTranspose2d"  # stays float
+
+
+@pytest.mark.parametrize("hw", [(100, 76), (120, 92)])
+def test_reparameterization_is_exact_with_window_padding(tiny, hw):
+    """Token grids 25x19 / 30x23 ... are not multiples of the window (7): mmdet pads the
+    normalized tokens. In full precision the reparameterized model equals the original only
+    because the padding uses -b; zero padding (the naive port) does not."""
+    from detection.quantize import PadAwareShiftWindowMSA, calibrate_detector, quantize_detector
+
+    bb = _backbone(tiny)
+    ref = copy.deepcopy(bb)
+    x = _images(2, *hw, seed=0)
+    calib = _images(2, *hw, seed=1)
+    with torch.no_grad():
+        want = ref(x)
+    quantize_detector(bb, 4, 4)
+    calibrate_detector(bb, calib, forward=lambda m, b: m(b))
+    attns = [m for m in bb.modules() if isinstance(m, PadAwareShiftWindowMSA)]
+    assert attns and all(a.pad_value.abs().max() > 0 for a in attns)
+    # the reparameterization really moved the norms (otherwise the test would be vacuous)
+    assert not torch.allclose(bb.stages[0].blocks[0].norm1.bias, ref.stages[0].blocks[0].norm1.bias)
+    with torch.no_grad(), full_precision(bb):
+        got = bb(x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    saved = [a.pad_value.clone() for a in attns]
+    for a in attns:
+        a.pad_value.zero_()
+    with torch.no_grad(), full_precision(bb):
+        naive = bb(x)
+    assert max(float((n - w).abs().max()) for n, w in zip(naive, want)) > 1e-2
+    for a, s in zip(attns, saved):
+        a.pad_value.copy_(s)
+    with torch.no_grad(), quant_state(bb):  # the quantized forward runs
+        q = bb(x)
+    assert all(torch.isfinite(t).all() for t in q)
+
+
+def test_qwt_lowers_backbone_feature_error_on_held_out_images(tiny):
+    from detection.adapters import SwinBackboneAdapter
+    from detection.quantize import calibrate_detector, quantize_detector
+
+    bb = _backbone(tiny, seed=4)
+    quantize_detector(bb, 4, 4)
+    calibrate_detector(bb, _images(2, 120, 92, seed=10), forward=lambda m, b: m(b))
+    held_out = _images(4, 112, 112, seed=20)
+
+    def error() -> float:
+        with torch.no_grad():
+            with full_precision(bb):
+                fp = bb(held_out)
+            with quant_state(bb):
+                q = bb(held_out)
+        return sum(float((a - b).pow(2).mean()) for a, b in zip(fp, q))
+
+    before = error()
+    train = [_images(8, 112, 112, seed=30 + i) for i in range(3)]
+    reports = fit_qwt(SwinBackboneAdapter(bb), train, QwTConfig(fp16_eval=False))
+    assert [r.name for r in reports] == [f"stages.{i}.blocks.{j}" for i in range(4) for j in range(2)]
+    assert any(r.applied for r in reports)
+    after = error()
+    assert after < before, (before, after)
