@@ -46,7 +46,8 @@ def load_suite(root: str | os.PathLike[str], suite: str,
 def _date(rec: dict[str, Any]) -> pd.Timestamp:
     raw = rec["provenance"]["date"]
     try:
-        return pd.Timestamp(raw).tz_convert("UTC") if pd.Timestamp(raw).tzinfo else pd.Timestamp(raw, tz="UTC")
+        stamp = pd.Timestamp(raw)
+        return stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
     except (ValueError, TypeError) as e:
         raise RecordError(f"{rec.get('_path', '<record>')}: provenance.date {raw!r} is not ISO-8601") from e
 

@@ -127,7 +127,8 @@ def details_table(suite: str, frame: pd.DataFrame, notes: Footnotes) -> pd.DataF
         reg = registry.find(suite, model, method, None if w < 0 else w, None if a < 0 else a)
         row = {"Model": model, "Method": method, "Bits": registry.bits_label(rec["w_bits"], rec["a_bits"])}
         for m in metrics:
-            row[m] = fmt(rec["metrics"].get(m), METRIC_DIGITS.get(m, 2))
+            text = fmt(rec["metrics"].get(m), METRIC_DIGITS.get(m, 2))
+            row[m] = f"*{text}*" if rec["partial"] and text != "—" else text  # partial: never plain
         row["images"] = f"{rec['images']} (partial)" if rec["partial"] else str(rec["images"])
         row["runs"] = f"{cell.n} ({cell.n_partial} partial)" if cell.n_partial else str(cell.n)
         row["in paper table"] = "yes" if reg is not None and reg.paper else ("extra row" if reg else "no")
@@ -170,7 +171,10 @@ def paper_markdown(suite: str, records: list[dict[str, Any]]) -> str:
         parts += ["\"other tables\": the same setting in RepQ-ViT's own table (seeds/003) and APHQ-ViT's "
                   "table (seeds/004, its own method, reference only).", ""]
     if not frame.empty:
-        parts += ["## Every run", "", markdown_table(details_table(suite, frame, notes)), ""]
+        details = details_table(suite, frame, notes)
+        parts += ["## Every run", "", "All metrics of the record each cell shows (partial runs in italics), "
+                  "including runs outside the paper's table.", "",
+                  markdown_table(details, ["l", "l", "l"] + ["r"] * (details.shape[1] - 5) + ["l", "l"]), ""]
     if len(notes):
         parts += ["## Provenance", "", *notes.lines(), ""]
     links = plot_links(suite, frame)
