@@ -107,6 +107,23 @@ def test_demo_mean_std_over_seeds(recs: Path, tmp_path: Path) -> None:
     assert "## demo_vit" in md and "- [1] 360 images" in md
 
 
+def test_demo_partial_and_detection_metrics(tmp_path: Path) -> None:
+    root = tmp_path / "records"
+    for seed in (0, 1):
+        write(root, record("demo", "demo_mask_rcnn_swin", "repq+qwt", 3,
+                           {"bbox_mAP": 40.0 + seed, "segm_mAP": 30.0, "feature_err": 0.5, "extra_metric": 1.0},
+                           seed=seed, images=20, partial=True, command="make demo DEMO_ARGS=--test-limit 20",
+                           blocks=blocks(2)))
+    out = render_demo(root, tmp_path / "out" / "demo.md")
+    md = out.read_text()
+    header = cols(row(md, "Method"))
+    assert header == ["Method", "Bits", "seeds", "bbox_mAP", "segm_mAP", "feature_err", "extra_metric", "note"]
+    r = cols(row(md, "RepQ-ViT + QwT"))
+    assert r[1:5] == ["W3/A3", "2 (partial)", "*40.50 ± 0.71*", "*30.00 ± 0.00*"]
+    assert "**partial run** (`--val-limit`): 20 images" in md
+    assert (tmp_path / "out" / PLOT_DIR / "demo__demo_mask_rcnn_swin__repq_plus_qwt__w3a3.png").exists()
+
+
 def test_empty_records_render_not_run(tmp_path: Path) -> None:
     md = tables.render_markdown(tmp_path / "none")
     assert md["imagenet.md"].count("not run: `make imagenet-") == 13 + 13 * 4 + 3 * 4
