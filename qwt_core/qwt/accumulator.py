@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 ReduceFn = Callable[[Tensor], None]
+SINGULAR_RTOL = 1e-12  # eigenvalue ratio of XᵀX below which a direction counts as absent
 
 
 def all_reduce_sum(t: Tensor) -> None:
@@ -92,10 +93,21 @@ class NormalEquations:
         A = self.A
         if self.ridge:
             A = A + self.ridge * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        try:
-            W_aug = torch.linalg.solve(A, self.B)  # (G, D+1, O)
-        except RuntimeError:  # singular (e.g. dead feature columns): minimum-norm solution
-            W_aug = torch.linalg.lstsq(A, self.B, driver="gelsd" if A.device.type == "cpu" else None).solution
+        # A numerically singular A does not make linalg.solve raise: it returns huge weights that
+        # cancel only in exact arithmetic (e.g. Swin's first block, whose input is a LayerNorm
+        # output: its channels sum to a constant, collinear with the ones column), and the fp16
+        # eval of the compensation then amplifies them. Detect it from the eigenvalues and use the
+        # minimum-norm solution instead.
+        eig = torch.linalg.eigvalsh(A)  # (G, D+1), ascending
+        singular = bool((eig[:, 0] <= SINGULAR_RTOL * eig[:, -1].abs()).any())
+        W_aug = None
+        if not singular:
+            try:
+                W_aug = torch.linalg.solve(A, self.B)  # (G, D+1, O)
+            except RuntimeError:
+                W_aug = None
+        if W_aug is None:  # singular (collinear or dead feature columns): minimum-norm solution
+            W_aug = torch.linalg.pinv(A, rtol=SINGULAR_RTOL, hermitian=True) @ self.B
         n = self.A[0, -1, -1]
         sy = self.B[:, -1]  # (G, O)
         ss_tot = (self.yy - sy.pow(2) / n).sum()

@@ -1,0 +1,76 @@
+"""What every model family provides to the pipeline.
+
+A family adapter knows, for one architecture family:
+- ``methods``: the quantization methods it offers (base names; ``+qwt`` is added by QwT);
+- ``quantize(model, w_bits, a_bits, method)``: insert quantized matmuls and swap Linear/Conv2d
+  for fake-quantized twins according to ``plan``;
+- ``reparam_pairs(model)``: (LayerNorm, Linear) pairs for RepQ-ViT's scale reparameterization;
+- ``blockwise(model)``: the :class:`qwt_core.BlockwiseAdapter` that QwT walks;
+- ``features(model, images)``: the final features before the classifier (for diagnostics/tests).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from qwt_core import BlockStep, LayerSpec, quantize_layers
+
+
+@dataclass
+class Blockwise:
+    """A :class:`qwt_core.BlockwiseAdapter` built from an embed function and a list of steps."""
+
+    model: nn.Module
+    _embed: "object"
+    _steps: Sequence[BlockStep]
+
+    def embed(self, images: Tensor) -> Tensor:
+        return self._embed(images)  # type: ignore[operator]
+
+    def steps(self) -> Sequence[BlockStep]:
+        return self._steps
+
+    def run(self, images: Tensor) -> Tensor:
+        """embed -> every block (with its ``after``): the output of the last block."""
+        x = self.embed(images)
+        for step in self._steps:
+            x = step.call(self.model.get_submodule(step.name), x)
+            if step.after is not None:
+                x = step.after(x)
+        return x
+
+
+class FamilyAdapter:
+    """Base class; subclasses fill in the family specifics."""
+
+    family: str = ""
+    methods: tuple[str, ...] = ()  # quantization methods (without "+qwt")
+    default_methods: tuple[str, ...] = ()  # what --methods means when not given
+
+    def plan(self, model: nn.Module, w_bits: int, a_bits: int, method: str) -> dict[str, LayerSpec]:
+        raise NotImplementedError
+
+    def insert_matmuls(self, model: nn.Module, a_bits: int) -> None:
+        """Replace attention so that its two matmuls are QuantMatMul modules (transformers)."""
+
+    def quantize(self, model: nn.Module, w_bits: int, a_bits: int, method: str) -> nn.Module:
+        """In place: quantized attention matmuls + fake-quantized Linear/Conv2d."""
+        if method not in self.methods:
+            raise ValueError(f"{self.family}: unknown method {method!r} (expected one of {self.methods})")
+        self.insert_matmuls(model, a_bits)
+        return quantize_layers(model, self.plan(model, w_bits, a_bits, method))
+
+    def reparam_pairs(self, model: nn.Module) -> list[tuple[str, str]]:
+        return []
+
+    def blockwise(self, model: nn.Module) -> Blockwise:
+        raise NotImplementedError
+
+    def features(self, model: nn.Module, images: Tensor) -> Tensor:
+        """Final features before pooling / the classifier."""
+        raise NotImplementedError
+
+    def qwt_kind(self) -> str:
+        return "linear"

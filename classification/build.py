@@ -1,0 +1,159 @@
+"""Build a registered model: timm / torchvision constructor, then pretrained weights, a local
+checkpoint, or random init.
+
+Weights, in order of precedence:
+1. ``checkpoint``: a local state dict of the same architecture (any model; ``{"state_dict": ..}``,
+   ``{"model": ..}`` and ``module.`` prefixes are unwrapped); loaded strictly.
+2. ``checkpoint_dir``: the spec's ``checkpoint_name`` in that folder (the reference ResNet files).
+3. ``pretrained=True``: timm pretrained weights of the pinned tag (HF hub cache; no ResNet).
+4. random init (``pretrained=False``): tests and tiny models.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import registry
+from .errors import CheckpointError, PretrainedUnavailableError
+from .registry import ModelSpec
+
+TORCHVISION_RESNETS = {"resnet18": ("BasicBlock", [2, 2, 2, 2]), "resnet34": ("BasicBlock", [3, 4, 6, 3]),
+                       "resnet50": ("Bottleneck", [3, 4, 6, 3]), "resnet101": ("Bottleneck", [3, 4, 23, 3]),
+                       "resnet152": ("Bottleneck", [3, 8, 36, 3])}
+DEFAULT_CHECKPOINT_DIR = "pretrained_weights"  # the reference's folder name
+
+
+def resolve_spec(model: str | ModelSpec, overrides: dict[str, Any] | None = None, tiny: bool = False) -> ModelSpec:
+    """Registry lookup, then the tiny variant and/or constructor overrides."""
+    spec = registry.get(model) if isinstance(model, str) else model
+    if tiny:
+        spec = spec.tiny()
+    if overrides:
+        spec = spec.with_overrides(overrides)
+    return spec
+
+
+def construct(spec: ModelSpec) -> nn.Module:
+    """The architecture with random weights."""
+    if callable(spec.builder):
+        return spec.builder(**spec.kwargs)
+    if spec.builder == "timm":
+        import timm
+        return timm.create_model(spec.arch, pretrained=False, **spec.kwargs)
+    if spec.builder == "torchvision":
+        from torchvision.models import resnet as tv_resnet
+        if spec.arch in TORCHVISION_RESNETS:
+            block_name, layers = TORCHVISION_RESNETS[spec.arch]
+            kwargs = dict(spec.kwargs)
+            layers = kwargs.pop("layers", layers)
+            return tv_resnet.ResNet(getattr(tv_resnet, block_name), layers, **kwargs)
+        import torchvision
+        return torchvision.models.get_model(spec.arch, weights=None, **spec.kwargs)
+    raise ValueError(f"{spec.name}: unknown builder {spec.builder!r} (expected 'timm', 'torchvision' or a callable)")
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state dict from a local file (``.pth``, ``.pth.tar``, ``.safetensors``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj: Any = load_file(str(path))
+        else:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:  # old checkpoints holding non-tensor objects (trusted local file)
+                obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], spec: ModelSpec) -> None:
+    """Load strictly; a mismatch raises :class:`CheckpointError` naming a few differing keys."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[:2]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise CheckpointError(f"checkpoint {path} does not match the architecture of {spec.name} "
+                              f"({spec.arch}): {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def checkpoint_for(spec: ModelSpec, checkpoint: str | None, checkpoint_dir: str | None) -> str | None:
+    """The checkpoint file to load, or None for pretrained/random weights."""
+    if checkpoint:
+        return checkpoint
+    if checkpoint_dir and spec.checkpoint_name:
+        return str(Path(checkpoint_dir) / spec.checkpoint_name)
+    return None
+
+
+def missing_checkpoint_message(spec: ModelSpec, checkpoint_dir: str | None) -> str:
+    where = Path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR) / (spec.checkpoint_name or f"{spec.name}.pth")
+    src = f" (get it from {spec.checkpoint_source})" if spec.checkpoint_source else ""
+    return (f"{spec.name} needs a checkpoint: {where} not found{src}; pass --checkpoint FILE or "
+            "--checkpoint-dir DIR (make: CKPT_DIR=DIR)")
+
+
+def build_model(model: str | ModelSpec, pretrained: bool = True, checkpoint: str | None = None,
+                checkpoint_dir: str | None = None, overrides: dict[str, Any] | None = None,
+                tiny: bool = False) -> tuple[nn.Module, ModelSpec]:
+    """Build ``model`` (a registry name or a spec) in eval mode; returns (model, resolved spec).
+
+    ``tiny=True`` builds the small random-init variant of the same classes (tests).
+    """
+    spec = resolve_spec(model, overrides, tiny)
+    # the checkpoint folder holds pretrained weights: not for random init / tiny models
+    ckpt = checkpoint_for(spec, checkpoint, checkpoint_dir if pretrained and not tiny else None)
+    if ckpt is not None:
+        if not Path(ckpt).is_file():
+            if checkpoint:
+                raise CheckpointError(f"checkpoint {ckpt} does not exist")
+            raise CheckpointError(missing_checkpoint_message(spec, checkpoint_dir))
+        net = construct(spec)
+        load_checkpoint(net, ckpt, spec)
+    elif pretrained and not tiny:
+        if spec.builder != "timm":  # torchvision ResNets: the reference checkpoints only
+            raise CheckpointError(missing_checkpoint_message(spec, checkpoint_dir))
+        net = _timm_pretrained(spec)
+    else:
+        net = construct(spec)
+    return net.eval(), spec
+
+
+def _timm_pretrained(spec: ModelSpec) -> nn.Module:
+    import timm
+    try:
+        return timm.create_model(spec.timm_name, pretrained=True, **spec.kwargs)
+    except (OSError, RuntimeError, ValueError, ImportError) as e:
+        # huggingface_hub's offline / not-in-cache errors subclass OSError or ValueError;
+        # requests' connection errors subclass OSError.
+        raise PretrainedUnavailableError(
+            f"pretrained weights {spec.timm_name} are not reachable ({type(e).__name__}); offline, "
+            "pre-populate the Hugging Face hub cache (HF_HOME, e.g. run "
+            f"`timm.create_model('{spec.timm_name}', pretrained=True)` on a connected machine and copy "
+            "~/.cache/huggingface) or pass --checkpoint FILE with a local state dict") from e

@@ -1,0 +1,123 @@
+"""``python -m classification`` / ``qwt-classify``: one (model, bits) experiment per command.
+
+Example (the paper's DeiT-S W4/A4 rows)::
+
+    python -m classification --model deit_small --w-bits 4 --a-bits 4 --data-dir /data/imagenet
+
+Bad input (unknown model, bits outside 2..8, missing dataset / checkpoint, unreachable weights,
+mismatching checkpoint) prints one line ``error: ...`` and exits with status 2, writing nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from benchmarks.records import RECORDS_DIR
+
+from . import registry
+from .errors import ClassificationError
+from .pipeline import ExperimentConfig, run_experiment
+
+EXIT_BAD_INPUT = 2
+
+
+def _bits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bits must be an integer in 2..8, got {text!r}") from None
+    if not 2 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"bits must be an integer in 2..8, got {value}")
+    return value
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def _kwargs(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--model-kwargs must be a JSON object: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--model-kwargs must be a JSON object")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the usage too)
+        self.exit(EXIT_BAD_INPUT, f"error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="qwt-classify", description="RepQ-ViT + QwT on ImageNet: one model, one bit setting.")
+    p.add_argument("--model", required=True, help=f"one of: {' '.join(registry.names())}")
+    p.add_argument("--w-bits", type=_bits, default=4, help="weight bits, 2..8 (default 4)")
+    p.add_argument("--a-bits", type=_bits, default=4, help="activation bits, 2..8 (default 4)")
+    p.add_argument("--methods", type=_methods, default=None,
+                   help="comma list; transformers: fp,repq,repq+qwt (default); ResNet: fp,percentile,"
+                        "percentile+qwt (default), percentile_strict, percentile_strict+qwt")
+    p.add_argument("--data-dir", required=True, help="ImageNet root with train/ and val/ class folders")
+    p.add_argument("--checkpoint", default=None,
+                   help="local state dict of the same architecture (replaces the pretrained weights)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="folder with the reference ResNet checkpoints (resnet18_imagenet.pth.tar, "
+                        "resnet50_imagenet.pth.tar, resnet101-63fe2227.pth)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=4, help="val loader workers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calib-size", type=int, default=32, help="RepQ-ViT calibration images (default 32)")
+    p.add_argument("--qwt-size", type=int, default=512, help="QwT regression images (default 512)")
+    p.add_argument("--no-calib-augment", action="store_true",
+                   help="calibrate on eval-transformed train images (reference: augmented)")
+    p.add_argument("--val-limit", type=int, default=None, help="evaluate N val images only (partial)")
+    p.add_argument("--start-block", type=int, default=0, help="QwT: first compensated block")
+    p.add_argument("--kernel-size", type=int, default=1, help="QwT ResNet: grouped-conv kernel size")
+    p.add_argument("--factor", type=int, default=64, help="QwT ResNet: channels per group")
+    p.add_argument("--save-state", default=None, help="write the calibrated state here")
+    p.add_argument("--load-state", default=None, help="load a calibrated state (skips calibration)")
+    p.add_argument("--results-dir", default=str(RECORDS_DIR), help="record root (default results/records)")
+    p.add_argument("--model-kwargs", type=_kwargs, default=None, help="JSON constructor overrides")
+    p.add_argument("--random-init", action="store_true", help="no pretrained weights (smoke runs)")
+    p.add_argument("--tiny", action="store_true",
+                   help="small random-init variant of the model (tests/smoke runs; never for tables)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, command: str) -> ExperimentConfig:
+    return ExperimentConfig(
+        model=args.model, data_dir=args.data_dir, w_bits=args.w_bits, a_bits=args.a_bits,
+        methods=args.methods, checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir,
+        pretrained=not args.random_init, tiny=args.tiny, model_kwargs=args.model_kwargs or {},
+        device=args.device, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+        calib_size=args.calib_size, qwt_size=args.qwt_size, calib_augment=not args.no_calib_augment,
+        val_limit=args.val_limit, start_block=args.start_block, kernel_size=args.kernel_size,
+        factor=args.factor, save_state=args.save_state, load_state=args.load_state,
+        results_dir=args.results_dir, command=command, progress=not args.no_progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    prog = Path(sys.argv[0]).name
+    prefix = ["python", "-m", "classification"] if prog in ("__main__.py", "-m", "") else [prog]
+    try:
+        run_experiment(config_from_args(args, shlex.join(prefix + argv)))
+    except ClassificationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""ImageNet-style data: ``<data_dir>/train/<class>/*.JPEG`` and ``<data_dir>/val/<class>/*.JPEG``.
+
+- eval: timm ``create_transform`` (resize the shorter side to input_size / crop_pct with the
+  spec's interpolation, center crop, normalize with the spec's mean/std);
+- RepQ-ViT calibration: ``calib_size`` (32) train images, ONE batch, drawn with the reference's
+  training augmentation (random-resized crop, horizontal flip, RandAugment
+  ``rand-m9-mstd0.5-inc1``, bicubic) and a fixed seed;
+- QwT regression: ``qwt_size`` (512) train images with the same augmentation and seed; the train
+  images are one seeded permutation, RepQ-ViT takes its first ``calib_size`` and QwT its first
+  ``qwt_size`` (as the reference takes the first batch of its shuffled train loader and then
+  iterates it for QwT);
+- ``val_limit``: an evenly strided, deterministic subset of the val set (records say partial).
+Calibration images are loaded in the main process inside a forked RNG state, so they do not
+depend on the number of loader workers and do not disturb the caller's RNGs.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .errors import DataLayoutError
+from .registry import ModelSpec
+
+CALIB_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+
+
+def eval_transform(spec: ModelSpec) -> Callable:
+    from timm.data import create_transform
+    return create_transform(input_size=spec.input_size, is_training=False, interpolation=spec.interpolation,
+                            mean=spec.mean, std=spec.std, crop_pct=spec.crop_pct)
+
+
+def calib_transform(spec: ModelSpec, augment: bool = True) -> Callable:
+    """The reference's training augmentation (or the eval transform with ``augment=False``)."""
+    if not augment:
+        return eval_transform(spec)
+    from timm.data import create_transform
+    return create_transform(input_size=spec.input_size, is_training=True, auto_augment=CALIB_AUTO_AUGMENT,
+                            interpolation=spec.interpolation, mean=spec.mean, std=spec.std)
+
+
+def _classes(split_dir: Path) -> list[str]:
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def check_layout(data_dir: str | Path, need_train: bool = True) -> list[str]:
+    """Validate the class-folder layout; returns the class names. Raises DataLayoutError."""
+    root = Path(data_dir)
+    hint = "expected <dir>/train/<class>/<image> and <dir>/val/<class>/<image> (ImageNet class-folder layout)"
+    if not root.is_dir():
+        raise DataLayoutError(f"dataset folder {root} does not exist; {hint}")
+    splits = ("train", "val") if need_train else ("val",)
+    found: dict[str, list[str]] = {}
+    for split in splits:
+        d = root / split
+        if not d.is_dir():
+            raise DataLayoutError(f"dataset folder {root} has no {split}/ folder; {hint}")
+        classes = _classes(d)
+        if not classes:
+            raise DataLayoutError(f"{d} has no class folders; {hint}")
+        has_image = any(p.suffix.lower() in IMG_EXTENSIONS for c in classes[:50] for p in (d / c).iterdir())
+        if not has_image:
+            raise DataLayoutError(f"{d} class folders hold no images ({', '.join(IMG_EXTENSIONS)}); {hint}")
+        found[split] = classes
+    if need_train and found["train"] != found["val"]:
+        raise DataLayoutError(f"{root}: train/ and val/ have different class folders "
+                              f"({len(found['train'])} vs {len(found['val'])}); labels would not match")
+    return found["val"]
+
+
+def strided_indices(n: int, limit: int | None) -> list[int]:
+    """``limit`` evenly spaced indices of range(n) (all of them without a limit)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return [int(i * n / limit) for i in range(limit)]
+
+
+def val_dataset(spec: ModelSpec, data_dir: str | Path, val_limit: int | None = None) -> Dataset:
+    ds = ImageFolder(str(Path(data_dir) / "val"), transform=eval_transform(spec))
+    return Subset(ds, strided_indices(len(ds), val_limit)) if val_limit is not None else ds
+
+
+def val_loader(spec: ModelSpec, data_dir: str | Path, batch_size: int, workers: int,
+               val_limit: int | None = None) -> DataLoader:
+    ds = val_dataset(spec, data_dir, val_limit)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=False, persistent_workers=False)
+
+
+def calibration_indices(n_train: int, count: int, seed: int) -> list[int]:
+    """The first ``count`` entries of a seeded permutation of the train set."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_train, generator=g)[:count].tolist()
+
+
+def load_images(ds: ImageFolder, indices: list[int], seed: int, batch_size: int) -> list[Tensor]:
+    """Images ``indices`` of ``ds`` as batches (B, 3, H, W), augmentation seeded by ``seed``."""
+    state_py, state_np = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            images = [ds[i][0] for i in indices]
+    finally:
+        random.setstate(state_py)
+        np.random.set_state(state_np)
+    return [torch.stack(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+
+
+def calibration_sets(spec: ModelSpec, data_dir: str | Path, calib_size: int, qwt_size: int, seed: int,
+                     batch_size: int, augment: bool = True, need_qwt: bool = True
+                     ) -> tuple[Tensor, list[Tensor]]:
+    """(RepQ-ViT batch (calib_size, 3, H, W), QwT batches) from the train split."""
+    ds = ImageFolder(str(Path(data_dir) / "train"), transform=calib_transform(spec, augment))
+    order = calibration_indices(len(ds), max(calib_size, qwt_size if need_qwt else 0), seed)
+    calib = load_images(ds, order[:calib_size], seed, max(calib_size, 1))[0]
+    qwt = load_images(ds, order[:qwt_size], seed + 1, batch_size) if need_qwt else []
+    return calib, qwt

@@ -1,0 +1,56 @@
+"""Top-1 / top-5 accuracy, and agreement with the full-precision model of the same run.
+
+With ``fp_logprobs`` (log-softmax of the FP model on the same images, in order):
+``agreement_fp`` = % of images whose top-1 equals FP's top-1, ``kl_fp`` = mean over images of
+KL(FP ‖ Q) = Σ_c p_fp,c (log p_fp,c − log p_q,c).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # top1, top5 in percent (+ agreement_fp, kl_fp)
+    images: int
+    seconds: float
+    logprobs: Tensor | None = field(default=None, repr=False)  # (N, classes) float32 CPU, when kept
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device | str = "cpu",
+             fp_logprobs: Tensor | None = None, keep_logprobs: bool = False) -> EvalResult:
+    """Evaluate ``model`` (already in the wanted quant state) on (images, labels) batches."""
+    model.eval()
+    t0 = time.perf_counter()
+    n = c1 = c5 = agree = 0
+    kl = 0.0
+    kept: list[Tensor] = []
+    for images, labels in batches:
+        logits = model(images.to(device)).float()  # (B, classes)
+        labels = labels.to(logits.device)
+        if int(labels.max()) >= logits.shape[1]:
+            raise ValueError(f"label {int(labels.max())} but the model has {logits.shape[1]} classes")
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
+        c1 += int((top[:, 0] == labels).sum())
+        c5 += int((top == labels[:, None]).any(dim=1).sum())
+        logp = torch.log_softmax(logits, dim=1)
+        if fp_logprobs is not None:
+            ref = fp_logprobs[n:n + len(labels)].to(logp.device)  # (B, classes)
+            agree += int((ref.argmax(1) == top[:, 0]).sum())
+            kl += float((ref.exp() * (ref - logp)).sum(dim=1).sum())
+        if keep_logprobs:
+            kept.append(logp.cpu())
+        n += len(labels)
+    if n == 0:
+        raise ValueError("no images to evaluate")
+    metrics = {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n}
+    if fp_logprobs is not None:
+        metrics["agreement_fp"] = 100.0 * agree / n
+        metrics["kl_fp"] = kl / n
+    return EvalResult(metrics, n, time.perf_counter() - t0, torch.cat(kept) if keep_logprobs else None)

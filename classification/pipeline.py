@@ -1,0 +1,327 @@
+"""The experiment, as a function: build -> FP eval -> quantize + RepQ-ViT calibration -> eval ->
+QwT -> eval, one result record per evaluated method. The CLI is a thin layer over
+:func:`run_experiment`.
+
+Methods (``ExperimentConfig.methods``):
+- every family: ``fp``;
+- ViT / DeiT / Swin: ``repq``, ``repq+qwt``;
+- ResNet: ``percentile``, ``percentile+qwt`` (reference: conv inputs 8-bit) and
+  ``percentile_strict``, ``percentile_strict+qwt`` (conv inputs at a_bits).
+A ``<base>+qwt`` method reuses the calibrated ``<base>`` model of the same run.
+
+Every bad input is detected before any evaluation, so a failing run writes no record; records are
+written atomically (:func:`benchmarks.records.write_record`).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from benchmarks.records import RECORDS_DIR, make_record, write_record
+from qwt_core import (BlockReport, QwTConfig, calibrate_repq, fit_qwt, load_state, model_size,
+                      save_state, set_quant_state)
+from qwt_core.qwt.compensation import CompensatedBlock
+
+from . import data as data_mod
+from .adapters import FamilyAdapter, for_family
+from .build import build_model, resolve_spec
+from .errors import CheckpointError, ClassificationError, DataLayoutError, MethodError
+from .evaluate import EvalResult, evaluate
+from .registry import ModelSpec, UnknownModelError
+
+log = logging.getLogger("classification")
+QWT = "+qwt"
+
+
+@dataclass
+class ExperimentConfig:
+    """One (model, bits) experiment; every field has the reference default."""
+
+    model: str  # registry name
+    data_dir: str  # <dir>/train/<class>/..., <dir>/val/<class>/...
+    w_bits: int = 4
+    a_bits: int = 4
+    methods: tuple[str, ...] | None = None  # None: the family default (fp, repq, repq+qwt | fp, percentile, percentile+qwt)
+    checkpoint: str | None = None  # local state dict replacing the pretrained weights (any model)
+    checkpoint_dir: str | None = None  # folder holding the reference ResNet checkpoints
+    pretrained: bool = True  # False: random init (tests, smoke runs)
+    tiny: bool = False  # small random-init variant of the same classes (tests, smoke runs)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor overrides
+    device: str = "cpu"
+    batch_size: int = 64  # eval and QwT batch size
+    workers: int = 4  # val loader workers
+    seed: int = 0  # calibration sampling / augmentation / random init
+    calib_size: int = 32  # RepQ-ViT: one batch of augmented train images (reference 32)
+    qwt_size: int = 512  # QwT regression images (reference LINEAR_COMPENSATION_SAMPLES = 512)
+    calib_augment: bool = True  # reference: training augmentation on the calibration images
+    val_limit: int | None = None  # evaluate an evenly strided subset (records say partial)
+    start_block: int = 0  # QwT: blocks before this keep zero compensation
+    kernel_size: int = 1  # QwT ResNet: grouped-conv kernel
+    factor: int = 64  # QwT ResNet: groups = C_in // factor
+    save_state: str | None = None  # write the calibrated state here
+    load_state: str | None = None  # skip calibration: load this state
+    results_dir: str | None = str(RECORDS_DIR)  # None: do not write records
+    suite: str = "imagenet"
+    command: str | None = None  # recorded command line (default: sys.argv)
+    progress: bool = True  # tqdm bars on stderr
+    spec: ModelSpec | None = field(default=None, repr=False)  # use this spec instead of the registry's
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("spec")
+        return d
+
+
+@dataclass
+class Plan:
+    """The validated experiment: resolved spec, adapter, methods and quantization variants."""
+
+    spec: ModelSpec
+    adapter: FamilyAdapter
+    methods: list[str]
+    variants: list[str]  # base quantization methods, in order
+
+
+def plan_experiment(cfg: ExperimentConfig) -> Plan:
+    """Validate everything that needs no I/O (model, bits, methods, options)."""
+    try:
+        spec = resolve_spec(cfg.spec or cfg.model, cfg.model_kwargs or None, cfg.tiny)
+    except UnknownModelError as e:
+        raise ClassificationError(str(e)) from None
+    for what, bits in (("--w-bits", cfg.w_bits), ("--a-bits", cfg.a_bits)):
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ClassificationError(f"{what} must be an integer in 2..8, got {bits!r}")
+    adapter = for_family(spec.family)
+    methods = list(cfg.methods) if cfg.methods else list(adapter.default_methods)
+    valid = ["fp"] + [m + s for m in adapter.methods for s in ("", QWT)]
+    bad = [m for m in methods if m not in valid]
+    if bad:
+        raise MethodError(f"method {bad[0]!r} is not available for {spec.name} ({spec.family}); "
+                          f"valid methods: {','.join(valid)}")
+    if len(set(methods)) != len(methods):
+        raise MethodError(f"duplicate methods in {','.join(methods)}")
+    variants = list(dict.fromkeys(m.removesuffix(QWT) for m in methods if m != "fp"))
+    if (cfg.save_state or cfg.load_state) and len(variants) > 1:
+        raise MethodError("--save-state/--load-state hold one calibrated model: run one quantization "
+                          f"method at a time (got {','.join(variants)})")
+    for name, value, low in (("--calib-size", cfg.calib_size, 1), ("--qwt-size", cfg.qwt_size, 1),
+                             ("--batch-size", cfg.batch_size, 1)):
+        if value < low:
+            raise ClassificationError(f"{name} must be >= {low}, got {value}")
+    if cfg.val_limit is not None and cfg.val_limit < 1:
+        raise ClassificationError(f"--val-limit must be >= 1, got {cfg.val_limit}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ClassificationError("--device cuda requested but CUDA is not available (use --device cpu)")
+    try:
+        QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor)
+    except ValueError as e:
+        raise ClassificationError(f"QwT options: {e}") from None
+    return Plan(spec, adapter, methods, variants)
+
+
+def _peek_state(path: str) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise CheckpointError(f"--load-state {path} does not exist")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or "compensated" not in payload:
+        raise CheckpointError(f"--load-state {path} is not a calibrated state written by --save-state")
+    return {"meta": payload.get("meta", {}), "has_qwt": bool(payload["compensated"])}
+
+
+@contextlib.contextmanager
+def without_compensation(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily unwrap every CompensatedBlock (evaluate RepQ-ViT alone from a QwT state)."""
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, CompensatedBlock)]
+    try:
+        for name, m in wrapped:
+            model.set_submodule(name, m.block)
+        yield model
+    finally:
+        for name, m in wrapped:
+            model.set_submodule(name, m)
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    fc = getattr(model, "fc", None)
+    return fc.out_features if isinstance(fc, nn.Linear) else None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], None] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Run every method of ``cfg``; returns the records (also written under ``cfg.results_dir``).
+
+    Raises :class:`ClassificationError` (before any record is written) on bad input.
+    """
+    plan = plan_experiment(cfg)
+    spec, adapter = plan.spec, plan.adapter
+    quantized = bool(plan.variants)
+    peek = _peek_state(cfg.load_state) if cfg.load_state else None
+    if peek is not None:
+        want = {"model": spec.name, "method": plan.variants[0], "w_bits": cfg.w_bits, "a_bits": cfg.a_bits}
+        got = {k: peek["meta"].get(k) for k in want}
+        if got != want:
+            raise CheckpointError(f"--load-state {cfg.load_state} was calibrated for {got}, not {want}")
+    needs_qwt_fit = any(m.endswith(QWT) for m in plan.methods) and not (peek and peek["has_qwt"])
+    need_train = quantized and (peek is None or needs_qwt_fit)
+    classes = data_mod.check_layout(cfg.data_dir, need_train=need_train)
+
+    _seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    model, spec = build_model(spec, pretrained=cfg.pretrained and not cfg.tiny, checkpoint=cfg.checkpoint,
+                              checkpoint_dir=cfg.checkpoint_dir)
+    n_out = _num_outputs(model)
+    if n_out is not None and len(classes) > n_out:
+        raise DataLayoutError(f"{cfg.data_dir} has {len(classes)} classes but {spec.name} outputs {n_out}")
+    model.to(device)
+    log.info("%s: %s, %d val classes, methods %s", spec.name,
+             cfg.checkpoint or (spec.timm_name if cfg.pretrained and not cfg.tiny else "random init"),
+             len(classes), ",".join(plan.methods))
+
+    loader = data_mod.val_loader(spec, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.val_limit)
+    partial = cfg.val_limit is not None and cfg.val_limit < len(loader.dataset)  # type: ignore[arg-type]
+    base_config = {**cfg.to_dict(), "methods": plan.methods, "timm_name": spec.timm_name,
+                   "arch": spec.arch, "family": spec.family, "input_size": spec.input_size,
+                   "crop_pct": spec.crop_pct, "interpolation": spec.interpolation, "mean": list(spec.mean),
+                   "std": list(spec.std), "model_kwargs": spec.kwargs, "paper_fp_top1": spec.paper_fp_top1}
+    records: list[dict[str, Any]] = []
+
+    def emit(method: str, res: EvalResult, times: dict[str, float], size: dict[str, Any],
+             blocks: list[BlockReport] | None = None, extra_config: dict[str, Any] | None = None) -> None:
+        fp = method == "fp"
+        rec = make_record(
+            suite=cfg.suite, model=spec.name, method=method, w_bits=None if fp else cfg.w_bits,
+            a_bits=None if fp else cfg.a_bits, metrics=res.metrics, images=res.images, partial=partial,
+            seed=cfg.seed, config={**base_config, **(extra_config or {})},
+            times={**times, "eval_s": res.seconds}, blocks=[b.to_dict() for b in blocks or []],
+            model_size=size, command=cfg.command, device=str(device))
+        if cfg.results_dir is not None:
+            path = write_record(rec, cfg.results_dir)
+            rec["_path"] = str(path)
+            log.info("record %s", path)
+        records.append(rec)
+        if on_record is not None:
+            on_record(rec)
+        m = res.metrics
+        log.info("%s %s %s: top1 %.2f top5 %.2f%s (%d images)", spec.name, method,
+                 "fp" if fp else f"w{cfg.w_bits}a{cfg.a_bits}", m["top1"], m["top5"],
+                 f" agreement_fp {m['agreement_fp']:.2f} kl_fp {m['kl_fp']:.4f}" if "kl_fp" in m else "",
+                 res.images)
+
+    def run_eval(net: nn.Module, method: str, keep: bool = False, ref: torch.Tensor | None = None) -> EvalResult:
+        bar = tqdm(loader, desc=f"{spec.name} {method} eval", disable=not cfg.progress, file=sys.stderr,
+                   leave=False, dynamic_ncols=True)
+        return evaluate(net, bar, device, fp_logprobs=ref, keep_logprobs=keep)
+
+    fp_ref: torch.Tensor | None = None
+    if "fp" in plan.methods:
+        res = run_eval(model, "fp", keep=quantized)
+        fp_ref = res.logprobs
+        emit("fp", res, {}, model_size(model).to_dict())
+
+    calib: torch.Tensor | None = None
+    qwt_batches: list[torch.Tensor] = []
+    if need_train:
+        t0 = time.perf_counter()
+        calib, qwt_batches = data_mod.calibration_sets(
+            spec, cfg.data_dir, cfg.calib_size, cfg.qwt_size, cfg.seed, cfg.batch_size,
+            augment=cfg.calib_augment, need_qwt=needs_qwt_fit)
+        log.info("calibration data: %d RepQ-ViT + %d QwT train images (%.1fs)", len(calib),
+                 sum(len(b) for b in qwt_batches), time.perf_counter() - t0)
+
+    qwt_cfg = QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor)
+    for i, variant in enumerate(plan.variants):
+        qmodel = model if i == len(plan.variants) - 1 else copy.deepcopy(model)
+        layer_plan = adapter.plan(qmodel, cfg.w_bits, cfg.a_bits, variant)
+        adapter.quantize(qmodel, cfg.w_bits, cfg.a_bits, variant)
+        qmodel.to(device)
+        variant_config = {"quant_method": variant, "layers": _plan_summary(layer_plan)}
+        times: dict[str, float] = {}
+        has_qwt = False
+        if peek is not None:
+            assert cfg.load_state is not None
+            load_state(qmodel, cfg.load_state, map_location=device)
+            has_qwt = peek["has_qwt"]
+            variant_config["loaded_state"] = cfg.load_state
+            log.info("loaded calibrated state %s (QwT: %s)", cfg.load_state, has_qwt)
+        else:
+            assert calib is not None
+            t0 = time.perf_counter()
+            calibrate_repq(qmodel, calib.to(device), adapter.reparam_pairs(qmodel))
+            times["calibration_s"] = time.perf_counter() - t0
+            log.info("%s calibration: %.1fs", variant, times["calibration_s"])
+        set_quant_state(qmodel, weight=True, act=True)
+
+        if variant in plan.methods:
+            ctx = without_compensation(qmodel) if has_qwt else contextlib.nullcontext(qmodel)
+            with ctx as net:
+                size = model_size(net).to_dict()
+                emit(variant, run_eval(net, variant, ref=fp_ref), times, size, extra_config=variant_config)
+
+        reports: list[BlockReport] = []
+        if variant + QWT in plan.methods:
+            if not has_qwt:
+                reports = _fit_qwt(adapter, qmodel, qwt_batches, qwt_cfg, device, cfg.progress)
+                times["qwt_s"] = sum(r.extra.get("seconds", 0.0) for r in reports)
+                has_qwt = True
+            emit(variant + QWT, run_eval(qmodel, variant + QWT, ref=fp_ref), times,
+                 model_size(qmodel).to_dict(), reports, extra_config={**variant_config, "qwt": asdict(qwt_cfg)})
+        if cfg.save_state and (peek is None or reports):
+            save_state(qmodel, cfg.save_state, meta={"model": spec.name, "method": variant, "w_bits": cfg.w_bits,
+                                                     "a_bits": cfg.a_bits, "qwt": has_qwt,
+                                                     "config": cfg.to_dict()})
+            log.info("saved calibrated state to %s", cfg.save_state)
+        if qmodel is not model:
+            del qmodel
+    return records
+
+
+def _plan_summary(layer_plan: dict[str, Any]) -> dict[str, int]:
+    """Number of layers per quantization setting, e.g. {"w4a4": 48, "w4a4 channel-wise in": 24}."""
+    out: dict[str, int] = {}
+    for s in layer_plan.values():
+        key = f"w{s.w_bits}a{s.a_bits}" + (" channel-wise in" if s.act_channel_wise else "")
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _fit_qwt(adapter: FamilyAdapter, qmodel: nn.Module, batches: list[torch.Tensor], qwt_cfg: QwTConfig,
+             device: torch.device, progress: bool) -> list[BlockReport]:
+    """QwT block by block, logging R² and the error before/after compensation of each block."""
+    blockwise = adapter.blockwise(qmodel)
+    bar = tqdm(total=len(blockwise.steps()), desc="QwT blocks", disable=not progress, file=sys.stderr,
+               leave=False, dynamic_ncols=True)
+    last = [time.perf_counter()]
+
+    def on_block(r: BlockReport) -> None:
+        now = time.perf_counter()
+        r.extra["seconds"] = now - last[0]
+        last[0] = now
+        bar.update(1)
+        log.info("QwT block %2d %-22s R2 %.4f  mse %.4e -> %.4e  %s", r.index, r.name, r.r2, r.mse_before,
+                 r.mse_after, "compensated" if r.applied else "kept zero")
+
+    try:
+        return fit_qwt(blockwise, batches, qwt_cfg, device=device, on_block=on_block)
+    finally:
+        bar.close()
