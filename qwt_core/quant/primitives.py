@@ -13,8 +13,9 @@ and the log-sqrt(2) quantizer of RepQ-ViT for post-softmax attention::
 The range search tries the percentile pairs (p, 1-p) for p in ``PERCENTILES`` and keeps the one
 with the lowest mean squared error of the quantized tensor (first one on ties), as RepQ-ViT does.
 Everything is vectorized over channels; percentiles are exact linear-interpolation quantiles
-(the definition of ``torch.quantile`` / ``numpy.percentile``) computed with ``topk`` so that they
-work on tensors of any size.
+computed with ``topk`` so that they work on tensors of any size, with the reference's arithmetic:
+``torch.quantile``'s float32 ranks up to 2^24 elements and ``numpy.percentile``'s float64 ranks
+beyond, where the reference falls back to numpy.
 """
 from __future__ import annotations
 
@@ -35,37 +36,45 @@ def channels_first_2d(x: Tensor, channel_dim: int | None) -> Tensor:
     return x.movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1)
 
 
+TORCH_QUANTILE_LIMIT = 2**24  # torch.quantile rejects larger inputs; the reference uses numpy there
+
+
+def _ranks(qs: Sequence[float], n: int) -> Tensor:
+    """Fractional positions q * (n - 1) as the reference computes them: in float32 like
+    ``torch.quantile`` up to its size limit, in float64 like ``numpy.percentile`` beyond it."""
+    dtype = torch.float32 if n <= TORCH_QUANTILE_LIMIT else torch.float64
+    return torch.tensor(list(qs), dtype=dtype) * (n - 1)
+
+
 def _lerp_at(sorted_vals: Tensor, pos: Tensor) -> Tensor:
-    """Linear interpolation in ascending ``sorted_vals`` (C, K) at float positions ``pos`` (P,)."""
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=sorted_vals.shape[1] - 1)
-    frac = (pos - lo.to(pos.dtype)).to(sorted_vals.dtype)
-    v_lo, v_hi = sorted_vals[:, lo], sorted_vals[:, hi]
-    return v_lo + frac * (v_hi - v_lo)  # torch.lerp semantics of torch.quantile
+    """Linear interpolation in ascending ``sorted_vals`` (C, K) at positions ``pos`` (P,), as
+    torch.quantile: lerp(v[floor(pos)], v[ceil(pos)], pos - floor(pos))."""
+    pos = pos.to(sorted_vals.device)
+    lo, hi = pos.floor().long(), pos.ceil().long()
+    frac = (pos - pos.floor()).to(sorted_vals.dtype).expand(sorted_vals.shape[0], -1)
+    return torch.lerp(sorted_vals[:, lo], sorted_vals[:, hi], frac)
 
 
 def upper_quantiles(x2d: Tensor, qs: Sequence[float]) -> Tensor:
     """Exact linear-interpolation quantiles q >= 0.5 of each row of ``x2d`` (C, N) -> (C, len(qs)).
 
-    Only the top ``ceil((1 - min(qs)) * (N - 1)) + 2`` values of each row are needed, so this
-    uses ``topk`` instead of a full sort: O(N log k) and no size limit (unlike ``torch.quantile``).
+    Only the top ``N - floor(min(q) * (N - 1))`` values of each row are needed, so this uses
+    ``topk`` instead of a full sort: O(N log k) and no size limit (unlike ``torch.quantile``).
     """
     n = x2d.shape[1]
-    pos = torch.tensor([q * (n - 1) for q in qs], dtype=torch.float64)
-    lowest = int(math.floor(float(pos.min())))
-    k = n - lowest
-    top = torch.topk(x2d, k, dim=1, largest=True, sorted=True).values.flip(1)  # ascending, (C, k)
-    return _lerp_at(top, (pos - lowest).to(x2d.device))
+    pos = _ranks(qs, n)
+    lowest = int(pos.min().floor())
+    top = torch.topk(x2d, n - lowest, dim=1, largest=True, sorted=True).values.flip(1)  # ascending
+    return _lerp_at(top, pos - lowest)
 
 
 def lower_quantiles(x2d: Tensor, qs: Sequence[float]) -> Tensor:
     """Exact linear-interpolation quantiles q <= 0.5 of each row of ``x2d`` (C, N) -> (C, len(qs))."""
     n = x2d.shape[1]
-    pos = torch.tensor([q * (n - 1) for q in qs], dtype=torch.float64)
-    k = int(math.floor(float(pos.max()))) + 2
-    k = min(k, n)
+    pos = _ranks(qs, n)
+    k = min(int(pos.max().ceil()) + 1, n)
     bottom = torch.topk(x2d, k, dim=1, largest=False, sorted=True).values  # ascending, (C, k)
-    return _lerp_at(bottom, pos.to(x2d.device))
+    return _lerp_at(bottom, pos)
 
 
 def uniform_qparams(x_min: Tensor, x_max: Tensor, n_bits: int) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,118 @@
+"""Block-wise QwT: compensation lowers block output error on held-out inputs; gating rules."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from qwt_core import (CompensatedBlock, QwTConfig, calibrate_repq, fit_qwt, full_precision,
+                      quant_state)
+
+from .toy import (ConvAdapter, TinyConvNet, TinyTransformer, TransformerAdapter, quantize_convnet,
+                  quantize_transformer)
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).pow(2).mean())
+
+
+def _transformer(bits: int = 4) -> tuple[TinyTransformer, TinyTransformer]:
+    model = TinyTransformer(depth=3).eval()
+    ref = copy.deepcopy(model)
+    pairs = quantize_transformer(model, bits)
+    calibrate_repq(model, torch.randn(16, 20, 12), pairs)
+    return model, ref
+
+
+def test_qwt_lowers_block_and_feature_error_on_held_out_inputs() -> None:
+    model, ref = _transformer()
+    held_out = torch.randn(32, 20, 12)
+    with torch.no_grad(), quant_state(model):
+        x0 = model.embed(held_out)
+        q_block0 = model.blocks[0](x0)
+        feats_before = model.features(held_out)
+    fp_block0 = ref.blocks[0](ref.embed(held_out)).detach()
+    reports = fit_qwt(TransformerAdapter(model), [torch.randn(16, 20, 12) for _ in range(4)],
+                      QwTConfig(fp16_eval=False))
+    assert [r.name for r in reports] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert all(isinstance(b, CompensatedBlock) for b in model.blocks)
+    assert all(r.applied and 0 < r.r2 < 1 and r.mse_after < r.mse_before for r in reports)
+    with torch.no_grad(), quant_state(model):
+        q_comp_block0 = model.blocks[0](x0)
+        feats_after = model.features(held_out)
+    fp_feats = ref.features(held_out).detach()
+    assert _err(q_comp_block0, fp_block0) < _err(q_block0, fp_block0)
+    assert _err(feats_after, fp_feats) < _err(feats_before, fp_feats)
+    with torch.no_grad(), full_precision(model):  # compensation is added in every mode
+        assert not torch.allclose(model.blocks[0](x0), ref.blocks[0](x0))
+
+
+def test_driver_feeds_compensated_outputs_forward() -> None:
+    """Block k's regression inputs are the outputs of the compensated blocks before it."""
+    model, _ = _transformer()
+    calib = [torch.randn(8, 20, 12) for _ in range(2)]
+    seen: list[torch.Tensor] = []
+    hook = model.blocks[1].register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    fit_qwt(TransformerAdapter(model), calib, QwTConfig(fp16_eval=False))
+    hook.remove()
+    with torch.no_grad(), quant_state(model):
+        want = model.blocks[0](model.embed(calib[0]))  # wrapper now: Q(x) + c(x)
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=0)
+
+
+def test_start_block_and_r2_gating() -> None:
+    model, _ = _transformer()
+    reports = fit_qwt(TransformerAdapter(model), [torch.randn(8, 20, 12)], QwTConfig(start_block=2))
+    assert [r.applied for r in reports] == [False, False, True]
+    assert float(model.blocks[0].compensation.weight.abs().sum()) == 0.0
+    assert reports[0].mse_after == reports[0].mse_before
+    # a block whose quantized output equals full precision has nothing to fit: R² <= 0, zero weights
+    fp_model = TinyTransformer(depth=1).eval()
+    quantize_transformer(fp_model, 8)
+    calibrate_repq(fp_model, torch.randn(4, 20, 12))
+    for _, q in __import__("qwt_core").quantizers(fp_model):
+        q.enabled = False
+    adapter = TransformerAdapter(fp_model)
+    from qwt_core.quant import state
+
+    orig = state.quant_state
+    try:  # keep the model in full precision for the whole fit, so Y = FP - Q = 0
+        import qwt_core.qwt.driver as drv
+        drv.quant_state = lambda m, weight=True, act=True: orig(m, weight=False, act=False)
+        reports = fit_qwt(adapter, [torch.randn(4, 20, 12)])
+    finally:
+        drv.quant_state = orig
+    assert reports[0].r2 <= 0 and not reports[0].applied
+    assert float(fp_model.blocks[0].compensation.weight.abs().sum()) == 0.0
+
+
+def test_conv_qwt_lowers_error_with_stride_two_block() -> None:
+    model = TinyConvNet().eval()
+    ref = copy.deepcopy(model)
+    quantize_convnet(model, 3)
+    calibrate_repq(model, torch.randn(16, 3, 12, 12))
+    held_out = torch.randn(16, 3, 12, 12)
+    with torch.no_grad(), quant_state(model):
+        before = model(held_out)
+    reports = fit_qwt(ConvAdapter(model), [torch.randn(16, 3, 12, 12) for _ in range(4)],
+                      QwTConfig(kernel_size=3, factor=4, fp16_eval=False))
+    assert [r.extra["stride"] for r in reports] == [1, 2, 1]
+    assert [r.extra["groups"] for r in reports] == [2, 2, 4]
+    with torch.no_grad(), quant_state(model):
+        after = model(held_out)
+    want = ref(held_out).detach()
+    assert _err(after, want) < _err(before, want)
+
+
+def test_feature_stores_give_identical_fits() -> None:
+    results = []
+    for where in ("device", "cpu", "disk"):
+        torch.manual_seed(0)
+        model, _ = _transformer()
+        torch.manual_seed(1)
+        calib = [torch.randn(8, 20, 12) for _ in range(3)]
+        reports = fit_qwt(TransformerAdapter(model), calib, QwTConfig(store=where))
+        results.append(([r.r2 for r in reports], model.blocks[2].compensation.weight.detach().clone()))
+    for r2, w in results[1:]:
+        assert r2 == results[0][0]
+        torch.testing.assert_close(w, results[0][1], rtol=0, atol=0)
