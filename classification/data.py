@@ -60,9 +60,10 @@ def check_layout(data_dir: str | Path, need_train: bool = True) -> list[str]:
     splits = ("train", "val") if need_train else ("val",)
     found: dict[str, list[str]] = {}
     for split in splits:
-        d = root / split
-        if not d.is_dir():
+        if not (root / split).is_dir():
             raise DataLayoutError(f"dataset folder {root} has no {split}/ folder; {hint}")
+    for split in splits:
+        d = root / split
         classes = _classes(d)
         if not classes:
             raise DataLayoutError(f"{d} has no class folders; {hint}")

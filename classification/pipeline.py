@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from benchmarks.records import RECORDS_DIR, make_record, write_record
@@ -199,7 +200,9 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
              len(classes), ",".join(plan.methods))
 
     loader = data_mod.val_loader(spec, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.val_limit)
-    partial = cfg.val_limit is not None and cfg.val_limit < len(loader.dataset)  # type: ignore[arg-type]
+    val_ds = loader.dataset
+    n_val = len(val_ds.dataset if isinstance(val_ds, Subset) else val_ds)  # type: ignore[arg-type]
+    partial = cfg.val_limit is not None and cfg.val_limit < n_val
     base_config = {**cfg.to_dict(), "methods": plan.methods, "timm_name": spec.timm_name,
                    "arch": spec.arch, "family": spec.family, "input_size": spec.input_size,
                    "crop_pct": spec.crop_pct, "interpolation": spec.interpolation, "mean": list(spec.mean),

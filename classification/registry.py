@@ -110,7 +110,7 @@ def get(name: str) -> ModelSpec:
 _VIT_TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 _SWIN_TINY = dict(img_size=32, patch_size=2, embed_dim=24, depths=(2, 2), num_heads=(2, 4),
                   window_size=4, num_classes=10)
-_RESNET_TINY_BASIC = dict(layers=[1, 1, 1, 1], num_classes=10)
+_RESNET_TINY_BASIC = dict(layers=[1, 1, 1, 1], num_classes=10)  # tiny_input_size 64: layer4 is 2x2
 _RESNET_TINY_BOTTLENECK = dict(layers=[1, 1, 1, 1], num_classes=10, width_per_group=16)
 
 _VIT = dict(family="vit", crop_pct=0.9, mean=INCEPTION_MEAN, std=INCEPTION_STD, tiny_kwargs=_VIT_TINY)
@@ -139,11 +139,11 @@ TABLE: tuple[ModelSpec, ...] = (
     ModelSpec("resnet18", family="resnet", arch="resnet18", builder="torchvision",
               checkpoint_name="resnet18_imagenet.pth.tar",
               checkpoint_source=f"{_BRECQ}: resnet18_imagenet.pth.tar", paper_fp_top1=71.0,
-              tiny_kwargs=_RESNET_TINY_BASIC),
+              tiny_kwargs=_RESNET_TINY_BASIC, tiny_input_size=64),
     ModelSpec("resnet50", family="resnet", arch="resnet50", builder="torchvision",
               checkpoint_name="resnet50_imagenet.pth.tar",
               checkpoint_source=f"{_BRECQ}: resnet50_imagenet.pth.tar", paper_fp_top1=76.6,
-              tiny_kwargs=_RESNET_TINY_BOTTLENECK),
+              tiny_kwargs=_RESNET_TINY_BOTTLENECK, tiny_input_size=64),
     ModelSpec("resnet101", family="resnet", arch="resnet101", builder="torchvision",
               checkpoint_name="resnet101-63fe2227.pth",
               checkpoint_source="torchvision: https://download.pytorch.org/models/resnet101-63fe2227.pth",
