@@ -1,6 +1,24 @@
-"""Fake-quantized layers. Each wraps the parameters of an existing float layer (no copy)."""
+"""Fake-quantized layers. Each wraps the parameters of an existing float layer (no copy).
+
+Evaluation fast paths (bit-identical to calling the quantizers; ``tests/core/test_weight_cache.py``):
+
+* **Weight cache.** After calibration the weights and their quantizer ranges do not change, so
+  ``Q_w(W)`` is computed once and reused while nothing it depends on changes. The cache key is the
+  weight tensor (object, storage pointer, in-place version counter) and the quantizer's range
+  buffers (objects and version counters), bits and channel dim: in-place edits of the weight
+  (reparameterization, ``load_state_dict``), a quantizer re-initialisation (new range tensors),
+  ``.to()`` / ``.half()`` all invalidate it. Only edits through ``.data`` escape the version
+  counter: call :func:`clear_weight_cache` after those. The cache is used only when the quantizer
+  is enabled, initialised and not calibrating, and when no gradient is being recorded for the
+  weight; it costs one extra copy of the layer's weight and is never part of the state dict.
+* **Fused activation quantization.** ``quantize_activation`` computes the same elementwise
+  operations as the quantizers, in the same order, but in place on one temporary (uniform) and
+  with a table lookup of the 2^n output levels (log-sqrt(2)), instead of a dozen full-size
+  temporaries. Used outside calibration and autograd only.
+"""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -8,6 +26,78 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .quantizers import LogSqrt2Quantizer, Quantizer, UniformQuantizer
+
+
+def _ready(q: Quantizer) -> bool:
+    """Quantizer enabled, initialised and not calibrating (its output is a pure function of x)."""
+    return q.enabled and q.inited and not q.calibrating
+
+
+def _log_levels(codes: Tensor, delta: Tensor) -> Tensor:
+    """Output level of each log-sqrt(2) code: the expression of ``fake_quant_log_sqrt2``."""
+    odd = (codes % 2) * (math.sqrt(2) - 1) + 1
+    return 2 ** (-1 * torch.ceil(codes / 2)) * odd * delta
+
+
+def quantize_activation(q: Quantizer, x: Tensor) -> Tensor:
+    """``q(x)``, computed with fewer full-size temporaries when ``q`` is ready and no gradient is
+    recorded (bit-identical: the same elementwise float operations in the same order)."""
+    if (not _ready(q) or (torch.is_grad_enabled() and x.requires_grad)
+            or x.dtype != q.delta.dtype or x.dtype != q.zero_point.dtype):
+        return q(x)  # (mixed dtypes would promote differently in place)
+    if type(q) is UniformQuantizer:
+        delta, zp = q._broadcast(q.delta, x), q._broadcast(q.zero_point, x)
+        t = x / delta  # round(x / delta) + zp, clamp, - zp, * delta, in place
+        return t.round_().add_(zp).clamp_(0, 2**q.n_bits - 1).sub_(zp).mul_(delta)
+    if type(q) is LogSqrt2Quantizer:
+        n_levels = 2**q.n_bits
+        t = (x / q.delta).log2_().mul_(-1).mul_(2).round_()  # round(-1 * log2(x / delta) * 2)
+        if bool(t.isnan().any()):  # negative inputs: leave NaN handling to the reference path
+            return q(x)
+        dead = t >= n_levels
+        t.clamp_(0, n_levels - 1)
+        levels = _log_levels(torch.arange(n_levels, dtype=t.dtype, device=t.device), q.delta)
+        return levels[t.long()].masked_fill_(dead, 0.0)
+    return q(x)
+
+
+class _CachedWeight:
+    """``quantized_weight()``: Q_w(W), cached while W and the quantizer's range are unchanged."""
+
+    weight: Tensor
+    weight_quantizer: UniformQuantizer
+    _wq_cache: tuple[tuple[Any, ...], Tensor] | None = None
+
+    def _weight_key(self) -> tuple[Any, ...]:
+        w, q = self.weight, self.weight_quantizer
+        return (w, w.data_ptr(), w._version, w.dtype, w.device, q.delta, q.delta._version,
+                q.zero_point, q.zero_point._version, q.n_bits, q.channel_dim)
+
+    @staticmethod
+    def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+        return all((x is y) if isinstance(x, Tensor) else (x == y) for x, y in zip(a, b))
+
+    def quantized_weight(self) -> Tensor:
+        q = self.weight_quantizer
+        if not _ready(q) or (torch.is_grad_enabled() and self.weight.requires_grad):
+            return q(self.weight)
+        key = self._weight_key()
+        cache = self._wq_cache
+        if cache is not None and self._same(cache[0], key):
+            return cache[1]
+        wq = q(self.weight).detach()
+        self._wq_cache = (key, wq)
+        return wq
+
+    def clear_weight_cache(self) -> None:
+        self._wq_cache = None
+
+
+def clear_weight_cache(model: nn.Module) -> None:
+    """Drop every cached quantized weight of ``model`` (needed only after edits through ``.data``)."""
+    for m in model.modules():
+        if isinstance(m, _CachedWeight):
+            m.clear_weight_cache()
 
 
 class _BiasOnLoad:
@@ -20,7 +110,7 @@ class _BiasOnLoad:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
 
-class QuantLinear(_BiasOnLoad, nn.Linear):
+class QuantLinear(_CachedWeight, _BiasOnLoad, nn.Linear):
     """y = Q_a(x) @ Q_w(W)^T + b; weights per output channel, inputs per tensor or per channel."""
 
     def __init__(self, linear: nn.Linear, w_bits: int, a_bits: int, act_channel_wise: bool = False) -> None:
@@ -32,10 +122,10 @@ class QuantLinear(_BiasOnLoad, nn.Linear):
         self.input_quantizer = UniformQuantizer(a_bits, channel_dim=-1 if act_channel_wise else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return F.linear(quantize_activation(self.input_quantizer, x), self.quantized_weight(), self.bias)
 
 
-class QuantConv2d(_BiasOnLoad, nn.Conv2d):
+class QuantConv2d(_CachedWeight, _BiasOnLoad, nn.Conv2d):
     """Conv2d with per-output-channel weight quantization and per-tensor input quantization."""
 
     def __init__(self, conv: nn.Conv2d, w_bits: int, a_bits: int) -> None:
@@ -50,7 +140,7 @@ class QuantConv2d(_BiasOnLoad, nn.Conv2d):
         self.input_quantizer = UniformQuantizer(a_bits, channel_dim=None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return self._conv_forward(quantize_activation(self.input_quantizer, x), self.quantized_weight(), self.bias)
 
 
 class QuantMatMul(nn.Module):
@@ -62,7 +152,7 @@ class QuantMatMul(nn.Module):
         self.quantizer_b: Quantizer = UniformQuantizer(a_bits)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.quantizer_a(a) @ self.quantizer_b(b)
+        return quantize_activation(self.quantizer_a, a) @ quantize_activation(self.quantizer_b, b)
 
 
 QUANT_LAYERS: tuple[type[nn.Module], ...] = (QuantLinear, QuantConv2d)
