@@ -10,6 +10,7 @@ mismatching checkpoint) prints one line ``error: ...`` and exits with status 2, 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import shlex
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true",
                    help="small random-init variant of the model (tests/smoke runs; never for tables)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may call classification.registry.register); repeatable")
     return p
 
 
@@ -106,6 +109,15 @@ def config_from_args(args: argparse.Namespace, command: str) -> ExperimentConfig
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # modules that register extra models must be imported before --model is resolved
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--import-module", action="append", default=[])
+    for module in pre.parse_known_args(argv)[0].import_module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            print(f"error: --import-module {module}: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)

@@ -120,3 +120,10 @@ def test_wrong_method_for_family(imagenet_dir, tmp_path, capsys) -> None:
     code, err = run_cli(base(imagenet_dir, tmp_path / "rec") + ["--tiny", "--methods", "percentile"], capsys)
     assert code == 2 and "repq+qwt" in error_line(err)
     assert_nothing_written(tmp_path / "rec")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on CPU-only machines")
+def test_cuda_requested_without_cuda(imagenet_dir, tmp_path, capsys) -> None:
+    code, err = run_cli(base(imagenet_dir, tmp_path / "rec") + ["--tiny", "--device", "cuda"], capsys)
+    assert code == 2 and "CUDA is not available" in error_line(err)
+    assert_nothing_written(tmp_path / "rec")

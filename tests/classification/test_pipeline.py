@@ -86,3 +86,20 @@ def test_singular_normal_equations_give_min_norm_solution() -> None:
     assert float((y - fit).pow(2).mean()) < 2e-4 and sol.r2 > 0.9
     half = (x.half() @ sol.weight[0].half()).float() + sol.bias[0]  # the fp16 eval path stays accurate
     assert float((half - fit).abs().max()) < 1e-2
+
+
+def test_cli_imports_a_module_that_registers_a_model(imagenet_dir, tmp_path, monkeypatch) -> None:
+    (tmp_path / "extra_models_for_test.py").write_text(
+        "from classification.registry import ModelSpec, register\n"
+        "register(ModelSpec('test_small_resnet', family='resnet', arch='resnet18', builder='torchvision',\n"
+        "                   kwargs=dict(layers=[1, 1, 1, 1], num_classes=4), input_size=32, crop_pct=1.0,\n"
+        "                   mean=(0.5,) * 3, std=(0.25,) * 3), overwrite=True)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from classification.cli import main
+    code = main(["--import-module", "extra_models_for_test", "--model", "test_small_resnet", "--random-init",
+                 "--methods", "fp,percentile", "--data-dir", str(imagenet_dir), "--results-dir",
+                 str(tmp_path / "rec"), "--calib-size", "8", "--batch-size", "8", "--workers", "0",
+                 "--no-progress"])
+    assert code == 0
+    assert sorted(r["method"] for r in load_records(tmp_path / "rec")) == ["fp", "percentile"]
+    assert main(["--import-module", "no_such_module_here", "--model", "x", "--data-dir", "y"]) == 2
