@@ -16,6 +16,7 @@ depend on the number of loader workers and do not disturb the caller's RNGs.
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from tqdm import tqdm
 
 from .errors import DataLayoutError
 from .registry import ModelSpec
@@ -102,7 +104,8 @@ def calibration_indices(n_train: int, count: int, seed: int) -> list[int]:
     return torch.randperm(n_train, generator=g)[:count].tolist()
 
 
-def load_images(ds: ImageFolder, indices: list[int], seed: int, batch_size: int) -> list[Tensor]:
+def load_images(ds: ImageFolder, indices: list[int], seed: int, batch_size: int,
+                progress: bool = False, desc: str = "images") -> list[Tensor]:
     """Images ``indices`` of ``ds`` as batches (B, 3, H, W), augmentation seeded by ``seed``."""
     state_py, state_np = random.getstate(), np.random.get_state()
     try:
@@ -110,7 +113,8 @@ def load_images(ds: ImageFolder, indices: list[int], seed: int, batch_size: int)
             random.seed(seed)
             np.random.seed(seed)
             torch.manual_seed(seed)
-            images = [ds[i][0] for i in indices]
+            bar = tqdm(indices, desc=desc, disable=not progress, file=sys.stderr, leave=False)
+            images = [ds[i][0] for i in bar]
     finally:
         random.setstate(state_py)
         np.random.set_state(state_np)
@@ -118,11 +122,11 @@ def load_images(ds: ImageFolder, indices: list[int], seed: int, batch_size: int)
 
 
 def calibration_sets(spec: ModelSpec, data_dir: str | Path, calib_size: int, qwt_size: int, seed: int,
-                     batch_size: int, augment: bool = True, need_qwt: bool = True
+                     batch_size: int, augment: bool = True, need_qwt: bool = True, progress: bool = False
                      ) -> tuple[Tensor, list[Tensor]]:
     """(RepQ-ViT batch (calib_size, 3, H, W), QwT batches) from the train split."""
     ds = ImageFolder(str(Path(data_dir) / "train"), transform=calib_transform(spec, augment))
     order = calibration_indices(len(ds), max(calib_size, qwt_size if need_qwt else 0), seed)
-    calib = load_images(ds, order[:calib_size], seed, max(calib_size, 1))[0]
-    qwt = load_images(ds, order[:qwt_size], seed + 1, batch_size) if need_qwt else []
+    calib = load_images(ds, order[:calib_size], seed, max(calib_size, 1), progress, "RepQ-ViT calibration images")
+    qwt = load_images(ds, order[:qwt_size], seed + 1, batch_size, progress, "QwT images") if need_qwt else []
     return calib, qwt

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import random
 import sys
@@ -179,7 +180,8 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
     quantized = bool(plan.variants)
     peek = _peek_state(cfg.load_state) if cfg.load_state else None
     if peek is not None:
-        want = {"model": spec.name, "method": plan.variants[0], "w_bits": cfg.w_bits, "a_bits": cfg.a_bits}
+        want = {"model": spec.name, "method": plan.variants[0], "w_bits": cfg.w_bits, "a_bits": cfg.a_bits,
+                "model_kwargs": _jsonable(spec.kwargs)}
         got = {k: peek["meta"].get(k) for k in want}
         if got != want:
             raise CheckpointError(f"--load-state {cfg.load_state} was calibrated for {got}, not {want}")
@@ -226,8 +228,8 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
         if on_record is not None:
             on_record(rec)
         m = res.metrics
-        log.info("%s %s %s: top1 %.2f top5 %.2f%s (%d images)", spec.name, method,
-                 "fp" if fp else f"w{cfg.w_bits}a{cfg.a_bits}", m["top1"], m["top5"],
+        log.info("%s %s%s: top1 %.2f top5 %.2f%s (%d images)", spec.name, method,
+                 "" if fp else f" w{cfg.w_bits}a{cfg.a_bits}", m["top1"], m["top5"],
                  f" agreement_fp {m['agreement_fp']:.2f} kl_fp {m['kl_fp']:.4f}" if "kl_fp" in m else "",
                  res.images)
 
@@ -248,7 +250,7 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
         t0 = time.perf_counter()
         calib, qwt_batches = data_mod.calibration_sets(
             spec, cfg.data_dir, cfg.calib_size, cfg.qwt_size, cfg.seed, cfg.batch_size,
-            augment=cfg.calib_augment, need_qwt=needs_qwt_fit)
+            augment=cfg.calib_augment, need_qwt=needs_qwt_fit, progress=cfg.progress)
         log.info("calibration data: %d RepQ-ViT + %d QwT train images (%.1fs)", len(calib),
                  sum(len(b) for b in qwt_batches), time.perf_counter() - t0)
 
@@ -263,7 +265,10 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
         has_qwt = False
         if peek is not None:
             assert cfg.load_state is not None
-            load_state(qmodel, cfg.load_state, map_location=device)
+            try:
+                load_state(qmodel, cfg.load_state, map_location=device)
+            except ValueError as e:
+                raise CheckpointError(str(e).splitlines()[0]) from e
             has_qwt = peek["has_qwt"]
             variant_config["loaded_state"] = cfg.load_state
             log.info("loaded calibrated state %s (QwT: %s)", cfg.load_state, has_qwt)
@@ -291,12 +296,17 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
                  model_size(qmodel).to_dict(), reports, extra_config={**variant_config, "qwt": asdict(qwt_cfg)})
         if cfg.save_state and (peek is None or reports):
             save_state(qmodel, cfg.save_state, meta={"model": spec.name, "method": variant, "w_bits": cfg.w_bits,
-                                                     "a_bits": cfg.a_bits, "qwt": has_qwt,
-                                                     "config": cfg.to_dict()})
+                                                     "a_bits": cfg.a_bits, "model_kwargs": _jsonable(spec.kwargs),
+                                                     "qwt": has_qwt, "config": cfg.to_dict()})
             log.info("saved calibrated state to %s", cfg.save_state)
         if qmodel is not model:
             del qmodel
     return records
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples -> lists), for comparisons with saved metadata."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def _plan_summary(layer_plan: dict[str, Any]) -> dict[str, int]:
