@@ -127,6 +127,6 @@ def calibration_sets(spec: ModelSpec, data_dir: str | Path, calib_size: int, qwt
     """(RepQ-ViT batch (calib_size, 3, H, W), QwT batches) from the train split."""
     ds = ImageFolder(str(Path(data_dir) / "train"), transform=calib_transform(spec, augment))
     order = calibration_indices(len(ds), max(calib_size, qwt_size if need_qwt else 0), seed)
-    calib = load_images(ds, order[:calib_size], seed, max(calib_size, 1), progress, "RepQ-ViT calibration images")
+    calib = load_images(ds, order[:calib_size], seed, max(calib_size, 1), progress, "RepQ-ViT calibration images")[0]
     qwt = load_images(ds, order[:qwt_size], seed + 1, batch_size, progress, "QwT images") if need_qwt else []
     return calib, qwt
