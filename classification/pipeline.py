@@ -260,7 +260,9 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
         layer_plan = adapter.plan(qmodel, cfg.w_bits, cfg.a_bits, variant)
         adapter.quantize(qmodel, cfg.w_bits, cfg.a_bits, variant)
         qmodel.to(device)
-        variant_config = {"quant_method": variant, "layers": _plan_summary(layer_plan)}
+        variant_config = {"quant_method": variant, "layers": _plan_summary(layer_plan),
+                          "calib_images": 0 if calib is None else len(calib),
+                          "qwt_images": sum(len(b) for b in qwt_batches)}
         times: dict[str, float] = {}
         has_qwt = False
         if peek is not None:

@@ -11,7 +11,7 @@ A family adapter knows, for one architecture family:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -23,11 +23,11 @@ class Blockwise:
     """A :class:`qwt_core.BlockwiseAdapter` built from an embed function and a list of steps."""
 
     model: nn.Module
-    _embed: "object"
+    _embed: Callable[[Tensor], Tensor]  # images (B, 3, H, W) -> inputs of block 0
     _steps: Sequence[BlockStep]
 
     def embed(self, images: Tensor) -> Tensor:
-        return self._embed(images)  # type: ignore[operator]
+        return self._embed(images)
 
     def steps(self) -> Sequence[BlockStep]:
         return self._steps
