@@ -12,9 +12,10 @@ Evaluation fast paths (bit-identical to calling the quantizers; ``tests/core/tes
   is enabled, initialised and not calibrating, and when no gradient is being recorded for the
   weight; it costs one extra copy of the layer's weight and is never part of the state dict.
 * **Fused activation quantization.** ``quantize_activation`` computes the same elementwise
-  operations as the quantizers, in the same order, but in place on one temporary (uniform) and
-  with a table lookup of the 2^n output levels (log-sqrt(2)), instead of a dozen full-size
-  temporaries. Used outside calibration and autograd only.
+  results as the quantizers with fewer full-size passes: in place on one temporary, the
+  zero-point add/subtract folded into the clamp bounds (exact: integers), and for log-sqrt(2) a
+  table lookup of the 2^n output levels instead of the level arithmetic on every element. Used
+  outside calibration and autograd only; bit-identity is tested on odd-sized tensors.
 """
 from __future__ import annotations
 
@@ -47,17 +48,22 @@ def quantize_activation(q: Quantizer, x: Tensor) -> Tensor:
         return q(x)  # (mixed dtypes would promote differently in place)
     if type(q) is UniformQuantizer:
         delta, zp = q._broadcast(q.delta, x), q._broadcast(q.zero_point, x)
-        t = x / delta  # round(x / delta) + zp, clamp, - zp, * delta, in place
-        return t.round_().add_(zp).clamp_(0, 2**q.n_bits - 1).sub_(zp).mul_(delta)
+        # (clamp(round(x/d) + zp, 0, M) - zp) * d == clamp(round(x/d), -zp, M - zp) * d + 0.0
+        # bit for bit: round(x/d) and zp are integers, so the add/subtract are exact below 2^24
+        # (above it both forms clamp to the same bound); "+ 0.0" turns the -0.0 that round(x/d)
+        # gives for x/d in [-0.5, 0) into the +0.0 of the reference's (zp - zp).
+        t = (x / delta).round_()
+        return t.clamp_(-zp, (2**q.n_bits - 1) - zp).mul_(delta).add_(0.0)
     if type(q) is LogSqrt2Quantizer:
         n_levels = 2**q.n_bits
-        t = (x / q.delta).log2_().mul_(-1).mul_(2).round_()  # round(-1 * log2(x / delta) * 2)
-        if bool(t.isnan().any()):  # negative inputs: leave NaN handling to the reference path
+        # round(-1 * log2(x / delta) * 2): negating and doubling are exact, so one multiply by -2
+        t = (x / q.delta).log2_().mul_(-2).round_()
+        if bool(t.min().isnan()):  # negative/NaN inputs: leave NaN handling to the reference path
             return q(x)
-        dead = t >= n_levels
-        t.clamp_(0, n_levels - 1)
-        levels = _log_levels(torch.arange(n_levels, dtype=t.dtype, device=t.device), q.delta)
-        return levels[t.long()].masked_fill_(dead, 0.0)
+        # codes >= 2^n are "dead" (output 0): clamp them onto an extra table entry holding 0
+        codes = torch.arange(n_levels, dtype=t.dtype, device=t.device)
+        table = torch.cat([_log_levels(codes, q.delta), codes.new_zeros(1)])
+        return table[t.clamp_(0, n_levels).long()]
     return q(x)
 
 

@@ -1,0 +1,318 @@
+"""Calibration speed and memory of QwT, measured against the floor and a reference-style fit.
+
+    python -m benchmarks.perf.run [--quick | --full | --tiny] [--device cpu|cuda]
+                                  [--results-dir results/records] [--out results/perf.md]
+
+Every figure is a ratio of two measurements taken in this run (the machine may be shared: timings
+are min-of-N with the contenders interleaved; peak memory comes from one fresh subprocess per
+measurement). Prints each ratio with its target, writes a suite "perf" record and renders
+``results/perf.md`` from the newest perf record (see :mod:`benchmarks.perf.report`).
+
+1. QwT fit time / one full-precision forward over the same calibration images (floor ~2-3);
+2. our fit / a reference-style fit (all features concatenated, inverse(XᵀX)): time, peak memory;
+3. peak memory of our fit at 128, 512, 1024 calibration images (flat);
+4. FP throughput / fake-quantized throughput, RepQ-ViT and RepQ-ViT + QwT;
+5. quantizer initialisation, per-channel loop / vectorized.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.records import RECORDS_DIR, make_record, write_record
+from qwt_core import QwTConfig, fit_qwt, quant_state, save_state
+from qwt_core.quant.primitives import per_channel_loop_search, search_uniform_range
+
+from . import report
+from .cases import Batches, Built, Case, Plan, build, mmdet_available, plan_for
+from .measure import MiB, interleaved_min, probe
+from .reference_fit import reference_fit
+from .targets import target_of
+
+OUT = Path(__file__).resolve().parents[2] / "results" / "perf.md"
+
+
+def flat_store(device: torch.device) -> str:
+    """Where our fit keeps the block inputs so that the measured memory stays flat:
+    host memory when fitting on a GPU, files on disk when fitting on the CPU."""
+    return "cpu" if device.type == "cuda" else "disk"
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _show(metric: str, value: float, extra: str = "") -> None:
+    t = target_of(metric)
+    status = "" if t is None else (f"target {t.text()}: " + ("PASS" if t.passes(value) else f"MISS ({t.miss_by(value)})"))
+    _say(f"  {metric} = {value:.3f}  {status}{'  ' + extra if extra else ''}")
+
+
+@torch.no_grad()
+def _forward_all(built: Built, model: torch.nn.Module, images: list[torch.Tensor]) -> None:
+    for x in images:
+        built.forward(model, x)
+
+
+def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
+              metrics: dict[str, float], raw: dict[str, Any]) -> None:
+    """Figures 1, 2 (time) and 4 for one model."""
+    t0 = time.perf_counter()
+    built = build(case, device)
+    calib = next(iter(Batches(plan.calib_images, plan.calib_images, case.size, seed=1, device=device)))
+    tc = time.perf_counter()
+    built.calibrate(built.quant, calib)
+    calib_s = time.perf_counter() - tc
+    save_state(built.quant, state_dir / f"{case.key}.pt")
+    images = list(Batches(plan.images, plan.batch, case.size, seed=2, device=device))
+    store = flat_store(device)
+    cfg = QwTConfig(store=store)
+    fitted: dict[str, torch.nn.Module] = {}
+
+    def fresh() -> torch.nn.Module:
+        return copy.deepcopy(built.quant)
+
+    def ours(m: torch.nn.Module) -> None:
+        reports = fit_qwt(built.blockwise(m), images, cfg, device=device)
+        fitted["ours"] = m
+        raw.setdefault("r2_ours", {})[case.key] = [round(r.r2, 6) for r in reports]
+
+    def reference(m: torch.nn.Module) -> None:
+        r2 = reference_fit(built.blockwise(m), images, cfg, batch_size=plan.batch)
+        raw.setdefault("r2_reference", {})[case.key] = [round(v, 6) for v in r2]
+
+    def fp(_: Any) -> None:
+        _forward_all(built, built.fp, images)
+
+    def quant(m: torch.nn.Module) -> None:
+        with quant_state(m):
+            _forward_all(built, m, images)
+
+    def qwt_eval(_: Any) -> None:
+        with quant_state(fitted["ours"]):
+            _forward_all(built, fitted["ours"], images)
+
+    _forward_all(built, built.fp, images[:1])  # warm-up (allocator, kernels)
+    with quant_state(built.quant):
+        _forward_all(built, built.quant, images[:1])
+    qm = built.quant
+    t = interleaved_min([("fp", lambda: None, fp), ("quant", lambda: qm, quant),
+                         ("fit", fresh, ours), ("reference", fresh, reference)], plan.repeats, device)
+    t.update(interleaved_min([("fp2", lambda: None, fp), ("qwt_eval", lambda: None, qwt_eval)],
+                             plan.repeats, device))
+    fp_s = min(t["fp"], t["fp2"])
+    r2o, r2r = raw["r2_ours"][case.key], raw["r2_reference"][case.key]
+    raw.setdefault("seconds", {})[case.key] = {
+        "fp_forward": fp_s, "quant_forward": t["quant"], "qwt_forward": t["qwt_eval"], "fit": t["fit"],
+        "reference_fit": t["reference"], "repq_calibration": calib_s, "case_total": time.perf_counter() - t0}
+    raw.setdefault("max_abs_r2_diff", {})[case.key] = max(abs(a - b) for a, b in zip(r2o, r2r))
+    metrics[f"fit_over_fp/{case.key}"] = t["fit"] / fp_s
+    metrics[f"floor_over_fp/{case.key}"] = (fp_s + t["quant"]) / fp_s
+    metrics[f"fit_over_ref_time/{case.key}"] = t["fit"] / t["reference"]
+    metrics[f"eval_slowdown/{case.key}"] = t["quant"] / fp_s
+    metrics[f"eval_slowdown_qwt/{case.key}"] = t["qwt_eval"] / fp_s
+    _say(f"[{case.key}] {plan.images} images of {case.size[0]}x{case.size[1]}, batch {plan.batch}, "
+         f"store={store}: FP forward {fp_s:.2f}s, quantized forward {t['quant']:.2f}s, fit {t['fit']:.2f}s, "
+         f"reference-style fit {t['reference']:.2f}s (RepQ-ViT calibration {calib_s:.1f}s)")
+    _show(f"fit_over_fp/{case.key}", metrics[f"fit_over_fp/{case.key}"],
+          f"(measured floor FP+Q = {metrics[f'floor_over_fp/{case.key}']:.2f})")
+    _show(f"fit_over_ref_time/{case.key}", metrics[f"fit_over_ref_time/{case.key}"],
+          f"(max |R² ours - reference| = {raw['max_abs_r2_diff'][case.key]:.1e})")
+    _show(f"eval_slowdown/{case.key}", metrics[f"eval_slowdown/{case.key}"])
+    _show(f"eval_slowdown_qwt/{case.key}", metrics[f"eval_slowdown_qwt/{case.key}"])
+
+
+def _calibrated_state(case: Case, plan: Plan, device: torch.device, state_dir: Path) -> Path:
+    path = state_dir / f"{case.key}.pt"
+    if not path.exists():
+        built = build(case, device)
+        calib = next(iter(Batches(plan.calib_images, plan.calib_images, case.size, seed=1, device=device)))
+        built.calibrate(built.quant, calib)
+        save_state(built.quant, path)
+    return path
+
+
+def _probe(case: Case, state: Path, fit: str, images: int, batch: int, store: str, device: torch.device,
+           raw: dict[str, Any]) -> float | None:
+    res = probe({"case": case.key, "state": str(state), "fit": fit, "images": images, "batch": batch,
+                 "store": store, "device": str(device)})
+    key = f"{case.key}/{fit}/{images}"
+    raw.setdefault("memory", {})[key] = res
+    if "error" in res:
+        _say(f"  memory probe {key}: FAILED ({res['error']})")
+        return None
+    mb = res["peak_bytes"] / MiB
+    _say(f"  memory probe {key}: peak {mb:.1f} MiB above baseline ({res['seconds']:.1f}s"
+         f"{'' if res['resettable'] else ', peak not resettable: includes set-up'})")
+    return mb
+
+
+def memory_figures(plan: Plan, device: torch.device, state_dir: Path, metrics: dict[str, float],
+                   raw: dict[str, Any]) -> None:
+    """Figure 2 (memory) and figure 3 on ``plan.mem_case``; the real models on GPU / --full."""
+    store = flat_store(device)
+    case = plan.mem_case
+    state = _calibrated_state(case, plan, device, state_dir)
+    _say(f"[memory] {case.describe()}: our fit (store={store}) at {plan.mem_counts} images, "
+         f"reference-style fit alongside")
+    ours: dict[int, float | None] = {}
+    ref: dict[int, float | None] = {}
+    for n in plan.mem_counts:
+        ours[n] = _probe(case, state, "ours", n, plan.mem_batch, store, device, raw)
+        ref[n] = _probe(case, state, "reference", n, plan.mem_batch, store, device, raw)
+    lo, hi = min(plan.mem_counts), max(plan.mem_counts)
+    if ours[lo] and ours[hi] is not None:
+        metrics[f"mem_growth/{case.key}"] = ours[hi] / ours[lo] - 1  # type: ignore[operator]
+        _show(f"mem_growth/{case.key}", metrics[f"mem_growth/{case.key}"],
+              f"(ours {ours[lo]:.1f} -> {ours[hi]:.1f} MiB; reference {ref[lo] or 0:.1f} -> {ref[hi] or 0:.1f} MiB)")
+    for n in plan.mem_counts:
+        if ours[n] is not None and ref[n]:
+            metrics[f"fit_over_ref_mem/{case.key}@{n}"] = ours[n] / ref[n]  # type: ignore[operator]
+            _show(f"fit_over_ref_mem/{case.key}@{n}", metrics[f"fit_over_ref_mem/{case.key}@{n}"])
+    real = device.type == "cuda" or plan.mode == "full"
+    for c in plan.cases if real else ():
+        st = _calibrated_state(c, plan, device, state_dir)
+        o = _probe(c, st, "ours", plan.mem_images, plan.batch, store, device, raw)
+        r = _probe(c, st, "reference", plan.mem_images, plan.batch, store, device, raw)
+        if o is not None and r:
+            metrics[f"fit_over_ref_mem/{c.key}@{plan.mem_images}"] = o / r
+            _show(f"fit_over_ref_mem/{c.key}@{plan.mem_images}", o / r)
+
+
+def detector_memory(plan: Plan, device: torch.device, state_dir: Path, metrics: dict[str, float],
+                    raw: dict[str, Any]) -> None:
+    """Peak memory of our fit vs the reference-style fit on the Swin-T detector backbone, 800x1333."""
+    case = plan.det_case
+    if case is None:
+        return
+    why = mmdet_available()
+    if why is not None:
+        raw["detector_skipped"] = f"skipped: mmdet not installed ({why})"
+        _say(f"[{case.key}] {raw['detector_skipped']}")
+        return
+    _say(f"[{case.key}] {case.describe()}: {plan.det_images} images, batch {plan.det_batch}")
+    store = flat_store(device)
+    state = _calibrated_state(case, dataclass_replace(plan, calib_images=1), device, state_dir)
+    o = _probe(case, state, "ours", plan.det_images, plan.det_batch, store, device, raw)
+    r = _probe(case, state, "reference", plan.det_images, plan.det_batch, store, device, raw)
+    if o is not None and r:
+        metrics[f"fit_over_ref_mem/{case.key}@{plan.det_images}"] = o / r
+        _show(f"fit_over_ref_mem/{case.key}@{plan.det_images}", o / r)
+
+
+def dataclass_replace(plan: Plan, **kw: Any) -> Plan:
+    import dataclasses
+    return dataclasses.replace(plan, **kw)
+
+
+def init_figure(plan: Plan, device: torch.device, metrics: dict[str, float], raw: dict[str, Any]) -> None:
+    """Figure 5: ViT-B fc1 weight (3072, 768) per output channel and a 32-image fc1 input
+    (32, 197, 768) per channel (scaled by ``plan.init_scale`` in quick/tiny modes)."""
+    s = plan.init_scale
+    g = torch.Generator().manual_seed(0)
+    c_out, c_in, tokens, imgs = max(int(3072 * s), 8), max(int(768 * s), 8), max(int(197 * s), 4), max(int(32 * s), 2)
+    tensors = {"weight": (torch.randn(c_out, c_in, generator=g) * 0.02, 0),
+               "activation": (torch.randn(imgs, tokens, c_in, generator=g) * torch.rand(c_in, generator=g) * 4, -1)}
+    raw["init_shapes"] = {k: list(v[0].shape) for k, v in tensors.items()}
+    for name, (x, dim) in tensors.items():
+        x = x.to(device)
+        t = interleaved_min([("vectorized", lambda: None, lambda _: search_uniform_range(x, 4, dim)),
+                             ("loop", lambda: None, lambda _: per_channel_loop_search(x, 4, dim))],
+                            plan.init_repeats, device)
+        d1, z1 = search_uniform_range(x, 4, dim)
+        d2, z2 = per_channel_loop_search(x, 4, dim)
+        same = bool(torch.allclose(d1, d2, rtol=1e-6, atol=0) and torch.equal(z1, z2))
+        raw.setdefault("init", {})[name] = {"vectorized_s": t["vectorized"], "loop_s": t["loop"], "same_ranges": same}
+        metrics[f"init_speedup/{name}"] = t["loop"] / t["vectorized"]
+        _say(f"[init] {name} {tuple(x.shape)}: vectorized {t['vectorized']:.3f}s, loop {t['loop']:.3f}s, "
+             f"identical ranges: {same}")
+        _show(f"init_speedup/{name}", metrics[f"init_speedup/{name}"])
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads(), "device": str(device)}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run(mode: str, device_name: str, results_dir: str | None, out: str | None, command: str | None = None,
+        skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    device = torch.device(device_name)
+    plan = plan_for(mode, device_name)
+    metrics: dict[str, float] = {}
+    raw: dict[str, Any] = {"load_before": list(os.getloadavg())}
+    t0 = time.perf_counter()
+    _say(f"perf benchmark, mode {plan.mode}, device {device} ({torch.get_num_threads()} threads, "
+         f"load average {raw['load_before'][0]:.1f})")
+    with tempfile.TemporaryDirectory(prefix="qwt-perf-") as tmp:
+        state_dir = Path(tmp)
+        if "init" not in skip:
+            init_figure(plan, device, metrics, raw)
+        if "time" not in skip:
+            for case in plan.cases:
+                time_case(case, plan, device, state_dir, metrics, raw)
+        if "memory" not in skip:
+            memory_figures(plan, device, state_dir, metrics, raw)
+        if "detector" not in skip:
+            detector_memory(plan, device, state_dir, metrics, raw)
+    raw["load_after"] = list(os.getloadavg())
+    total = time.perf_counter() - t0
+    config = {"mode": plan.mode, "plan": report.plan_dict(plan), "machine": machine(device),
+              "store": flat_store(device), "raw": raw}
+    rec = make_record(suite="perf", model="perf", method="bench", w_bits=4, a_bits=4, metrics=metrics,
+                      images=plan.images, partial=plan.mode in ("tiny", "quick"), seed=0, config=config,
+                      times={"total_s": total}, command=command, device=str(device))
+    if results_dir is not None:
+        path = write_record(rec, results_dir)
+        _say(f"record {path}")
+    if out is not None and results_dir is not None:
+        report.render_file(results_dir, out)
+        _say(f"wrote {out}")
+    _say(f"perf benchmark done in {total:.0f}s")
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf.run", description=__doc__.split("\n")[0])
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_const", dest="mode", const="quick", help="fewer images, 1 repeat")
+    g.add_argument("--full", action="store_const", dest="mode", const="full", help="more images and repeats")
+    g.add_argument("--tiny", action="store_const", dest="mode", const="tiny", help="tiny models (smoke test)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--results-dir", default=str(RECORDS_DIR), help="records root (written to <dir>/perf/)")
+    ap.add_argument("--out", default=str(OUT), help="the rendered table")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: init,time,memory,detector")
+    ap.add_argument("--render-only", action="store_true", help="only re-render --out from the newest record")
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda requested but CUDA is not available (use --device cpu)", file=sys.stderr)
+        return 2
+    if args.render_only:
+        report.render_file(args.results_dir, args.out)
+        print(f"wrote {args.out}")
+        return 0
+    command = shlex.join(["python -m benchmarks.perf.run", *(argv if argv is not None else sys.argv[1:])])
+    run(args.mode or "default", args.device, args.results_dir, args.out, command,
+        tuple(s for s in args.skip.split(",") if s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

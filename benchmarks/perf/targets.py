@@ -1,0 +1,47 @@
+"""The five figures of the perf benchmark, their targets, and why a miss can happen."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    figure: int
+    prefix: str  # metric name prefix ("<prefix>/<case>")
+    title: str
+    op: str  # "<=" or ">="
+    value: float
+    unit: str = "x"
+
+    def passes(self, measured: float) -> bool:
+        return measured <= self.value if self.op == "<=" else measured >= self.value
+
+    def text(self) -> str:
+        return f"{self.op} {self.value:g}{self.unit}"
+
+    def miss_by(self, measured: float) -> str:
+        """How far a measured value is from the target (factor)."""
+        if self.passes(measured):
+            return ""
+        if self.op == "<=":
+            return f"{measured / self.value:.2f}x over" if self.value > 0 else f"{measured:+.3f} over"
+        return f"{self.value / measured:.2f}x short"
+
+
+TARGETS: tuple[Target, ...] = (
+    Target(1, "fit_over_fp", "QwT fit time / one FP forward over the same images", "<=", 3.0),
+    Target(2, "fit_over_ref_time", "our fit / reference-style fit: time", "<=", 0.5),
+    Target(2, "fit_over_ref_mem", "our fit / reference-style fit: peak memory", "<=", 0.5),
+    Target(3, "mem_growth", "peak memory growth of our fit, 128 -> 1024 images", "<=", 0.10, unit=""),
+    Target(4, "eval_slowdown", "FP throughput / fake-quantized throughput (RepQ-ViT)", "<=", 2.0),
+    Target(4, "eval_slowdown_qwt", "FP throughput / fake-quantized throughput (RepQ-ViT + QwT)", "<=", 2.0),
+    Target(5, "init_speedup", "quantizer initialisation: per-channel loop / vectorized", ">=", 10.0),
+)
+
+
+def target_of(metric: str) -> Target | None:
+    prefix = metric.split("/", 1)[0]
+    for t in TARGETS:
+        if t.prefix == prefix:
+            return t
+    return None
