@@ -7,7 +7,13 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: install test demo tables tables-check bench help
 help:
-	@echo "make demo | test | install | tables | tables-check | bench | imagenet-<model>-w<b>a<b> | coco-<detector>-w<b>a<b>"
+	@echo "make demo            embedded default: digits, small models, CPU -> results/demo.md"
+	@echo "make test            the test suite"
+	@echo "make install         .venv from the package registries (mmcv built once, wheel cached)"
+	@echo "make imagenet-<model>-w<b>a<b> IMAGENET=DIR [CKPT_DIR=DIR DEVICE=cuda GPUS=N]   (make imagenet-list)"
+	@echo "make imagenet-<resnet>-strict-w<b>a<b>   ResNet with conv inputs at the requested bits"
+	@echo "make coco-<detector>-w<b>a<b> COCO=DIR CKPT_DIR=DIR [DEVICE=cuda GPUS=N]"
+	@echo "make imagenet-all | coco-all | tables | tables-check | plots | bench | demo-train"
 
 install: $(STAMP)
 $(STAMP): pyproject.toml scripts/install.sh
