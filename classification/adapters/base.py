@@ -15,7 +15,9 @@ from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
-from qwt_core import BlockStep, LayerSpec, quantize_layers
+from qwt_core import BlockStep, LayerSpec, QuantMatMul, quantize_layers
+
+PATCH_EMBED_A_BITS = 8  # the patch-embedding conv sees raw pixels: 8-bit input (reference)
 
 
 @dataclass
@@ -40,6 +42,31 @@ class Blockwise:
             if step.after is not None:
                 x = step.after(x)
         return x
+
+
+def transformer_plan(model: nn.Module, w_bits: int, a_bits: int,
+                     channel_wise_inputs: tuple[str, ...]) -> dict[str, LayerSpec]:
+    """RepQ-ViT's plan for ViT/DeiT/Swin: every Linear (weights per channel, inputs per tensor;
+    the post-LayerNorm inputs named by ``channel_wise_inputs`` start channel-wise) and the
+    patch-embedding Conv2d (input 8-bit)."""
+    plan: dict[str, LayerSpec] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            plan[name] = LayerSpec(w_bits, a_bits, act_channel_wise=name.endswith(channel_wise_inputs))
+        elif isinstance(m, nn.Conv2d):
+            plan[name] = LayerSpec(w_bits, PATCH_EMBED_A_BITS)
+    return plan
+
+
+def quantize_attention_module(attn: nn.Module, timm_cls: type, quant_cls: type, a_bits: int) -> nn.Module:
+    """Turn a timm attention module into its quantized subclass in place (same parameters):
+    ``matmul1`` (q @ kᵀ, uniform) and ``matmul2`` (attn @ v, log-sqrt(2) on attn)."""
+    if type(attn) is not timm_cls:
+        raise TypeError(f"expected timm {timm_cls.__name__}, got {type(attn).__name__}")
+    attn.__class__ = quant_cls
+    attn.matmul1 = QuantMatMul(a_bits)
+    attn.matmul2 = QuantMatMul(a_bits, log_a=True)
+    return attn
 
 
 class FamilyAdapter:

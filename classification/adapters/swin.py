@@ -18,9 +18,8 @@ from torch import Tensor, nn
 
 from qwt_core import BlockStep, LayerSpec, QuantMatMul
 
-from .base import Blockwise, FamilyAdapter
+from .base import Blockwise, FamilyAdapter, quantize_attention_module, transformer_plan
 
-PATCH_EMBED_A_BITS = 8
 CHANNEL_WISE_INPUTS = ("attn.qkv", "mlp.fc1", "downsample.reduction")
 
 
@@ -51,12 +50,8 @@ class QuantWindowAttention(WindowAttention):
 
 
 def quantize_window_attention(attn: nn.Module, a_bits: int) -> QuantWindowAttention:
-    if type(attn) is not WindowAttention:
-        raise TypeError(f"expected timm WindowAttention, got {type(attn).__name__}")
-    attn.__class__ = QuantWindowAttention
-    attn.matmul1 = QuantMatMul(a_bits)
-    attn.matmul2 = QuantMatMul(a_bits, log_a=True)
-    return attn  # type: ignore[return-value]
+    """Turn a timm ``WindowAttention`` into a :class:`QuantWindowAttention` in place (same parameters)."""
+    return quantize_attention_module(attn, WindowAttention, QuantWindowAttention, a_bits)  # type: ignore[return-value]
 
 
 def _check(model: nn.Module) -> SwinTransformer:
@@ -71,14 +66,7 @@ class SwinAdapter(FamilyAdapter):
     default_methods = ("fp", "repq", "repq+qwt")
 
     def plan(self, model: nn.Module, w_bits: int, a_bits: int, method: str) -> dict[str, LayerSpec]:
-        _check(model)
-        plan: dict[str, LayerSpec] = {}
-        for name, m in model.named_modules():
-            if isinstance(m, nn.Linear):
-                plan[name] = LayerSpec(w_bits, a_bits, act_channel_wise=name.endswith(CHANNEL_WISE_INPUTS))
-            elif isinstance(m, nn.Conv2d):
-                plan[name] = LayerSpec(w_bits, PATCH_EMBED_A_BITS)
-        return plan
+        return transformer_plan(_check(model), w_bits, a_bits, CHANNEL_WISE_INPUTS)
 
     def insert_matmuls(self, model: nn.Module, a_bits: int) -> None:
         for stage in _check(model).layers:

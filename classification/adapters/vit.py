@@ -20,9 +20,8 @@ from torch import Tensor, nn
 
 from qwt_core import BlockStep, LayerSpec, QuantMatMul
 
-from .base import Blockwise, FamilyAdapter
+from .base import Blockwise, FamilyAdapter, quantize_attention_module, transformer_plan
 
-PATCH_EMBED_A_BITS = 8  # the patch-embedding conv sees raw pixels: 8-bit input (reference)
 CHANNEL_WISE_INPUTS = ("attn.qkv", "mlp.fc1")  # post-LayerNorm inputs (RepQ-ViT)
 
 
@@ -55,12 +54,7 @@ class QuantAttention(Attention):
 
 def quantize_attention(attn: nn.Module, a_bits: int) -> QuantAttention:
     """Turn a timm ``Attention`` into a :class:`QuantAttention` in place (same parameters)."""
-    if type(attn) is not Attention:
-        raise TypeError(f"expected timm Attention, got {type(attn).__name__}")
-    attn.__class__ = QuantAttention
-    attn.matmul1 = QuantMatMul(a_bits)
-    attn.matmul2 = QuantMatMul(a_bits, log_a=True)
-    return attn  # type: ignore[return-value]
+    return quantize_attention_module(attn, Attention, QuantAttention, a_bits)  # type: ignore[return-value]
 
 
 def _check(model: nn.Module) -> VisionTransformer:
@@ -75,14 +69,7 @@ class VitAdapter(FamilyAdapter):
     default_methods = ("fp", "repq", "repq+qwt")
 
     def plan(self, model: nn.Module, w_bits: int, a_bits: int, method: str) -> dict[str, LayerSpec]:
-        _check(model)
-        plan: dict[str, LayerSpec] = {}
-        for name, m in model.named_modules():
-            if isinstance(m, nn.Linear):
-                plan[name] = LayerSpec(w_bits, a_bits, act_channel_wise=name.endswith(CHANNEL_WISE_INPUTS))
-            elif isinstance(m, nn.Conv2d):
-                plan[name] = LayerSpec(w_bits, PATCH_EMBED_A_BITS)
-        return plan
+        return transformer_plan(_check(model), w_bits, a_bits, CHANNEL_WISE_INPUTS)
 
     def insert_matmuls(self, model: nn.Module, a_bits: int) -> None:
         for blk in _check(model).blocks:
