@@ -1,0 +1,190 @@
+"""`make demo`: the whole suite on the embedded digits data, on a CPU, in minutes.
+
+For each demo model, bit width and calibration seed, one invocation of the suite's own pipeline
+(``classification.pipeline`` / ``detection.pipeline``, the code paths of the paper tables) runs
+FP, the quantized baseline (RepQ-ViT; "Percentile" for the ResNet) and the baseline + QwT, and
+writes one record per method under ``results/records/demo/``. Then ``results/demo.md`` is
+rendered from the records by :func:`benchmarks.demo_table.render_demo` (mean ± std over seeds).
+
+Records of a (model, method, bits, seed) that this run produces replace the older ones, so the
+table always describes one consistent run per seed.
+
+    python -m benchmarks.demo.run                                   # everything (make demo)
+    python -m benchmarks.demo.run --models demo_vit --seeds 0 --bits 4 --test-limit 100   # reduced
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks.records import RECORDS_DIR, load_records, write_record
+
+from . import data, detection_data
+from .models import CHECKPOINTS, CLASSIFIERS
+
+REPO = data.REPO
+DETECTOR = "demo_mask_rcnn_swin"
+DETECTOR_CONFIG = Path(__file__).resolve().parent / "configs" / f"{DETECTOR}.py"
+MODELS = (*CLASSIFIERS, DETECTOR)
+BITS = (4, 6, 3)  # W4/A4, W6/A6, W3/A3
+SEEDS = (0, 1, 2)
+SUITE = "demo"
+DEFAULT_OUT = REPO / "results" / "demo.md"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Calibration sizes of the demo (the paper-scale defaults, scaled to the digits data)."""
+
+    calib_size: int = 32  # RepQ-ViT statistics: one batch of train images (SPEC: 32)
+    qwt_size: int = 256  # QwT regression images (SPEC: 512; the digits train split has 1197)
+    det_qwt_size: int = 128  # detector: train canvases for the QwT regression (of 400)
+    det_qwt_img_size: int = 128  # canvases are 128x128 (SPEC on COCO: 224)
+    test_limit: int | None = None  # evaluate only the first N test images (records: partial)
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    bits: int
+    seed: int
+    methods: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} W{self.bits}A{self.bits} seed {self.seed}"
+
+
+def plan(models: list[str], bits: list[int], seeds: list[int]) -> list[Job]:
+    """One job per (model, bits, seed); each runs FP, the baseline and the baseline + QwT."""
+    jobs = []
+    for model in models:
+        methods = CLASSIFIERS[model].methods if model in CLASSIFIERS else ("fp", "repq", "repq+qwt")
+        for seed in seeds:
+            for b in bits:
+                jobs.append(Job(model, b, seed, tuple(methods)))
+    return jobs
+
+
+def _key(rec: dict[str, Any]) -> tuple:
+    return (rec["model"], rec["method"], rec["w_bits"], rec["a_bits"], rec["seed"])
+
+
+def replace_older(records_root: Path, new_paths: list[Path]) -> int:
+    """Delete demo records with the same (model, method, bits, seed) as ``new_paths`` that are
+    not among them; returns how many were removed."""
+    new = {p.resolve() for p in new_paths}
+    keys = {_key(json.loads(p.read_text())) for p in new_paths}
+    removed = 0
+    for rec in load_records(records_root, SUITE):
+        path = Path(rec["_path"]).resolve()
+        if path not in new and _key(rec) in keys:
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _relabel(records: list[dict[str, Any]], records_root: Path, command: str) -> list[Path]:
+    """Write pipeline records under the demo suite (pipelines without a ``suite`` option write
+    their paper suite; the record is otherwise unchanged)."""
+    paths = []
+    for rec in records:
+        rec = {k: v for k, v in rec.items() if not k.startswith("_")}
+        rec["config"] = {**rec["config"], "pipeline_suite": rec["suite"], "demo_command": command}
+        rec["suite"] = SUITE
+        paths.append(write_record(rec, records_root))
+    return paths
+
+
+def run_classifier(job: Job, s: Settings, records_root: Path, command: str) -> list[Path]:
+    """One invocation of the classification pipeline (FP, baseline, baseline + QwT), records
+    written straight into the demo suite."""
+    from classification.pipeline import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig(
+        model=job.model, data_dir=str(data.DEFAULT_ROOT), w_bits=job.bits, a_bits=job.bits,
+        methods=job.methods, checkpoint=str(CLASSIFIERS[job.model].checkpoint), workers=0,
+        seed=job.seed, calib_size=s.calib_size, qwt_size=s.qwt_size, val_limit=s.test_limit,
+        results_dir=str(records_root), suite=SUITE, command=command, progress=False)
+    return [Path(r["_path"]) for r in run_experiment(cfg)]
+
+
+def run_detector(job: Job, s: Settings, records_root: Path, command: str) -> list[Path]:
+    """One invocation of the detection pipeline (FP, RepQ-ViT, RepQ-ViT + QwT on the backbone)."""
+    from detection.pipeline import DetectionRun, run_experiment
+
+    with tempfile.TemporaryDirectory(prefix="qwt-demo-") as tmp:
+        run = DetectionRun(
+            config=str(DETECTOR_CONFIG), data_root=str(detection_data.DEFAULT_ROOT),
+            checkpoint=str(CHECKPOINTS / f"{DETECTOR}.pth"), w_bits=job.bits, a_bits=job.bits,
+            methods=job.methods, seed=job.seed, qwt_size=s.det_qwt_size, qwt_img_size=s.det_qwt_img_size,
+            qwt_batch_size=16, val_limit=s.test_limit, results_dir=tmp, workers=0, log_interval=10**6,
+            work_dir=str(Path(tmp) / "work_dir"), command=command)
+        records = run_experiment(run)
+        return _relabel(records, records_root, command)
+
+
+RUNNERS: dict[str, Callable[[Job, Settings, Path, str], list[Path]]] = {
+    **{m: run_classifier for m in CLASSIFIERS}, DETECTOR: run_detector}
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--bits", default=",".join(map(str, BITS)), help="W=A bit widths, e.g. 4,6,3")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="calibration seeds, e.g. 0,1,2")
+    ap.add_argument("--test-limit", type=int, default=None,
+                    help="evaluate only the first N test images (records are marked partial)")
+    ap.add_argument("--records", default=str(RECORDS_DIR), help="records root (suite folder 'demo' inside)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="rendered table")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    args = ap.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown demo models {unknown}; choose from {', '.join(MODELS)}")
+    settings = Settings(test_limit=args.test_limit, threads=args.threads)
+    command = shlex.join(["python", "-m", "benchmarks.demo.run", *(sys.argv[1:] if argv is None else argv)])
+
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(settings.threads)
+    t0 = time.time()
+    data.build()
+    if DETECTOR in models:
+        detection_data.build()
+    if any(m in CLASSIFIERS for m in models):
+        from .models import register_classifiers
+        register_classifiers()
+    jobs = plan(models, _ints(args.bits), _ints(args.seeds))
+    records_root = Path(args.records)
+    written: list[Path] = []
+    with tqdm(jobs, desc="[demo]", unit="run", file=sys.stdout, dynamic_ncols=True) as bar:
+        for job in bar:
+            bar.set_postfix_str(job.label)
+            paths = RUNNERS[job.model](job, settings, records_root, command)
+            replace_older(records_root, paths)
+            written += paths
+    from benchmarks.demo_table import render_demo
+
+    out = render_demo(records_root, args.out, plots=True)
+    print(f"[demo] {len(written)} records in {records_root / SUITE}, table {out} "
+          f"({time.time() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

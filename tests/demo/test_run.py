@@ -1,0 +1,55 @@
+"""A reduced demo end to end (one model, one seed, one bit width, few test images) through the
+suite's classification / detection pipelines: demo records and a rendered results table, written
+to a temporary folder (never into results/)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.demo import run
+from benchmarks.records import load_records
+
+
+def _reduced(tmp_path: Path, model: str, limit: int) -> tuple[list[dict], str]:
+    records, out = tmp_path / "records", tmp_path / "demo.md"
+    args = ["--models", model, "--seeds", "0", "--bits", "4", "--test-limit", str(limit),
+            "--records", str(records), "--out", str(out), "--threads", "1"]
+    assert run.main(args) == 0
+    return load_records(records, "demo"), out.read_text()
+
+
+def test_reduced_demo_classifier(tmp_path: Path):
+    recs, table = _reduced(tmp_path, "demo_vit", 60)
+    assert sorted(r["method"] for r in recs) == ["fp", "repq", "repq+qwt"]
+    for r in recs:
+        assert r["suite"] == "demo" and r["model"] == "demo_vit" and r["seed"] == 0
+        assert r["images"] == 60 and r["partial"] is True
+    q = {r["method"]: r for r in recs}
+    assert q["repq"]["w_bits"] == q["repq"]["a_bits"] == 4
+    for m in ("repq", "repq+qwt"):
+        assert {"top1", "agreement_fp", "kl_fp"} <= set(q[m]["metrics"])
+    assert len(q["repq+qwt"]["blocks"]) == 12  # one QwT fit per ViT block
+    assert "## demo_vit" in table and "W4/A4" in table and "partial" in table
+
+
+def test_rerun_replaces_older_records(tmp_path: Path):
+    """A second run of the same cells leaves one record per (model, method, bits, seed)."""
+    first, _ = _reduced(tmp_path, "demo_resnet", 20)
+    second, _ = _reduced(tmp_path, "demo_resnet", 20)
+    assert len(second) == len(first) == 3
+    assert {r["provenance"]["date"] + r["_path"] for r in second}.isdisjoint(
+        {r["provenance"]["date"] + r["_path"] for r in first})
+
+
+@pytest.mark.detection
+@pytest.mark.skipif(importlib.util.find_spec("mmcv") is None, reason="needs mmcv (scripts/install.sh)")
+def test_reduced_demo_detector(tmp_path: Path):
+    recs, table = _reduced(tmp_path, run.DETECTOR, 8)
+    assert sorted(r["method"] for r in recs) == ["fp", "repq", "repq+qwt"]
+    for r in recs:
+        assert r["suite"] == "demo" and r["images"] == 8 and r["partial"] is True
+        assert {"bbox_mAP", "segm_mAP"} <= set(r["metrics"])
+    assert f"## {run.DETECTOR}" in table
