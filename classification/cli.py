@@ -6,6 +6,11 @@ Example (the paper's DeiT-S W4/A4 rows)::
 
 Bad input (unknown model, bits outside 2..8, missing dataset / checkpoint, unreachable weights,
 mismatching checkpoint) prints one line ``error: ...`` and exits with status 2, writing nothing.
+
+Several processes (docs/distributed.md)::
+
+    python -m torch.distributed.run --standalone --nproc_per_node 8 -m classification --model deit_small \
+        --device cuda --data-dir /data/imagenet
 """
 from __future__ import annotations
 
@@ -13,10 +18,13 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from benchmarks.records import RECORDS_DIR
 
@@ -107,6 +115,7 @@ def config_from_args(args: argparse.Namespace, command: str) -> ExperimentConfig
         results_dir=args.results_dir, command=command, progress=not args.no_progress)
 
 
+@record  # under torchrun: a failing worker's traceback goes into the launcher's error summary
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # modules that register extra models must be imported before --model is resolved
@@ -119,8 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: --import-module {module}: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    rank = int(os.environ.get("RANK", "0"))  # torchrun: only rank 0 logs progress
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(message)s" if rank == 0 else f"%(asctime)s [rank {rank}] %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
     prog = Path(sys.argv[0]).name
     prefix = ["python", "-m", "classification"] if prog in ("__main__.py", "-m", "") else [prog]
     try:

@@ -11,7 +11,12 @@
   iterates it for QwT);
 - ``val_limit``: an evenly strided, deterministic subset of the val set (records say partial).
 Calibration images are loaded in the main process inside a forked RNG state, so they do not
-depend on the number of loader workers and do not disturb the caller's RNGs.
+depend on the number of loader workers and do not disturb the caller's RNGs; each image's
+augmentation is seeded by (seed, its train index), so an image is the same tensor whichever
+process loads it and in whatever order (several processes: see docs/distributed.md).
+- several processes: :func:`val_loader` and :func:`calibration_sets` take ``rank`` and
+  ``world_size`` and return this rank's contiguous shard (no padding, the union is the whole set
+  once; :func:`qwt_core.distributed.shard_batches`).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
+
+from qwt_core.distributed import shard_batches
 
 from .errors import DataLayoutError
 from .registry import ModelSpec
@@ -92,10 +99,21 @@ def val_dataset(spec: ModelSpec, data_dir: str | Path, val_limit: int | None = N
 
 
 def val_loader(spec: ModelSpec, data_dir: str | Path, batch_size: int, workers: int,
-               val_limit: int | None = None) -> DataLoader:
+               val_limit: int | None = None, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Val batches, in order; with ``world_size`` > 1 only this rank's batches
+    (:func:`qwt_core.distributed.shard_batches`: the one-process batches split contiguously,
+    no padding). ``loader.full_size`` is the number of images over all ranks."""
     ds = val_dataset(spec, data_dir, val_limit)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=False, persistent_workers=False)
+    full = len(ds)  # type: ignore[arg-type]
+    sampler = None
+    if world_size > 1:
+        sampler = [list(b) for b in shard_batches(full, batch_size, rank, world_size)]
+    loader = (DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=False,
+                         persistent_workers=False) if sampler is not None else
+              DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                         pin_memory=False, persistent_workers=False))
+    loader.full_size = full  # type: ignore[attr-defined]
+    return loader
 
 
 def calibration_indices(n_train: int, count: int, seed: int) -> list[int]:
@@ -104,29 +122,59 @@ def calibration_indices(n_train: int, count: int, seed: int) -> list[int]:
     return torch.randperm(n_train, generator=g)[:count].tolist()
 
 
+def image_seed(seed: int, index: int) -> int:
+    """The augmentation seed of train image ``index`` (independent of order and process)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
 def load_images(ds: ImageFolder, indices: list[int], seed: int, batch_size: int,
-                progress: bool = False, desc: str = "images") -> list[Tensor]:
-    """Images ``indices`` of ``ds`` as batches (B, 3, H, W), augmentation seeded by ``seed``."""
+                progress: bool = False, desc: str = "images",
+                batches: list[range] | None = None) -> list[Tensor]:
+    """Images ``indices`` of ``ds`` as batches (B, 3, H, W); image i's augmentation is seeded by
+    :func:`image_seed` (seed, i). ``batches``: positions in ``indices`` per batch (default:
+    consecutive runs of ``batch_size``)."""
+    if batches is None:
+        batches = [range(i, min(i + batch_size, len(indices))) for i in range(0, len(indices), batch_size)]
     state_py, state_np = random.getstate(), np.random.get_state()
+    out: list[Tensor] = []
     try:
         with torch.random.fork_rng(devices=[]):
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
-            bar = tqdm(indices, desc=desc, disable=not progress, file=sys.stderr, leave=False)
-            images = [ds[i][0] for i in bar]
+            bar = tqdm(total=sum(len(b) for b in batches), desc=desc, disable=not progress,
+                       file=sys.stderr, leave=False)
+            for positions in batches:
+                images = []
+                for p in positions:
+                    s = image_seed(seed, indices[p])
+                    random.seed(s)
+                    np.random.seed(s)
+                    torch.manual_seed(s)
+                    images.append(ds[indices[p]][0])
+                    bar.update(1)
+                out.append(torch.stack(images))
+            bar.close()
     finally:
         random.setstate(state_py)
         np.random.set_state(state_np)
-    return [torch.stack(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return out
 
 
 def calibration_sets(spec: ModelSpec, data_dir: str | Path, calib_size: int, qwt_size: int, seed: int,
-                     batch_size: int, augment: bool = True, need_qwt: bool = True, progress: bool = False
-                     ) -> tuple[Tensor, list[Tensor]]:
-    """(RepQ-ViT batch (calib_size, 3, H, W), QwT batches) from the train split."""
+                     batch_size: int, augment: bool = True, need_qwt: bool = True, progress: bool = False,
+                     rank: int = 0, world_size: int = 1, need_calib: bool = True
+                     ) -> tuple[Tensor | None, list[Tensor]]:
+    """(RepQ-ViT batch (calib_size, 3, H, W), this rank's QwT batches) from the train split. The QwT set is the same whatever ``world_size`` is: the first
+    ``qwt_size`` entries of the seeded permutation, split by
+    :func:`qwt_core.distributed.shard_batches`. ``need_calib=False`` skips the RepQ-ViT batch
+    (None; ranks other than 0 receive it by broadcast)."""
     ds = ImageFolder(str(Path(data_dir) / "train"), transform=calib_transform(spec, augment))
     order = calibration_indices(len(ds), max(calib_size, qwt_size if need_qwt else 0), seed)
-    calib = load_images(ds, order[:calib_size], seed, max(calib_size, 1), progress, "RepQ-ViT calibration images")[0]
-    qwt = load_images(ds, order[:qwt_size], seed + 1, batch_size, progress, "QwT images") if need_qwt else []
+    calib = None
+    if need_calib:
+        calib = load_images(ds, order[:calib_size], seed, max(calib_size, 1), progress,
+                            "RepQ-ViT calibration images")[0]
+    qwt: list[Tensor] = []
+    qwt_order = order[:qwt_size] if need_qwt else []
+    if qwt_order:
+        qwt = load_images(ds, qwt_order, seed + 1, batch_size, progress, "QwT images",
+                          batches=shard_batches(len(qwt_order), batch_size, rank, world_size))
     return calib, qwt

@@ -9,9 +9,17 @@ Methods (``ExperimentConfig.methods``):
   ``percentile_strict``, ``percentile_strict+qwt`` (conv inputs at a_bits).
 A ``<base>+qwt`` method reuses the calibrated ``<base>`` model of the same run.
 
-Every bad input is detected before any evaluation, so a failing run writes no record; records are
-written atomically (:func:`benchmarks.records.write_record`).
+Every bad input is detected before any evaluation, and the records of a run are written together
+(atomically, :func:`benchmarks.records.write_record`) once every method has finished, so a failing
+run writes no record.
+
+Several processes (``torchrun --nproc_per_node N -m classification ...``, see docs/distributed.md):
+each rank builds the model; the RepQ-ViT batch is loaded on rank 0 and broadcast; the global QwT
+image set (independent of N) is split into contiguous shards and QwT's normal equations are
+all-reduced before each solve; the val set is split into contiguous shards without padding and the
+per-batch counts are combined in the global batch order; only rank 0 writes records and states.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,13 +42,14 @@ from tqdm import tqdm
 from benchmarks.records import RECORDS_DIR, make_record, write_record
 from qwt_core import (BlockReport, QwTConfig, calibrate_repq, fit_qwt, load_state, model_size,
                       save_state, set_quant_state)
+from qwt_core import distributed as dist_mod
 from qwt_core.qwt.compensation import CompensatedBlock
 
 from . import data as data_mod
 from .adapters import FamilyAdapter, for_family
 from .build import build_model, resolve_spec
 from .errors import CheckpointError, ClassificationError, DataLayoutError, MethodError
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, evaluate, metrics_from_batches
 from .registry import ModelSpec, UnknownModelError
 
 log = logging.getLogger("classification")
@@ -126,6 +135,10 @@ def plan_experiment(cfg: ExperimentConfig) -> Plan:
         raise ClassificationError(f"--val-limit must be >= 1, got {cfg.val_limit}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ClassificationError("--device cuda requested but CUDA is not available (use --device cpu)")
+    world = dist_mod.env_world_size()
+    if world > 1 and any(m.endswith(QWT) for m in methods) and not cfg.load_state and cfg.qwt_size < world:
+        raise ClassificationError(f"--qwt-size {cfg.qwt_size} is smaller than the number of processes "
+                                  f"({world}): every process needs at least one QwT image")
     try:
         QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor)
     except ValueError as e:
@@ -173,7 +186,9 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
                    ) -> list[dict[str, Any]]:
     """Run every method of ``cfg``; returns the records (also written under ``cfg.results_dir``).
 
-    Raises :class:`ClassificationError` (before any record is written) on bad input.
+    Raises :class:`ClassificationError` (before any record is written) on bad input. Under torchrun
+    (``WORLD_SIZE`` > 1) it joins the process group (backend by device) and leaves it at the end;
+    every rank returns the same records.
     """
     plan = plan_experiment(cfg)
     spec, adapter = plan.spec, plan.adapter
@@ -189,8 +204,31 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
     need_train = quantized and (peek is None or needs_qwt_fit)
     classes = data_mod.check_layout(cfg.data_dir, need_train=need_train)
 
+    dinfo = dist_mod.init_from_env(cfg.device)  # after the input checks: bad input fails every rank alike
+    records = _run(cfg, plan, peek, needs_qwt_fit, need_train, classes, dinfo)
+    dist_mod.barrier()  # every rank finished every method: only now are the records written
+    if cfg.results_dir is not None and dinfo.is_main:
+        for rec in records:
+            rec["_path"] = str(write_record(rec, cfg.results_dir))
+            log.info("record %s", rec["_path"])
+    if on_record is not None:
+        for rec in records:
+            on_record(rec)
+    dist_mod.barrier()
+    dist_mod.cleanup(dinfo)
+    return records
+
+
+def _run(cfg: ExperimentConfig, plan: Plan, peek: dict[str, Any] | None, needs_qwt_fit: bool, need_train: bool,
+         classes: list[str], dinfo: dist_mod.DistInfo) -> list[dict[str, Any]]:
+    """The body of :func:`run_experiment` once the inputs are checked: the records, not yet written."""
+    spec, adapter = plan.spec, plan.adapter
+    quantized = bool(plan.variants)
+    rank, world = dinfo.rank, dinfo.world_size
+    progress = cfg.progress and dinfo.is_main
+    dist_mod.maybe_inject_failure("start")
     _seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
+    device = dinfo.device  # cuda:LOCAL_RANK under torchrun
     model, spec = build_model(spec, pretrained=cfg.pretrained and not cfg.tiny, checkpoint=cfg.checkpoint,
                               checkpoint_dir=cfg.checkpoint_dir)
     n_out = _num_outputs(model)
@@ -201,7 +239,7 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
              cfg.checkpoint or (spec.timm_name if cfg.pretrained and not cfg.tiny else "random init"),
              len(classes), ",".join(plan.methods))
 
-    loader = data_mod.val_loader(spec, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.val_limit)
+    loader = data_mod.val_loader(spec, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.val_limit, rank, world)
     val_ds = loader.dataset
     n_val = len(val_ds.dataset if isinstance(val_ds, Subset) else val_ds)  # type: ignore[arg-type]
     partial = cfg.val_limit is not None and cfg.val_limit < n_val
@@ -219,14 +257,8 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
             a_bits=None if fp else cfg.a_bits, metrics=res.metrics, images=res.images, partial=partial,
             seed=cfg.seed, config={**base_config, **(extra_config or {})},
             times={**times, "eval_s": res.seconds}, blocks=[b.to_dict() for b in blocks or []],
-            model_size=size, command=cfg.command, device=str(device))
-        if cfg.results_dir is not None:
-            path = write_record(rec, cfg.results_dir)
-            rec["_path"] = str(path)
-            log.info("record %s", path)
+            model_size=size, command=cfg.command, device=str(torch.device(cfg.device)), world_size=world)
         records.append(rec)
-        if on_record is not None:
-            on_record(rec)
         m = res.metrics
         log.info("%s %s%s: top1 %.2f top5 %.2f%s (%d images)", spec.name, method,
                  "" if fp else f" w{cfg.w_bits}a{cfg.a_bits}", m["top1"], m["top5"],
@@ -234,9 +266,16 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
                  res.images)
 
     def run_eval(net: nn.Module, method: str, keep: bool = False, ref: torch.Tensor | None = None) -> EvalResult:
-        bar = tqdm(loader, desc=f"{spec.name} {method} eval", disable=not cfg.progress, file=sys.stderr,
+        bar = tqdm(loader, desc=f"{spec.name} {method} eval", disable=not progress, file=sys.stderr,
                    leave=False, dynamic_ncols=True)
-        return evaluate(net, bar, device, fp_logprobs=ref, keep_logprobs=keep)
+        dist_mod.maybe_inject_failure("eval")
+        res = evaluate(net, bar, device, fp_logprobs=ref, keep_logprobs=keep, allow_empty=dinfo.distributed)
+        if dinfo.distributed:  # every rank's batch counts, in the global batch order (shards are contiguous)
+            parts = dist_mod.gather_objects((res.batches, res.seconds))
+            res.batches = [b for batches, _ in parts for b in batches]
+            res.metrics, res.images = metrics_from_batches(res.batches, ref is not None)
+            res.seconds = max(sec for _, sec in parts)
+        return res
 
     fp_ref: torch.Tensor | None = None
     if "fp" in plan.methods:
@@ -246,13 +285,20 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
 
     calib: torch.Tensor | None = None
     qwt_batches: list[torch.Tensor] = []
+    qwt_images = 0
     if need_train:
         t0 = time.perf_counter()
         calib, qwt_batches = data_mod.calibration_sets(
             spec, cfg.data_dir, cfg.calib_size, cfg.qwt_size, cfg.seed, cfg.batch_size,
-            augment=cfg.calib_augment, need_qwt=needs_qwt_fit, progress=cfg.progress)
-        log.info("calibration data: %d RepQ-ViT + %d QwT train images (%.1fs)", len(calib),
-                 sum(len(b) for b in qwt_batches), time.perf_counter() - t0)
+            augment=cfg.calib_augment, need_qwt=needs_qwt_fit, progress=progress, rank=rank,
+            world_size=world, need_calib=dinfo.is_main or peek is not None)
+        if dinfo.distributed and peek is None:
+            calib = dist_mod.broadcast_tensor(calib)  # chosen once, on rank 0
+        n_qwt = sum(len(b) for b in qwt_batches)
+        qwt_images = sum(dist_mod.gather_objects(n_qwt))  # the same global set whatever the world size
+        log.info("calibration data: %d RepQ-ViT + %d QwT train images%s (%.1fs)", len(calib) if calib is not None else 0,
+                 qwt_images, f" ({n_qwt} on each of {world} processes)" if dinfo.distributed else "",
+                 time.perf_counter() - t0)
 
     qwt_cfg = QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor)
     for i, variant in enumerate(plan.variants):
@@ -262,7 +308,7 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
         qmodel.to(device)
         variant_config = {"quant_method": variant, "layers": _plan_summary(layer_plan),
                           "calib_images": 0 if calib is None else len(calib),
-                          "qwt_images": sum(len(b) for b in qwt_batches)}
+                          "qwt_images": qwt_images}
         times: dict[str, float] = {}
         has_qwt = False
         if peek is not None:
@@ -276,6 +322,7 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
             log.info("loaded calibrated state %s (QwT: %s)", cfg.load_state, has_qwt)
         else:
             assert calib is not None
+            dist_mod.maybe_inject_failure("calibration")
             t0 = time.perf_counter()
             calibrate_repq(qmodel, calib.to(device), adapter.reparam_pairs(qmodel))
             times["calibration_s"] = time.perf_counter() - t0
@@ -291,12 +338,13 @@ def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], 
         reports: list[BlockReport] = []
         if variant + QWT in plan.methods:
             if not has_qwt:
-                reports = _fit_qwt(adapter, qmodel, qwt_batches, qwt_cfg, device, cfg.progress)
+                dist_mod.maybe_inject_failure("qwt")
+                reports = _fit_qwt(adapter, qmodel, qwt_batches, qwt_cfg, device, progress)
                 times["qwt_s"] = sum(r.extra.get("seconds", 0.0) for r in reports)
                 has_qwt = True
             emit(variant + QWT, run_eval(qmodel, variant + QWT, ref=fp_ref), times,
                  model_size(qmodel).to_dict(), reports, extra_config={**variant_config, "qwt": asdict(qwt_cfg)})
-        if cfg.save_state and (peek is None or reports):
+        if cfg.save_state and (peek is None or reports) and dinfo.is_main:
             save_state(qmodel, cfg.save_state, meta={"model": spec.name, "method": variant, "w_bits": cfg.w_bits,
                                                      "a_bits": cfg.a_bits, "model_kwargs": _jsonable(spec.kwargs),
                                                      "qwt": has_qwt, "config": cfg.to_dict()})

@@ -5,12 +5,21 @@
 #   make imagenet-all                                               # the whole QwT table
 # Any bits 2..8 work (imagenet-deit_tiny-w3a5). CLS_ARGS passes extra CLI options
 # (e.g. CLS_ARGS="--val-limit 1000"); CLS_TABLES=0 skips regenerating the tables.
+# GPUS=N (N > 1) runs N processes under torchrun (python -m torch.distributed.run --standalone):
+#   make imagenet-deit_small-w4a4 IMAGENET=/data/imagenet DEVICE=cuda GPUS=8   # see docs/distributed.md
 IMAGENET   ?= data/imagenet
 CKPT_DIR   ?= pretrained_weights
 DEVICE     ?= cpu
 CLS_ARGS   ?=
 CLS_TABLES ?= 1
 cls_comma  := ,
+
+# one process, or torchrun with GPUS processes on this machine (same records, world_size = GPUS)
+ifeq ($(strip $(GPUS)),1)
+CLS_RUN = $(PY) -m classification
+else
+CLS_RUN = $(PY) -m torch.distributed.run --standalone --nproc_per_node $(GPUS) -m classification
+endif
 
 CLS_TRANSFORMERS := vit_small vit_base deit_tiny deit_small deit_base deit_tiny_distilled \
                     deit_small_distilled deit_base_distilled swin_tiny swin_small
@@ -36,7 +45,7 @@ imagenet-list:
 
 imagenet-%: $(STAMP)
 	$(call cls_check,$*)
-	$(PY) -m classification --model $(call cls_model,$*) \
+	$(CLS_RUN) --model $(call cls_model,$*) \
 	  --w-bits $(word 1,$(call cls_bits,$*)) --a-bits $(word 2,$(call cls_bits,$*)) \
 	  $(if $(call cls_strict,$*),--methods fp$(cls_comma)percentile_strict$(cls_comma)percentile_strict+qwt) \
 	  --data-dir $(IMAGENET) --checkpoint-dir $(CKPT_DIR) --device $(DEVICE) $(CLS_ARGS)

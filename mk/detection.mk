@@ -14,7 +14,7 @@ COCO_DETECTORS := mask_rcnn_swin_t mask_rcnn_swin_s cascade_mask_rcnn_swin_t cas
 ifeq ($(strip $(GPUS)),1)
 DET_RUN = $(PY) -m detection
 else
-DET_RUN = $(PY) -m torch.distributed.run --nproc_per_node=$(GPUS) -m detection --launcher pytorch
+DET_RUN = $(PY) -m torch.distributed.run --standalone --nproc_per_node $(GPUS) -m detection --launcher pytorch
 endif
 
 # coco-<detector>-w<b>a<b>: the stem is split at '-' into detector and bits, "w4a4" at 'a'.
