@@ -158,11 +158,20 @@ class Evaluator:
         self.cfg, self.work_dir, self.launcher = cfg, work_dir, launcher
         self.calls = 0
 
+    def _wrapper(self, model: nn.Module) -> dict | None:
+        """Several processes on CPU: mmengine's default DDP wrapper passes device_ids=[LOCAL_RANK],
+        which DDP refuses for a CPU module; the test loop only needs the module's test_step."""
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        if self.launcher == "none" or not on_cpu:
+            return None
+        return dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+
     def __call__(self, model: nn.Module, tag: str) -> tuple[dict[str, float], int, float]:
         from mmengine.runner import Runner
 
         self.calls += 1
         cfg = self.cfg
+        cfg.model_wrapper_cfg = self._wrapper(model)  # Runner.wrap_model reads it from cfg
         t0 = time.time()
         runner = Runner(
             model=model, work_dir=self.work_dir, experiment_name=f"{tag}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}",
@@ -194,7 +203,9 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     name, config_path, url = resolve(run)
     import mmdet  # noqa: F401  (registers modules)
     from mmdet.utils import register_all_modules
-    from mmengine.dist import get_dist_info, init_dist, is_distributed
+    from mmengine.dist import get_dist_info
+
+    from qwt_core.distributed import init_from_env
 
     from . import metrics as _metrics  # noqa: F401  (registers SubsetCocoMetric)
     from .adapters import SwinBackboneAdapter
@@ -213,8 +224,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     if run.load_state is not None and not Path(run.load_state).is_file():
         raise ExperimentError(f"--load-state {run.load_state} not found")
 
-    if run.launcher != "none" and not is_distributed():
-        init_dist(run.launcher)
+    if run.launcher != "none":  # torchrun: backend by device (nccl on CUDA, gloo on CPU), cuda:LOCAL_RANK
+        init_from_env(run.device, force=True)  # (mmengine's init_dist assumes CUDA); the Runner reuses it
     rank, world = get_dist_info()
     distributed = world > 1 or run.launcher != "none"
     torch.manual_seed(run.seed)

@@ -72,8 +72,9 @@ def timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
 
 
-def init_from_env(device: torch.device | str = "cpu") -> DistInfo:
-    """Join the process group torchrun describes (a no-op when ``WORLD_SIZE`` is unset or 1).
+def init_from_env(device: torch.device | str = "cpu", force: bool = False) -> DistInfo:
+    """Join the process group torchrun describes (a no-op when ``WORLD_SIZE`` is unset or 1,
+    unless ``force``: a group of one, for code that insists on one, e.g. mmengine's launcher).
 
     For CUDA, each process takes ``cuda:LOCAL_RANK`` and the returned ``device`` says so; a group
     that is already initialised (e.g. by mmengine) is reused, not re-created.
@@ -81,7 +82,7 @@ def init_from_env(device: torch.device | str = "cpu") -> DistInfo:
     dev = torch.device(device)
     world = env_world_size()
     already = dist.is_available() and dist.is_initialized()
-    if world <= 1 and not already:
+    if world <= 1 and not already and not force:
         return DistInfo(device=dev)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda":
