@@ -35,6 +35,7 @@ class Case:
     overrides: dict[str, Any] = field(default_factory=dict)
     tiny: bool = False  # the registry's tiny variant (smoke test)
     label: str = ""  # how the table names it
+    calib_size: tuple[int, int] | None = None  # RepQ-ViT calibration image size (None: ``size``)
 
     def describe(self) -> str:
         return self.label or f"{self.model} {self.size[0]}x{self.size[1]}"
@@ -57,6 +58,7 @@ class Plan:
     det_case: Case | None  # detector backbone memory row
     det_images: int
     det_batch: int
+    det_reference: bool  # also probe the reference-style fit on the detector (minutes on a CPU)
     init_repeats: int  # figure 5
     init_scale: float = 1.0  # figure 5 tensor sizes (1.0 = ViT-B fc1 as in bench_quantizer_init)
 
@@ -65,7 +67,10 @@ CLS_CASES = (Case("deit_small", "deit_small", (224, 224)), Case("swin_tiny", "sw
              Case("resnet50", "resnet50", (224, 224)))
 SMALL_VIT = Case("deit_small_w96_d2", "deit_small", (224, 224), overrides=dict(embed_dim=96, depth=2, num_heads=2),
                  label="deit_small architecture, width 96, depth 2, 224x224")
-DET_CASE = Case("swin_t_det", "swin_t_det", (800, 1333), builder="mmdet",
+# The detector backbone is RepQ-ViT-calibrated on a 224x224 image (every range is per tensor or per
+# channel, so the calibrated state fits any input size; a fit's memory does not depend on the range
+# values) and fitted at 800x1333: calibrating at 800x1333 would cost minutes of the CPU budget.
+DET_CASE = Case("swin_t_det", "swin_t_det", (800, 1333), builder="mmdet", calib_size=(224, 224),
                 label="Swin-T detector backbone (mmdet), 800x1333")
 TINY_CASES = (Case("deit_small_tiny", "deit_small", (32, 32), tiny=True, label="deit_small tiny variant 32x32"),
               Case("swin_tiny_tiny", "swin_tiny", (32, 32), tiny=True, label="swin_tiny tiny variant 32x32"),
@@ -78,26 +83,27 @@ def plan_for(mode: str, device: str) -> Plan:
     if mode == "tiny":
         return Plan("tiny", TINY_CASES, images=8, batch=4, calib_images=4, repeats=1,
                     mem_case=TINY_CASES[0], mem_counts=(16, 32, 64), mem_batch=8, mem_images=16,
-                    det_case=None, det_images=0, det_batch=1, init_repeats=1, init_scale=0.05)
+                    det_case=None, det_images=0, det_batch=1, det_reference=False, init_repeats=1,
+                    init_scale=0.05)
     if gpu:
         full = mode == "full"
         return Plan(mode, CLS_CASES, images=512 if full else 256, batch=64, calib_images=32,
                     repeats=3, mem_case=CLS_CASES[0], mem_counts=(128, 512, 1024), mem_batch=64,
                     mem_images=512 if full else 256, det_case=DET_CASE, det_images=8, det_batch=2,
-                    init_repeats=3)
+                    det_reference=True, init_repeats=3)
     if mode == "quick":
-        return Plan("quick", CLS_CASES, images=8, batch=8, calib_images=4, repeats=1,
+        return Plan("quick", CLS_CASES, images=4, batch=4, calib_images=2, repeats=1,
                     mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, mem_images=256,
-                    det_case=DET_CASE, det_images=1, det_batch=1, init_repeats=1, init_scale=0.5)
+                    det_case=None, det_images=1, det_batch=1, det_reference=False, init_repeats=1)
     if mode == "full":
-        return Plan("full", CLS_CASES, images=64, batch=16, calib_images=32, repeats=3,
+        return Plan("full", CLS_CASES, images=32, batch=16, calib_images=8, repeats=3,
                     mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, mem_images=512,
-                    det_case=DET_CASE, det_images=2, det_batch=1, init_repeats=3)
+                    det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True, init_repeats=3)
     if mode != "default":
         raise ValueError(f"unknown mode {mode!r} (expected tiny, quick, default or full)")
-    return Plan("default", CLS_CASES, images=16, batch=8, calib_images=4, repeats=2,
+    return Plan("default", CLS_CASES, images=4, batch=4, calib_images=2, repeats=2,
                 mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, mem_images=512,
-                det_case=DET_CASE, det_images=2, det_batch=1, init_repeats=2)
+                det_case=DET_CASE, det_images=1, det_batch=1, det_reference=False, init_repeats=2)
 
 
 def synthetic_batches(n: int, batch: int, size: tuple[int, int], seed: int = 0) -> Iterator[Tensor]:
@@ -149,9 +155,11 @@ def _build_det() -> Built:
 
     def make() -> nn.Module:
         torch.manual_seed(0)
-        return SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
-                               mlp_ratio=4, qkv_bias=True, drop_path_rate=0.0, patch_norm=True,
-                               out_indices=(0, 1, 2, 3), convert_weights=False).eval()
+        net = SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
+                              mlp_ratio=4, qkv_bias=True, drop_path_rate=0.0, patch_norm=True,
+                              out_indices=(0, 1, 2, 3), convert_weights=False)
+        net.eval()  # (mmdet's SwinTransformer.train() returns None)
+        return net
 
     fp, quant = make(), make()
     quantize_detector(quant, W_BITS, A_BITS)

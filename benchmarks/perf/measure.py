@@ -1,7 +1,11 @@
 """Time and peak-memory helpers of the perf benchmark.
 
 * :func:`interleaved_min` times several contenders in alternating order and keeps the minimum of
-  each (the machine is shared: only ratios measured in one run, min-of-N, mean anything).
+  each (the machine is shared: only ratios measured in one run, min-of-N, mean anything). It
+  records wall-clock seconds and the process's CPU seconds (all threads, ``time.process_time``).
+  On a GPU the figures use wall time (synchronised); on a shared CPU they use CPU time, which
+  counts the work done rather than the time spent waiting for a core held by another job (on a
+  2-core machine with a load average of 8, wall times of one computation varied by 4x).
 * :func:`probe` runs one fit in a fresh subprocess (``python -m benchmarks.perf.measure``) and
   returns its peak memory above the baseline taken just before the fit, so peaks of different
   measurements never contaminate each other:
@@ -9,6 +13,12 @@
     ``/proc/self/clear_refs`` right before the fit (so model building does not count), minus the
     resident set at that moment. Torch tensors are not seen by tracemalloc; RSS sees everything.
   - CUDA: ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` before the fit.
+  The subprocess runs with glibc's mmap threshold pinned at 1 MiB (``MALLOC_MMAP_THRESHOLD_``):
+  by default glibc raises the threshold after the first large free, so later tensors come from the
+  heap, whose freed pages stay resident, and RSS then follows the allocator's history (it crept up
+  by 25% over 8x more batches with no live tensor growing) instead of the live tensors. Pinned,
+  every tensor above 1 MiB is its own mapping and leaves the resident set when freed. The same
+  setting applies to both fits.
 """
 from __future__ import annotations
 
@@ -26,6 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20
+MMAP_THRESHOLD = 1 * MiB  # glibc: allocations above this are separate mappings (see module doc)
 
 
 def sync(device: torch.device | str) -> None:
@@ -33,23 +44,34 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def clock_for(device: torch.device | str) -> str:
+    """'wall' on a GPU, 'cpu' (process CPU time) on the CPU."""
+    return "wall" if torch.device(device).type == "cuda" else "cpu"
+
+
 def interleaved_min(contenders: Sequence[tuple[str, Callable[[], Any], Callable[[Any], Any]]],
-                    repeats: int, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Seconds of ``run(setup())`` per contender: the minimum over ``repeats`` rounds, the order
-    reversed every other round; ``setup`` (e.g. copying a model) is not timed."""
-    best = {name: float("inf") for name, _, _ in contenders}
+                    repeats: int, device: torch.device | str = "cpu",
+                    both: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """Seconds of ``run(setup())`` per contender on the device's clock (:func:`clock_for`): the
+    minimum over ``repeats`` rounds, the order reversed every other round; ``setup`` (e.g. copying
+    a model) is not timed. ``both`` receives {name: {"wall": s, "cpu": s}} (each a minimum)."""
+    clock = clock_for(device)
+    best = {name: {"wall": float("inf"), "cpu": float("inf")} for name, _, _ in contenders}
     for r in range(repeats):
         order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
         for name, setup, run in order:
             arg = setup()
             gc.collect()
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run(arg)
             sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            best[name] = {"wall": min(best[name]["wall"], wall), "cpu": min(best[name]["cpu"], cpu)}
             del arg
-    return best
+    if both is not None:
+        both.update(best)
+    return {name: v[clock] for name, v in best.items()}
 
 
 def _status(field: str) -> int:
@@ -125,7 +147,8 @@ def run_probe(job: dict[str, Any]) -> dict[str, Any]:
 def probe(job: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     """Run :func:`run_probe` in a fresh interpreter; returns its result (or ``{"error": ...}``)."""
     cmd = [sys.executable, "-m", "benchmarks.perf.measure", json.dumps(job)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -42,7 +42,7 @@ def summary(metrics: dict[str, float]) -> pd.DataFrame:
     for t in TARGETS:
         for name in sorted(k for k in metrics if k.split("/", 1)[0] == t.prefix):
             v = metrics[name]
-            status = "pass" if t.passes(v) else f"**miss** ({t.miss_by(v)})"
+            status = "—" if t.op == "info" else "pass" if t.passes(v) else f"**miss** ({t.miss_by(v)})"
             rows.append({"#": t.figure, "figure": t.title, "case": name.split("/", 1)[1],
                          "measured": f"{v:.2f}" if t.unit else f"{v:+.1%}",
                          "target": t.text() if t.unit else f"{t.op} {t.value:+.0%}", "status": status})
@@ -165,6 +165,12 @@ def render_markdown(rec: dict[str, Any]) -> str:
     ]
     if raw.get("detector_skipped"):
         lines += [f"Swin-T detector backbone at 800x1333: **{raw['detector_skipped']}**.", ""]
+    elif plan.get("det_case"):
+        lines += [f"Swin-T detector backbone (mmdet `SwinTransformer`, embed_dims 96, depths 2-2-6-2): "
+                  f"RepQ-ViT-calibrated on one 224x224 image (ranges are per tensor / per channel, so the "
+                  f"state fits any input size, and a fit's memory does not depend on them), then fitted at "
+                  f"800x1333 with {plan['det_images']} image(s), batch {plan['det_batch']} (rows "
+                  f"`swin_t_det` above)." + (f" Note: {raw['detector_note']}." if raw.get("detector_note") else ""), ""]
     init = raw.get("init", {})
     if init:
         shapes = raw.get("init_shapes", {})

@@ -74,6 +74,9 @@ class NormalEquations:
     def __init__(self, in_dim: int, out_dim: int, groups: int = 1, ridge: float = 0.0,
                  device: torch.device | str = "cpu") -> None:
         self.in_dim, self.out_dim, self.groups, self.ridge = in_dim, out_dim, groups, ridge
+        # rows converted to float64 at a time: the temporaries of one update stay below ~32 MiB
+        # whatever the batch size (the sums are the same up to float64 rounding order)
+        self.chunk_rows = max(256, (32 << 20) // (8 * groups * (in_dim + out_dim + 1)))
         self.A = torch.zeros(groups, in_dim + 1, in_dim + 1, dtype=torch.float64, device=device)
         self.B = torch.zeros(groups, in_dim + 1, out_dim, dtype=torch.float64, device=device)
         self.yy = torch.zeros(groups, out_dim, dtype=torch.float64, device=device)
@@ -90,6 +93,10 @@ class NormalEquations:
         if x.shape[1:] != (self.groups, self.in_dim) or y.shape[1:] != (self.groups, self.out_dim):
             raise ValueError(f"expected x (n, {self.groups}, {self.in_dim}) and y (n, {self.groups}, "
                              f"{self.out_dim}), got {tuple(x.shape)} and {tuple(y.shape)}")
+        for start in range(0, x.shape[0], self.chunk_rows):  # bounds the float64 temporaries
+            self._update(x[start:start + self.chunk_rows], y[start:start + self.chunk_rows])
+
+    def _update(self, x: Tensor, y: Tensor) -> None:
         x = x.to(self.A.device, torch.float64)
         y = y.to(self.A.device, torch.float64)
         xt = x.permute(1, 2, 0)  # (G, D, n)

@@ -94,7 +94,9 @@ def fit_block(block: nn.Module, step: BlockStep, inputs: FeatureStore, cfg: QwTC
         with full_precision(block):
             fp = step.call(block, x)
         q = step.call(block, x)  # the caller holds the model in quant state
-        xr, yr, geom = _rows(step.kind, x, fp - q, cfg)
+        # Y = FP(x) - Q(x), in fp's memory unless fp shares it with the block input or Q(x)
+        own = fp.data_ptr() not in (x.data_ptr(), q.data_ptr()) and fp._base is None
+        xr, yr, geom = _rows(step.kind, x, fp.sub_(q) if own else fp - q, cfg)
         if acc is None:
             ridge = cfg.linear_ridge if step.kind == "linear" else cfg.conv_ridge
             acc = NormalEquations(xr.shape[-1], yr.shape[-1], xr.shape[1] if xr.dim() == 3 else 1,

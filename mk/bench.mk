@@ -1,0 +1,11 @@
+# Calibration speed and memory (docs/perf.md): every ratio with its target -> results/perf.md + a
+# suite "perf" record. Runs on the CPU (about 15 minutes on 2 cores) or on a GPU when present.
+#   make bench                       default counts (CPU: 16 images at 224 px; GPU: 256)
+#   make bench BENCH_ARGS=--quick    fewer images, one repeat
+#   make bench BENCH_ARGS=--full     more images and repeats
+#   make bench BENCH_DEVICE=cpu      force the CPU on a GPU machine
+BENCH_ARGS   ?=
+BENCH_DEVICE ?= $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.perf.run --device $(BENCH_DEVICE) $(BENCH_ARGS)
