@@ -15,6 +15,7 @@ table always describes one consistent run per seed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -49,6 +50,7 @@ class Settings:
     det_qwt_img_size: int = 128  # canvases are 128x128 (SPEC on COCO: 224)
     test_limit: int | None = None  # evaluate only the first N test images (records: partial)
     threads: int = 2
+    checkpoints: Path = CHECKPOINTS  # folder of the <model>.pth files
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,48 @@ def plan(models: list[str], bits: list[int], seeds: list[int]) -> list[Job]:
     for model in models:
         methods = CLASSIFIERS[model].methods if model in CLASSIFIERS else ("fp", "repq", "repq+qwt")
         for seed in seeds:
-            for b in bits:
-                jobs.append(Job(model, b, seed, tuple(methods)))
+            for i, b in enumerate(bits):
+                # The classifiers need FP in every call (agreement_fp / kl_fp compare with it).
+                # The detector's FP evaluation depends on neither bits nor seed: run it once per
+                # seed (the table counts FP per seed), not once per bit width.
+                ms = methods if model in CLASSIFIERS or i == 0 else tuple(m for m in methods if m != "fp")
+                jobs.append(Job(model, b, seed, tuple(ms)))
     return jobs
+
+
+def pillow13_posterize_compat() -> bool:
+    """Work around timm 1.0.x RandAugment on Pillow >= 13 (returns True when the shim is installed).
+
+    The reference calibration augmentation ``rand-m9-mstd0.5-inc1`` may ask timm's ``posterize``
+    to keep 0 bits; Pillow < 13 returned an all-black image for that, Pillow 13 raises
+    ``ValueError: bits must be between or equal to 1 and 8``, which aborts a calibration at
+    random (depending on the seed). This restores the Pillow < 13 result for 0 bits only (a LUT
+    mapping every value to 0), leaving every other call untouched. It belongs in
+    ``classification/data.py`` (or a Pillow pin); until it is there the demo installs it.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps
+    from timm.data import auto_augment
+
+    try:
+        ImageOps.posterize(Image.fromarray(np.zeros((1, 1, 3), np.uint8)), 0)
+        return False  # this Pillow accepts 0 bits
+    except ValueError:
+        pass
+    if getattr(auto_augment.posterize, "_demo_compat", False):
+        return True
+    original = auto_augment.posterize
+
+    def posterize(img, bits_to_keep, **kw):  # noqa: ANN001, ANN202
+        if bits_to_keep <= 0:
+            return img.point([0] * 256 * len(img.getbands()))
+        return original(img, bits_to_keep, **kw)
+
+    posterize._demo_compat = True  # type: ignore[attr-defined]
+    auto_augment.posterize = posterize
+    auto_augment.NAME_TO_OP["Posterize"] = auto_augment.NAME_TO_OP["PosterizeIncreasing"] = \
+        auto_augment.NAME_TO_OP["PosterizeOriginal"] = posterize
+    return True
 
 
 def _key(rec: dict[str, Any]) -> tuple:
@@ -111,7 +152,7 @@ def run_classifier(job: Job, s: Settings, records_root: Path, command: str) -> l
 
     cfg = ExperimentConfig(
         model=job.model, data_dir=str(data.DEFAULT_ROOT), w_bits=job.bits, a_bits=job.bits,
-        methods=job.methods, checkpoint=str(CLASSIFIERS[job.model].checkpoint), workers=0,
+        methods=job.methods, checkpoint=str(s.checkpoints / f"{job.model}.pth"), workers=0,
         seed=job.seed, calib_size=s.calib_size, qwt_size=s.qwt_size, val_limit=s.test_limit,
         results_dir=str(records_root), suite=SUITE, command=command, progress=False)
     return [Path(r["_path"]) for r in run_experiment(cfg)]
@@ -121,19 +162,64 @@ def run_detector(job: Job, s: Settings, records_root: Path, command: str) -> lis
     """One invocation of the detection pipeline (FP, RepQ-ViT, RepQ-ViT + QwT on the backbone)."""
     from detection.pipeline import DetectionRun, run_experiment
 
-    with tempfile.TemporaryDirectory(prefix="qwt-demo-") as tmp:
+    log_dir = REPO / "work_dirs" / "demo"  # mmengine / pycocotools output of each call
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{job.model}_w{job.bits}a{job.bits}_s{job.seed}.log"
+    with tempfile.TemporaryDirectory(prefix="qwt-demo-") as tmp, open(log_path, "w") as log, \
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         run = DetectionRun(
             config=str(DETECTOR_CONFIG), data_root=str(detection_data.DEFAULT_ROOT),
-            checkpoint=str(CHECKPOINTS / f"{DETECTOR}.pth"), w_bits=job.bits, a_bits=job.bits,
+            checkpoint=str(s.checkpoints / f"{DETECTOR}.pth"), w_bits=job.bits, a_bits=job.bits,
             methods=job.methods, seed=job.seed, qwt_size=s.det_qwt_size, qwt_img_size=s.det_qwt_img_size,
             qwt_batch_size=16, val_limit=s.test_limit, results_dir=tmp, workers=0, log_interval=10**6,
-            work_dir=str(Path(tmp) / "work_dir"), command=command)
+            work_dir=str(Path(tmp) / "work_dir"), command=command,
+            cfg_options={"log_level": "WARNING"})
         records = run_experiment(run)
         return _relabel(records, records_root, command)
 
 
 RUNNERS: dict[str, Callable[[Job, Settings, Path, str], list[Path]]] = {
     **{m: run_classifier for m in CLASSIFIERS}, DETECTOR: run_detector}
+
+
+def summary(paths: list[Path]) -> str:
+    """One line per job: the headline metrics of each record it wrote."""
+    parts = []
+    for p in paths:
+        rec = json.loads(p.read_text())
+        m = rec["metrics"]
+        if "top1" in m:
+            text = f"top1 {m['top1']:.2f}" + (f" kl {m['kl_fp']:.4f}" if "kl_fp" in m else "")
+        else:
+            text = f"box {m.get('bbox_mAP', float('nan')):.1f} mask {m.get('segm_mAP', float('nan')):.1f}"
+        parts.append(f"{rec['method']} {text}")
+    return " | ".join(parts)
+
+
+def qwt_effect(records: list[dict[str, Any]]) -> list[str]:
+    """Seed-by-seed comparison of baseline + QwT with its baseline, per model and bits: the
+    relative change of KL(FP || Q) (classifiers) or the change of box / mask AP (detector)."""
+    by_key = {(r["model"], r["method"], r["w_bits"], r["seed"]): r["metrics"] for r in records}
+    lines = []
+    for (model, method, bits, _) in sorted({k[:3] + (0,) for k in by_key if k[1].endswith("+qwt")}):
+        base = method.removesuffix("+qwt")
+        pairs = [(by_key[(model, base, bits, s)], m) for (mo, me, b, s), m in sorted(by_key.items())
+                 if (mo, me, b) == (model, method, bits) and (model, base, bits, s) in by_key]
+        if not pairs:
+            continue
+        if "kl_fp" in pairs[0][1]:
+            rel = [100 * (q["kl_fp"] - b["kl_fp"]) / b["kl_fp"] for b, q in pairs if b["kl_fp"] > 0]
+            d1 = [q["top1"] - b["top1"] for b, q in pairs]
+            lines.append(f"{model} W{bits}A{bits}: KL(FP||Q) {method} vs {base}: "
+                         + ", ".join(f"{r:+.0f}%" for r in rel)
+                         + f" (lower in {sum(r < 0 for r in rel)}/{len(rel)} seeds); top-1 "
+                         + ", ".join(f"{d:+.2f}" for d in d1))
+        else:
+            db = [q["bbox_mAP"] - b["bbox_mAP"] for b, q in pairs]
+            dm = [q["segm_mAP"] - b["segm_mAP"] for b, q in pairs]
+            lines.append(f"{model} W{bits}A{bits}: {method} vs {base}: box AP "
+                         + ", ".join(f"{d:+.1f}" for d in db) + "; mask AP " + ", ".join(f"{d:+.1f}" for d in dm))
+    return lines
 
 
 def _ints(text: str) -> list[int]:
@@ -150,12 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", default=str(RECORDS_DIR), help="records root (suite folder 'demo' inside)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="rendered table")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--checkpoints", default=str(CHECKPOINTS),
+                    help="folder holding <model>.pth (default: the committed checkpoints)")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         ap.error(f"unknown demo models {unknown}; choose from {', '.join(MODELS)}")
-    settings = Settings(test_limit=args.test_limit, threads=args.threads)
+    settings = Settings(test_limit=args.test_limit, threads=args.threads, checkpoints=Path(args.checkpoints))
     command = shlex.join(["python", "-m", "benchmarks.demo.run", *(sys.argv[1:] if argv is None else argv)])
 
     import torch
@@ -169,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(m in CLASSIFIERS for m in models):
         from .models import register_classifiers
         register_classifiers()
+        if pillow13_posterize_compat():
+            print("[demo] Pillow >= 13: timm RandAugment posterize(0 bits) shimmed to Pillow 12's "
+                  "all-black result (see benchmarks/demo/run.py)")
     jobs = plan(models, _ints(args.bits), _ints(args.seeds))
     records_root = Path(args.records)
     written: list[Path] = []
@@ -178,11 +269,14 @@ def main(argv: list[str] | None = None) -> int:
             paths = RUNNERS[job.model](job, settings, records_root, command)
             replace_older(records_root, paths)
             written += paths
+            bar.write(f"[demo] {job.label}: " + summary(paths))
     from benchmarks.demo_table import render_demo
 
     out = render_demo(records_root, args.out, plots=True)
     print(f"[demo] {len(written)} records in {records_root / SUITE}, table {out} "
           f"({time.time() - t0:.0f}s)")
+    for line in qwt_effect(load_records(records_root, SUITE)):
+        print("[demo] seed by seed:", line)
     return 0
 
 

@@ -22,18 +22,18 @@ model = dict(
         drop_path_rate=0.0,
         convert_weights=False,
         init_cfg=None),
-    neck=dict(in_channels=[32, 64, 128, 256], out_channels=64, num_outs=5),
-    rpn_head=dict(in_channels=64, feat_channels=64,
+    neck=dict(in_channels=[32, 64, 128, 256], out_channels=48, num_outs=5),
+    rpn_head=dict(in_channels=48, feat_channels=48,
                   anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=10),
-        mask_roi_extractor=dict(out_channels=64),
-        mask_head=dict(num_convs=2, in_channels=64, conv_out_channels=64, num_classes=10)),
+        bbox_roi_extractor=dict(out_channels=48),
+        bbox_head=dict(in_channels=48, fc_out_channels=128, num_classes=10),
+        mask_roi_extractor=dict(out_channels=48),
+        mask_head=dict(num_convs=1, in_channels=48, conv_out_channels=48, num_classes=10)),
     train_cfg=dict(
-        rpn=dict(sampler=dict(num=128)),
-        rpn_proposal=dict(nms_pre=500, max_per_img=200),
-        rcnn=dict(sampler=dict(num=128))),
+        rpn=dict(sampler=dict(num=64)),
+        rpn_proposal=dict(nms_pre=300, max_per_img=100),
+        rcnn=dict(sampler=dict(num=32))),
     test_cfg=dict(
         rpn=dict(nms_pre=300, max_per_img=100),
         rcnn=dict(max_per_img=20)))
@@ -67,13 +67,13 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json', metric=['bbox', 'segm'])
 test_evaluator = val_evaluator
 
-max_epochs = 12
+max_epochs = 6
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, T_max=max_epochs, eta_min=1e-5),
 ]
-optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05), clip_grad=dict(max_norm=10.0))
+optim_wrapper = dict(optimizer=dict(lr=2e-3, weight_decay=0.05), clip_grad=dict(max_norm=10.0))
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_epochs, max_keep_ckpts=1),
                      visualization=dict(draw=False))
 randomness = dict(seed=0, deterministic=False)
