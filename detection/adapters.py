@@ -15,18 +15,34 @@ from mmdet.models.backbones.swin import SwinTransformer
 from qwt_core import BlockStep
 
 
-class SwinBackboneAdapter:
-    """QwT over every SwinBlock of an mmdet ``SwinTransformer`` (``model`` is the backbone)."""
+class _Root(nn.Module):
+    """Holds a bare backbone: mmdet's ``SwinTransformer.train()`` returns None, so
+    ``backbone.eval()`` (as qwt_core.fit_qwt calls it) cannot be chained; a container can."""
 
     def __init__(self, backbone: SwinTransformer) -> None:
-        if not isinstance(backbone, SwinTransformer):
-            raise TypeError(f"expected an mmdet SwinTransformer, got {type(backbone).__name__}")
-        self.model: nn.Module = backbone
+        super().__init__()
+        self.backbone = backbone
+
+
+class SwinBackboneAdapter:
+    """QwT over every SwinBlock of the mmdet ``SwinTransformer`` inside ``model`` (a detector, or
+    the backbone itself). ``self.model`` is the detector (or a container of the backbone); block
+    names are qualified from it, e.g. ``backbone.stages.2.blocks.5``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from .quantize import find_swin
+
+        if isinstance(model, SwinTransformer):
+            model = _Root(model)
+        prefix, backbone = find_swin(model)
+        self.model: nn.Module = model
+        self.backbone: SwinTransformer = backbone
+        self.prefix = prefix + "." if prefix else ""
         self.hw: list[tuple[int, int]] = []  # token grid of each stage, set by embed()
 
     def embed(self, images: Tensor) -> Tensor:
         """Patch embedding (+ absolute position, dropout) of images (B, 3, H, W) -> (B, L, C)."""
-        bb = self.model
+        bb = self.backbone
         x, hw = bb.patch_embed(images)
         if bb.use_abs_pos_embed:
             x = x + bb.absolute_pos_embed
@@ -47,15 +63,15 @@ class SwinBackboneAdapter:
         return lambda block, x: block(x, self.hw[stage])
 
     def _after(self, stage: int):  # noqa: ANN202
-        ds = self.model.stages[stage].downsample
+        ds = self.backbone.stages[stage].downsample
         return lambda x: ds(x, self.hw[stage])[0]
 
     def steps(self) -> Sequence[BlockStep]:
         out = []
-        for i, stage in enumerate(self.model.stages):
+        for i, stage in enumerate(self.backbone.stages):
             n = len(stage.blocks)
             for j in range(n):
                 last = j == n - 1 and stage.downsample is not None
-                out.append(BlockStep(f"stages.{i}.blocks.{j}", call=self._call(i),
+                out.append(BlockStep(f"{self.prefix}stages.{i}.blocks.{j}", call=self._call(i),
                                      after=self._after(i) if last else None))
         return out

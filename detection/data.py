@@ -107,9 +107,9 @@ def qwt_batches(cfg: Config, model: nn.Module, n: int, size: int, seed: int, bat
     """Normalized QwT calibration images (B, 3, size, size) of this rank's shard."""
     backend_args = cfg.get("backend_args", None)
     pipeline = Compose([
-        dict(type="mmdet.LoadImageFromFile", backend_args=backend_args),
-        dict(type="mmdet.Resize", scale=(size, size), keep_ratio=False),
-        dict(type="mmdet.PackDetInputs", meta_keys=("img_path", "ori_shape", "img_shape", "scale_factor")),
+        dict(type="LoadImageFromFile", backend_args=backend_args),
+        dict(type="Resize", scale=(size, size), keep_ratio=False),
+        dict(type="PackDetInputs", meta_keys=("img_path", "ori_shape", "img_shape", "scale_factor")),
     ])
     files = qwt_image_files(cfg, n, seed)[rank::world_size]
     for i in range(0, len(files), batch_size):

@@ -128,7 +128,6 @@ def load_config(run: DetectionRun, config_path: Path, work_dir: str):  # noqa: A
     loader = cfg.test_dataloader
     loader.num_workers = run.workers
     loader.persistent_workers = run.workers > 0
-    loader.batch_size = 1
     if run.val_limit is not None:
         loader.dataset.indices = run.val_limit  # the first N images; the metric scores exactly these
     evs = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
@@ -152,11 +151,15 @@ def build_detector(cfg, device: str, distributed: bool) -> nn.Module:  # noqa: A
 
 
 class Evaluator:
-    """mmengine Runner test loop (TestLoop + the config's CocoMetric) on a given model."""
+    """mmengine Runner test loop (TestLoop + the config's CocoMetric) on one model object.
+
+    The Runner is built on the first call and reused: the methods are evaluated on the same
+    model object, quantized and compensated in place between the calls."""
 
     def __init__(self, cfg, work_dir: str, launcher: str) -> None:  # noqa: ANN001
         self.cfg, self.work_dir, self.launcher = cfg, work_dir, launcher
-        self.calls = 0
+        self.runner = None
+        self.model: nn.Module | None = None
 
     def _wrapper(self, model: nn.Module) -> dict | None:
         """Several processes on CPU: mmengine's default DDP wrapper passes device_ids=[LOCAL_RANK],
@@ -169,19 +172,24 @@ class Evaluator:
     def __call__(self, model: nn.Module, tag: str) -> tuple[dict[str, float], int, float]:
         from mmengine.runner import Runner
 
-        self.calls += 1
-        cfg = self.cfg
-        cfg.model_wrapper_cfg = self._wrapper(model)  # Runner.wrap_model reads it from cfg
         t0 = time.time()
-        runner = Runner(
-            model=model, work_dir=self.work_dir, experiment_name=f"{tag}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}",
-            test_dataloader=cfg.test_dataloader, test_cfg=dict(type="TestLoop"),
-            test_evaluator=cfg.test_evaluator, default_hooks=cfg.default_hooks,
-            env_cfg=cfg.get("env_cfg", dict()), log_processor=cfg.get("log_processor"),
-            log_level=cfg.get("log_level", "INFO"), default_scope="mmdet", launcher=self.launcher,
-            randomness=dict(seed=None), cfg=cfg)
-        metrics = runner.test()
-        images = len(runner.test_dataloader.dataset)
+        if self.runner is None:
+            cfg = self.cfg
+            cfg.model_wrapper_cfg = self._wrapper(model)  # Runner.wrap_model reads it from cfg
+            self.runner = Runner(
+                model=model, work_dir=self.work_dir,
+                experiment_name=f"{tag}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}",
+                test_dataloader=cfg.test_dataloader, test_cfg=dict(type="TestLoop"),
+                test_evaluator=cfg.test_evaluator, default_hooks=cfg.default_hooks,
+                env_cfg=cfg.get("env_cfg", dict()), log_processor=cfg.get("log_processor"),
+                log_level=cfg.get("log_level", "INFO"), default_scope="mmdet", launcher=self.launcher,
+                randomness=dict(seed=None), cfg=cfg)
+            self.model = model
+        elif model is not self.model:
+            raise ValueError("an Evaluator serves the one model object it was first called with")
+        self.runner.logger.info(f"evaluating {tag}")
+        metrics = self.runner.test()
+        images = len(self.runner.test_dataloader.dataset)
         return dict(metrics), images, time.time() - t0
 
 
@@ -211,7 +219,7 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     from .adapters import SwinBackboneAdapter
     from .convert import load_detector_weights
     from .data import check_inputs, first_test_batch, qwt_batches
-    from .quantize import calibrate_detector, find_swin, quantize_detector
+    from .quantize import calibrate_detector, quantize_detector
 
     register_all_modules(init_default_scope=True)
     work_dir = run.work_dir or os.path.join("work_dirs", name)
@@ -307,8 +315,7 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     if not has_qwt:
         from tqdm import tqdm
 
-        _, backbone = find_swin(model)
-        adapter = SwinBackboneAdapter(backbone)
+        adapter = SwinBackboneAdapter(model)
         qcfg = QwTConfig(start_block=run.start_block, fp16_eval=False, store=run.qwt_store)  # type: ignore[arg-type]
         n_batches = math.ceil(len(range(rank, run.qwt_size, world)) / run.qwt_batch_size)
         batches = tqdm(qwt_batches(cfg, model, run.qwt_size, run.qwt_img_size, run.seed,

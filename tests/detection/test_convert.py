@@ -39,12 +39,12 @@ def _official_rel_index(ws: int) -> torch.Tensor:
 
 def _windows(x, ws):  # (B, H, W, C) -> (nW*B, ws, ws, C)
     B, H, W, C = x.shape
-    return x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, C)
+    return x.reshape(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, C)
 
 
 def _unwindows(w, ws, H, W):
     B = int(w.shape[0] / (H * W / ws / ws))
-    return w.view(B, H // ws, W // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, -1)
+    return w.reshape(B, H // ws, W // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, -1)
 
 
 def _attention(x, sd, p, heads, ws, mask):
@@ -66,13 +66,13 @@ def _attention(x, sd, p, heads, ws, mask):
 def _block(x, sd, p, H, W, heads, ws, shift, mask):
     B, L, C = x.shape
     shortcut = x
-    x = _ln(x, sd, p + ".norm1").view(B, H, W, C)
+    x = _ln(x, sd, p + ".norm1").reshape(B, H, W, C)
     pad_r, pad_b = (ws - W % ws) % ws, (ws - H % ws) % ws
     x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
     Hp, Wp = x.shape[1:3]
     if shift:
         x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-    w = _attention(_windows(x, ws).view(-1, ws * ws, C), sd, p + ".attn", heads, ws, mask if shift else None)
+    w = _attention(_windows(x, ws).reshape(-1, ws * ws, C), sd, p + ".attn", heads, ws, mask if shift else None)
     x = _unwindows(w.view(-1, ws, ws, C), ws, Hp, Wp)
     if shift:
         x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
@@ -83,7 +83,7 @@ def _block(x, sd, p, H, W, heads, ws, shift, mask):
 
 def _merge(x, sd, p, H, W):  # the official PatchMerging: cat of x0, x1, x2, x3
     B, L, C = x.shape
-    x = x.view(B, H, W, C)
+    x = x.reshape(B, H, W, C)
     x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
     x0, x1, x2 = x[:, 0::2, 0::2, :], x[:, 1::2, 0::2, :], x[:, 0::2, 1::2, :]
     x3 = x[:, 1::2, 1::2, :]
@@ -109,13 +109,13 @@ def official_swin_forward(sd, img, depths, heads, ws=7, patch=4):
             for w in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
                 img_mask[:, h, w, :] = cnt
                 cnt += 1
-        mw = _windows(img_mask, ws).view(-1, ws * ws)
+        mw = _windows(img_mask, ws).reshape(-1, ws * ws)
         mask = (mw.unsqueeze(1) - mw.unsqueeze(2))
         mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
         for j in range(depth):
             x = _block(x, sd, f"layers.{i}.blocks.{j}", Wh, Ww, heads[i], ws, shift if j % 2 else 0, mask)
         out = _ln(x, sd, f"norm{i}")
-        outs.append(out.view(-1, Wh, Ww, out.shape[-1]).permute(0, 3, 1, 2))
+        outs.append(out.reshape(-1, Wh, Ww, out.shape[-1]).permute(0, 3, 1, 2))
         if i < len(depths) - 1:
             x = _merge(x, sd, f"layers.{i}.downsample", Wh, Ww)
             Wh, Ww = (Wh + 1) // 2, (Ww + 1) // 2
