@@ -115,8 +115,13 @@ def config_from_args(args: argparse.Namespace, command: str) -> ExperimentConfig
         results_dir=args.results_dir, command=command, progress=not args.no_progress)
 
 
-@record  # under torchrun: a failing worker's traceback goes into the launcher's error summary
 def main(argv: Sequence[str] | None = None) -> int:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: a failing worker's traceback goes
+        return record(_main)(argv)  # into the launcher's error summary
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # modules that register extra models must be imported before --model is resolved
     pre = argparse.ArgumentParser(add_help=False)

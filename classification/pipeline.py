@@ -19,7 +19,6 @@ image set (independent of N) is split into contiguous shards and QwT's normal eq
 all-reduced before each solve; the val set is split into contiguous shards without padding and the
 per-batch counts are combined in the global batch order; only rank 0 writes records and states.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -297,7 +296,7 @@ def _run(cfg: ExperimentConfig, plan: Plan, peek: dict[str, Any] | None, needs_q
         n_qwt = sum(len(b) for b in qwt_batches)
         qwt_images = sum(dist_mod.gather_objects(n_qwt))  # the same global set whatever the world size
         log.info("calibration data: %d RepQ-ViT + %d QwT train images%s (%.1fs)", len(calib) if calib is not None else 0,
-                 qwt_images, f" ({n_qwt} on each of {world} processes)" if dinfo.distributed else "",
+                 qwt_images, f" ({n_qwt} on rank {rank} of {world})" if dinfo.distributed else "",
                  time.perf_counter() - t0)
 
     qwt_cfg = QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor)
