@@ -102,18 +102,14 @@ def val_loader(spec: ModelSpec, data_dir: str | Path, batch_size: int, workers: 
                val_limit: int | None = None, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Val batches, in order; with ``world_size`` > 1 only this rank's batches
     (:func:`qwt_core.distributed.shard_batches`: the one-process batches split contiguously,
-    no padding). ``loader.full_size`` is the number of images over all ranks."""
+    no padding)."""
     ds = val_dataset(spec, data_dir, val_limit)
-    full = len(ds)  # type: ignore[arg-type]
-    sampler = None
     if world_size > 1:
-        sampler = [list(b) for b in shard_batches(full, batch_size, rank, world_size)]
-    loader = (DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=False,
-                         persistent_workers=False) if sampler is not None else
-              DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                         pin_memory=False, persistent_workers=False))
-    loader.full_size = full  # type: ignore[attr-defined]
-    return loader
+        batches = [list(b) for b in shard_batches(len(ds), batch_size, rank, world_size)]  # type: ignore[arg-type]
+        return DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=False,
+                          persistent_workers=False)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=False, persistent_workers=False)
 
 
 def calibration_indices(n_train: int, count: int, seed: int) -> list[int]:
