@@ -14,6 +14,7 @@ import argparse
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -50,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
                    help="evaluate only the first N val images (recorded as partial)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-block", type=int, default=0, help="QwT: blocks before this keep no compensation")
+    p.add_argument("--window-pad", choices=("exact", "zero"), default="exact",
+                   help="padding of the normalized tokens after the reparameterized norm1: 'exact' "
+                        "(-b, same FP function) or 'zero' (the reference code)")
     p.add_argument("--results-dir", default=None, help="records folder (default results/records)")
     p.add_argument("--save-state", help="write the calibrated (RepQ-ViT [+ QwT]) state here")
     p.add_argument("--load-state", help="load a calibrated state instead of calibrating")
@@ -87,6 +91,8 @@ def fail(msg: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # mmengine imports pkg_resources (deprecated by setuptools): keep stderr for our own messages
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     args = parser().parse_args(argv)
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # mmengine's Runner moves models to get_device()
@@ -109,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods=[m.strip() for m in args.methods.split(",") if m.strip()], device=args.device,
         qwt_size=args.qwt_size, qwt_img_size=args.qwt_img_size, qwt_batch_size=args.qwt_batch_size,
         qwt_store=args.qwt_store, val_limit=args.val_limit, seed=args.seed,
-        start_block=args.start_block, results_dir=Path(args.results_dir) if args.results_dir else RECORDS_DIR,
+        start_block=args.start_block, window_pad=args.window_pad,
+        results_dir=Path(args.results_dir) if args.results_dir else RECORDS_DIR,
         save_state=args.save_state, load_state=args.load_state, work_dir=args.work_dir,
         workers=args.workers, launcher=args.launcher, log_interval=args.log_interval,
         command=shlex.join([PROG, *argv]))

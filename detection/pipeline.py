@@ -54,6 +54,7 @@ class DetectionRun:
     val_limit: int | None = None  # evaluate the first N test images only (recorded as partial)
     seed: int = 0
     start_block: int = 0  # QwT: blocks before this index keep zero compensation
+    window_pad: str = "exact"  # "exact": pad with -b after the reparameterized norm1; "zero": reference
     results_dir: str | os.PathLike[str] = RECORDS_DIR
     save_state: str | None = None
     load_state: str | None = None
@@ -79,6 +80,8 @@ def _validate(run: DetectionRun) -> None:
         raise ExperimentError("give exactly one of --detector NAME or --config PATH")
     if run.val_limit is not None and run.val_limit < 1:
         raise ExperimentError(f"--val-limit must be >= 1, got {run.val_limit}")
+    if run.window_pad not in ("exact", "zero"):
+        raise ExperimentError(f"--window-pad must be 'exact' or 'zero', got {run.window_pad!r}")
     if run.qwt_size < 1 or run.qwt_img_size < 32:
         raise ExperimentError("--qwt-size must be >= 1 and --qwt-img-size >= 32")
 
@@ -205,6 +208,24 @@ def _full_size(cfg) -> int | None:  # noqa: ANN001
         return None
 
 
+def _check_state(run: DetectionRun) -> None:
+    """Refuse, before anything is evaluated, a --load-state that cannot serve the methods."""
+    path = Path(run.load_state)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise ExperimentError(f"--load-state {path} not found")
+    payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    if not isinstance(payload, dict) or "meta" not in payload:
+        raise ExperimentError(f"--load-state {path} is not a calibrated state written by --save-state")
+    meta = payload["meta"]
+    if meta.get("qwt") and "repq" in run.methods:
+        raise ExperimentError(f"--load-state {path} holds QwT compensation: it can only evaluate "
+                              "repq+qwt (drop repq from --methods)")
+    bits = (meta.get("w_bits"), meta.get("a_bits"))
+    if None not in bits and bits != (run.w_bits, run.a_bits):
+        raise ExperimentError(f"--load-state {path} was calibrated at W{bits[0]}A{bits[1]}, "
+                              f"not W{run.w_bits}A{run.a_bits}")
+
+
 def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     """Run the requested methods; returns the records (also written on rank 0)."""
     _validate(run)
@@ -229,8 +250,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     need_qwt = "repq+qwt" in run.methods
     check_inputs(cfg, need_train=need_qwt and run.load_state is None)
     ckpt = _checkpoint_path(run, url)
-    if run.load_state is not None and not Path(run.load_state).is_file():
-        raise ExperimentError(f"--load-state {run.load_state} not found")
+    if run.load_state is not None:
+        _check_state(run)
 
     if run.launcher != "none":  # torchrun: backend by device (nccl on CUDA, gloo on CPU), cuda:LOCAL_RANK
         init_from_env(run.device, force=True)  # (mmengine's init_dist assumes CUDA); the Runner reuses it
@@ -250,7 +271,7 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         "repq_calibration": "first test-loader image (config test pipeline)",
         "qwt_calibration": f"{run.qwt_size} train images, {run.qwt_img_size}x{run.qwt_img_size}, keep_ratio False, no flip, seeded sample",
         "patch_embed_a_bits": 8, "attn_scale": "q * scale before matmul1 (mmdet/RepQ-ViT)",
-        "pad_fix": "window padding after reparameterized norm1 uses -b (exact FP)",
+        "window_pad": run.window_pad,  # exact: padding after the reparameterized norm1 is -b
         "methods": list(run.methods), "launcher": run.launcher,
     }
     records: list[dict[str, Any]] = []
@@ -290,15 +311,13 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         meta = load_state(model, run.load_state, map_location=run.device)
         has_qwt = bool(meta.get("qwt"))
         blocks = list(meta.get("blocks", []))
-        if has_qwt and "repq" in run.methods:
-            raise ExperimentError(f"--load-state {run.load_state} holds QwT compensation: it can only "
-                                  "evaluate repq+qwt (drop repq from --methods)")
         print(f"[{name}] loaded calibrated state {run.load_state} (qwt={has_qwt})", flush=True)
     else:
         batch = first_test_batch(cfg)
         print(f"[{name}] RepQ-ViT W{run.w_bits}A{run.a_bits}: calibrating on "
               f"{batch['data_samples'][0].img_path}", flush=True)
-        calibrate_detector(model, batch, forward=lambda m, b: m.test_step(b))
+        calibrate_detector(model, batch, forward=lambda m, b: m.test_step(b),
+                           exact_padding=run.window_pad == "exact")
     set_quant_state(model, weight=True, act=True)  # quantizers start (and calibrate) disabled
     t_cal = time.time() - t0
     size = model_size(model).to_dict()
@@ -307,7 +326,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         record("repq", m, n_img, {"calibration_s": t_cal, "eval_s": t}, [], size, {})
     if not need_qwt:
         if run.save_state and rank == 0:
-            save_state(model, run.save_state, {"detector": name, "qwt": False, "blocks": []})
+            save_state(model, run.save_state, {"detector": name, "qwt": False, "blocks": [],
+                                               "w_bits": run.w_bits, "a_bits": run.a_bits})
         return records
 
     # --- QwT on the Swin backbone blocks ---------------------------------------------------------

@@ -184,7 +184,7 @@ def pad_shift(linear: QuantLinear) -> Tensor:
 
 @torch.no_grad()
 def calibrate_detector(model: nn.Module, batch: object, forward: Callable[[nn.Module, object], object],
-                       pairs: Iterable[tuple[str, str]] | None = None) -> None:
+                       pairs: Iterable[tuple[str, str]] | None = None, exact_padding: bool = True) -> None:
     """RepQ-ViT calibration on one batch (qwt_core.calibrate_repq's three steps) that also sets
     each block's pad value before its norm1 -> qkv reparameterization.
 
@@ -192,6 +192,9 @@ def calibrate_detector(model: nn.Module, batch: object, forward: Callable[[nn.Mo
     2. reparameterize each (LayerNorm, Linear) pair; for norm1 -> qkv set the attention's
        ``pad_value`` to -b;
     3. quantized pass: re-initialise the reset weight quantizers.
+
+    ``exact_padding=False`` keeps zero padding after the reparameterized norm1, as the reference
+    code does (the full-precision function then changes on padded feature maps).
     """
     pairs = list(reparam_pairs(model) if pairs is None else pairs)
     model.eval()
@@ -201,7 +204,7 @@ def calibrate_detector(model: nn.Module, batch: object, forward: Callable[[nn.Mo
         norm, linear = model.get_submodule(norm_name), model.get_submodule(linear_name)
         if not isinstance(linear, QuantLinear):
             raise TypeError(f"{linear_name} is a {type(linear).__name__}, expected QuantLinear")
-        if norm_name.endswith(".norm1"):
+        if exact_padding and norm_name.endswith(".norm1"):
             attn = model.get_submodule(norm_name[: -len("norm1")] + "attn")
             if isinstance(attn, PadAwareShiftWindowMSA):
                 attn.pad_value.copy_(pad_shift(linear).to(attn.pad_value))

@@ -21,6 +21,7 @@ class Detector:
     embed_dims: int
     depths: tuple[int, ...]
     fp: tuple[float, float]  # paper FP (box AP, mask AP)
+    params_m: float  # #params of the release table (millions)
     # paper RepQ-ViT / RepQ-ViT+QwT (box, mask) at W4A4 and W6A6
     paper: dict[str, tuple[float, float]] = field(default_factory=dict)
 
@@ -35,26 +36,26 @@ class Detector:
 
 DETECTORS: dict[str, Detector] = {d.name: d for d in [
     Detector("mask_rcnn_swin_t", "mask_rcnn_swin_t_3x_coco.py", "mask_rcnn_swin_tiny_patch4_window7.pth",
-             "mask_rcnn", 96, (2, 2, 6, 2), (46.0, 41.6),
+             "mask_rcnn", 96, (2, 2, 6, 2), (46.0, 41.6), 48,
              {"repq@w4a4": (36.1, 36.0), "repq+qwt@w4a4": (36.3, 36.0),
               "repq@w6a6": (45.5, 41.3), "repq+qwt@w6a6": (45.4, 41.3)}),
     Detector("mask_rcnn_swin_s", "mask_rcnn_swin_s_3x_coco.py", "mask_rcnn_swin_small_patch4_window7.pth",
-             "mask_rcnn", 96, (2, 2, 18, 2), (48.5, 43.3),
+             "mask_rcnn", 96, (2, 2, 18, 2), (48.5, 43.3), 69,
              {"repq@w4a4": (42.6, 40.0), "repq+qwt@w4a4": (43.1, 40.4),
               "repq@w6a6": (47.6, 42.9), "repq+qwt@w6a6": (48.0, 43.1)}),
     Detector("cascade_mask_rcnn_swin_t", "cascade_mask_rcnn_swin_t_3x_coco.py",
              "cascade_mask_rcnn_swin_tiny_patch4_window7.pth", "cascade_mask_rcnn", 96, (2, 2, 6, 2),
-             (50.4, 43.7),
+             (50.4, 43.7), 86,
              {"repq@w4a4": (47.0, 41.4), "repq+qwt@w4a4": (47.6, 41.8),
               "repq@w6a6": (50.1, 43.5), "repq+qwt@w6a6": (50.1, 43.6)}),
     Detector("cascade_mask_rcnn_swin_s", "cascade_mask_rcnn_swin_s_3x_coco.py",
              "cascade_mask_rcnn_swin_small_patch4_window7.pth", "cascade_mask_rcnn", 96, (2, 2, 18, 2),
-             (51.9, 45.0),
+             (51.9, 45.0), 107,
              {"repq@w4a4": (49.3, 43.1), "repq+qwt@w4a4": (49.9, 43.4),
               "repq@w6a6": (51.4, 44.6), "repq+qwt@w6a6": (51.7, 44.8)}),
     Detector("cascade_mask_rcnn_swin_b", "cascade_mask_rcnn_swin_b_3x_coco.py",
              "cascade_mask_rcnn_swin_base_patch4_window7.pth", "cascade_mask_rcnn", 128, (2, 2, 18, 2),
-             (51.9, 45.0),
+             (51.9, 45.0), 145,
              {"repq@w4a4": (49.3, 43.1), "repq+qwt@w4a4": (50.0, 43.7),
               "repq@w6a6": (51.5, 44.8), "repq+qwt@w6a6": (51.8, 45.0)}),
 ]}

@@ -50,3 +50,17 @@ def test_checkpoint_of_another_detector(capsys, tmp_path, coco_root, tiny):
 def test_bits_outside_2_to_8(capsys, tmp_path, coco_root, bits):
     err = _run(["--detector", "mask_rcnn_swin_t", "--data-root", coco_root, *bits], capsys, tmp_path / "r")
     assert "2..8" in err
+
+
+def test_state_that_cannot_serve_the_methods(capsys, tmp_path, coco_root, tiny):
+    import torch
+
+    state = tmp_path / "state.pth"
+    torch.save({"format": "qwt-state/1", "state_dict": {}, "compensated": {"b": {}},
+                "meta": {"qwt": True, "w_bits": 4, "a_bits": 4}}, state)
+    cfg, ckpt = tiny["mask_rcnn_swin_t"]
+    base = ["--config", cfg, "--data-root", coco_root, "--checkpoint", ckpt, "--load-state", state]
+    err = _run([*base, "--methods", "fp,repq"], capsys, tmp_path / "r")
+    assert "holds QwT compensation" in err
+    err = _run([*base, "--methods", "repq+qwt", "--w-bits", "6", "--a-bits", "6"], capsys, tmp_path / "r")
+    assert "calibrated at W4A4" in err

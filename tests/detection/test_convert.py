@@ -214,3 +214,25 @@ def test_wrong_detector_checkpoint_is_refused(tiny):
     model = build(tiny["cascade_mask_rcnn_swin_t"][0])
     with pytest.raises(CheckpointError, match="does not match detector cascade_mask_rcnn_swin_t.*looks like mask_rcnn"):
         load_detector_weights(model, tiny["mask_rcnn_swin_t"][1], "cascade_mask_rcnn_swin_t")
+
+
+@pytest.mark.slow
+def test_full_size_configs_match_the_release_architectures():
+    """The five configs at full size: parameter counts of the release table (48M, 69M, 86M,
+    107M, 145M) and the backbone of the registry entry."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from detection.registry import DETECTORS
+
+    register_all_modules()
+    for d in DETECTORS.values():
+        cfg = Config.fromfile(str(d.config_path))
+        assert cfg.model.backbone.init_cfg is None  # nothing is downloaded
+        assert (cfg.model.backbone.embed_dims, tuple(cfg.model.backbone.depths)) == (d.embed_dims, d.depths)
+        model = MODELS.build(cfg.model)
+        n = sum(p.numel() for p in model.parameters()) / 1e6
+        assert abs(n - d.params_m) < 0.6, (d.name, n)
+        assert (type(model).__name__ == "CascadeRCNN") == (d.kind == "cascade_mask_rcnn")
+        del model
