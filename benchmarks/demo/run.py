@@ -7,7 +7,8 @@ writes one record per method under ``results/records/demo/``. Then ``results/dem
 rendered from the records by :func:`benchmarks.demo_table.render_demo` (mean ± std over seeds).
 
 Records of a (model, method, bits, seed) that this run produces replace the older ones, so the
-table always describes one consistent run per seed.
+table always describes one consistent run per seed (a partial ``--test-limit`` record never
+replaces a full one).
 
     python -m benchmarks.demo.run                                   # everything (make demo)
     python -m benchmarks.demo.run --models demo_vit --seeds 0 --bits 4 --test-limit 100   # reduced
@@ -121,13 +122,17 @@ def _key(rec: dict[str, Any]) -> tuple:
 
 def replace_older(records_root: Path, new_paths: list[Path]) -> int:
     """Delete demo records with the same (model, method, bits, seed) as ``new_paths`` that are
-    not among them; returns how many were removed."""
+    not among them (full records only give way to full ones); returns how many were removed."""
     new = {p.resolve() for p in new_paths}
-    keys = {_key(json.loads(p.read_text())) for p in new_paths}
+    keys: dict[tuple, bool] = {}  # key -> the new record is partial
+    for p in new_paths:
+        rec = json.loads(p.read_text())
+        keys[_key(rec)] = rec["partial"]
     removed = 0
     for rec in load_records(records_root, SUITE):
         path = Path(rec["_path"]).resolve()
-        if path not in new and _key(rec) in keys:
+        # a partial (--test-limit) run never removes a full record; the table prefers full ones
+        if path not in new and _key(rec) in keys and (rec["partial"] or not keys[_key(rec)]):
             path.unlink()
             removed += 1
     return removed

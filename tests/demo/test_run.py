@@ -53,3 +53,18 @@ def test_reduced_demo_detector(tmp_path: Path):
         assert r["suite"] == "demo" and r["images"] == 8 and r["partial"] is True
         assert {"bbox_mAP", "segm_mAP"} <= set(r["metrics"])
     assert f"## {run.DETECTOR}" in table
+
+
+def test_partial_run_keeps_full_records(tmp_path: Path):
+    from benchmarks.records import make_record, write_record
+
+    full = make_record(suite="demo", model="demo_resnet", method="fp", w_bits=None, a_bits=None,
+                       metrics={"top1": 99.0}, images=600, partial=False, seed=0, config={})
+    part = dict(full, partial=True, images=20)
+    part["provenance"] = dict(full["provenance"], date="2099-01-01T00:00:00+00:00")
+    root = tmp_path / "records"
+    p_full = write_record(full, root)
+    p_part = write_record(part, root)
+    assert run.replace_older(root, [p_part]) == 0 and p_full.exists()
+    p_full2 = write_record(full, root)
+    assert run.replace_older(root, [p_full2]) == 2 and not p_full.exists() and not p_part.exists()
