@@ -15,7 +15,7 @@ import math
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -364,8 +364,3 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
            model_size(model).to_dict(), {"qwt_state_loaded": has_qwt})
     return records
 
-
-def as_dict(run: DetectionRun) -> dict[str, Any]:
-    d = asdict(run)
-    d.pop("on_block", None)
-    return d
