@@ -33,8 +33,13 @@ fi
 $PIP install -q --no-deps "$WHEELS"/mmcv-2.1.0-*.whl
 echo "[install] qwt-bench with detection and dev extras"
 $PIP install -q -e ".[detection,dev]"
+# mmengine depends on opencv-python, which needs libGL; keep only the headless build (same cv2 API).
+if $PIP show -q opencv-python >/dev/null 2>&1; then
+  $PIP uninstall -q -y opencv-python
+  $PIP install -q --force-reinstall --no-deps opencv-python-headless
+fi
 "$VENV/bin/python" - <<'PY'
-import torch, timm, torchvision, mmcv, mmdet, mmengine
+import cv2, torch, timm, torchvision, mmcv, mmdet, mmengine
 from mmcv.ops import RoIAlign, nms  # compiled ops present
 print(f"[install] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
       f"mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmengine {mmengine.__version__}")

@@ -139,7 +139,8 @@ def fit_qwt(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwTConfig
     Returns:
         one :class:`BlockReport` per block.
     """
-    model = adapter.model.eval()
+    model = adapter.model
+    model.eval()  # (mmdet modules may return None from train()/eval())
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     reports: list[BlockReport] = []
     with quant_state(model, weight=True, act=True):
