@@ -2,6 +2,7 @@
 their FP accuracy equals what their cards say (±1 point)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -44,3 +45,20 @@ def test_classifier_fp_accuracy_matches_card(name, val_split):
     card = json.loads(spec.card.read_text())
     top1 = train_cls.evaluate(net, *val_split)
     assert abs(top1 - card["fp_top1"]) <= TOLERANCE, f"{name}: top-1 {top1:.2f} vs card {card['fp_top1']}"
+
+
+@pytest.mark.detection
+@pytest.mark.skipif(importlib.util.find_spec("mmcv") is None, reason="needs mmcv (scripts/install.sh)")
+def test_detector_fp_map_matches_card(tmp_path):
+    """The committed detector through the detection pipeline's FP path (100 val canvases)."""
+    from benchmarks.demo import detection_data, run
+    from detection.pipeline import DetectionRun, run_experiment
+
+    card = json.loads((models.CHECKPOINTS / f"{run.DETECTOR}.json").read_text())
+    recs = run_experiment(DetectionRun(
+        config=str(run.DETECTOR_CONFIG), data_root=str(detection_data.build()),
+        checkpoint=str(models.CHECKPOINTS / f"{run.DETECTOR}.pth"), methods=("fp",),
+        results_dir=tmp_path, workers=0, log_interval=10**6, work_dir=str(tmp_path / "wd")))
+    got = recs[0]["metrics"]
+    for m in ("bbox_mAP", "segm_mAP"):
+        assert abs(got[m] - card["fp"][m]) <= TOLERANCE, f"{m}: {got[m]} vs card {card['fp'][m]}"
