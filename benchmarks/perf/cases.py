@@ -65,8 +65,9 @@ class Plan:
 
 CLS_CASES = (Case("deit_small", "deit_small", (224, 224)), Case("swin_tiny", "swin_tiny", (224, 224)),
              Case("resnet50", "resnet50", (224, 224)))
-SMALL_VIT = Case("deit_small_w96_d2", "deit_small", (224, 224), overrides=dict(embed_dim=96, depth=2, num_heads=2),
-                 label="deit_small architecture, width 96, depth 2, 224x224")
+SMALL_VIT = Case("deit_small_w96_d2_p32", "deit_small", (224, 224),
+                 overrides=dict(embed_dim=96, depth=2, num_heads=2, patch_size=32),
+                 label="deit_small architecture, width 96, depth 2, patch 32 (50 tokens), 224x224")
 # The detector backbone is RepQ-ViT-calibrated on a 224x224 image (every range is per tensor or per
 # channel, so the calibrated state fits any input size; a fit's memory does not depend on the range
 # values) and fitted at 800x1333: calibrating at 800x1333 would cost minutes of the CPU budget.
@@ -82,7 +83,7 @@ def plan_for(mode: str, device: str) -> Plan:
     gpu = device.startswith("cuda")
     if mode == "tiny":
         return Plan("tiny", TINY_CASES, images=8, batch=4, calib_images=4, repeats=1,
-                    mem_case=TINY_CASES[0], mem_counts=(16, 32, 64), mem_batch=8, mem_images=16,
+                    mem_case=TINY_CASES[0], mem_counts=(8, 32), mem_batch=8, mem_images=16,
                     det_case=None, det_images=0, det_batch=1, det_reference=False, init_repeats=1,
                     init_scale=0.05)
     if gpu:
@@ -92,7 +93,7 @@ def plan_for(mode: str, device: str) -> Plan:
                     mem_images=512 if full else 256, det_case=DET_CASE, det_images=8, det_batch=2,
                     det_reference=True, init_repeats=3)
     if mode == "quick":
-        return Plan("quick", CLS_CASES, images=4, batch=4, calib_images=2, repeats=1,
+        return Plan("quick", CLS_CASES, images=4, batch=4, calib_images=1, repeats=1,
                     mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, mem_images=256,
                     det_case=None, det_images=1, det_batch=1, det_reference=False, init_repeats=1)
     if mode == "full":
@@ -101,9 +102,9 @@ def plan_for(mode: str, device: str) -> Plan:
                     det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True, init_repeats=3)
     if mode != "default":
         raise ValueError(f"unknown mode {mode!r} (expected tiny, quick, default or full)")
-    return Plan("default", CLS_CASES, images=4, batch=4, calib_images=2, repeats=2,
+    return Plan("default", CLS_CASES, images=4, batch=4, calib_images=1, repeats=2,
                 mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, mem_images=512,
-                det_case=DET_CASE, det_images=1, det_batch=1, det_reference=False, init_repeats=2)
+                det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True, init_repeats=2)
 
 
 def synthetic_batches(n: int, batch: int, size: tuple[int, int], seed: int = 0) -> Iterator[Tensor]:

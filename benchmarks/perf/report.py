@@ -49,6 +49,15 @@ def summary(metrics: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["#", "figure", "case", "measured", "target", "status"])
 
 
+def _wall_ratios(both: dict[str, dict[str, float]]) -> dict[str, str]:
+    """Figures 1, 2, 4 on wall-clock seconds too (the other clock of the record)."""
+    if not both or "fp" not in both:
+        return {}
+    w = {k: v["wall"] for k, v in both.items()}
+    return {"wall: fit/FP": _f(w["fit"] / w["fp"]), "wall: fit/ref": _f(w["fit"] / w["reference"]),
+            "wall: Q/FP": _f(w["quant"] / w["fp"]), "wall: Q+QwT/FP": _f(w["qwt_eval"] / w["fp"])}
+
+
 def _seconds_table(raw: dict[str, Any], metrics: dict[str, float]) -> pd.DataFrame:
     rows = []
     for case, s in raw.get("seconds", {}).items():
@@ -57,7 +66,8 @@ def _seconds_table(raw: dict[str, Any], metrics: dict[str, float]) -> pd.DataFra
                      "RepQ+QwT forward s": _f(s["qwt_forward"]),
                      "floor (FP+Q)/FP": _f(metrics.get(f"floor_over_fp/{case}")),
                      "fit / floor": _f(s["fit"] / (s["fp_forward"] + s["quant_forward"])),
-                     "max abs R² diff vs reference": f"{raw.get('max_abs_r2_diff', {}).get(case, float('nan')):.1e}"})
+                     "max abs R² diff vs reference": f"{raw.get('max_abs_r2_diff', {}).get(case, float('nan')):.1e}",
+                     **_wall_ratios(raw.get("wall_and_cpu_seconds", {}).get(case, {}))})
     return pd.DataFrame(rows)
 
 
@@ -78,48 +88,75 @@ def _why(rec: dict[str, Any]) -> list[str]:
     out: list[str] = []
     missed = {k for k, v in m.items() if (t := target_of(k)) is not None and not t.passes(v)}
     secs = raw.get("seconds", {})
+
+    def comp_share(s: dict[str, float]) -> float:  # fp16 compensation cost per forward, in FP forwards
+        return max(s["qwt_forward"] - s["quant_forward"], 0.0) / s["fp_forward"]
+
     if any(k.startswith("fit_over_fp/") for k in missed):
         parts = []
         for case, s in secs.items():
-            floor = (s["fp_forward"] + s["quant_forward"]) / s["fp_forward"]
-            parts.append(f"{case}: quantized pass {s['quant_forward'] / s['fp_forward']:.1f}x FP, floor {floor:.2f}x, "
-                         f"fit {s['fit'] / s['fp_forward']:.2f}x = {s['fit'] / (s['fp_forward'] + s['quant_forward']):.2f}x the floor")
+            fp = s["fp_forward"]
+            floor = (fp + s["quant_forward"]) / fp
+            rest = s["fit"] / fp - floor - comp_share(s)
+            parts.append(f"{case}: fit {s['fit'] / fp:.2f} = floor {floor:.2f} (quantized pass {s['quant_forward'] / fp:.2f}) "
+                         f"+ fp16 compensation {comp_share(s):.2f} + the rest {rest:.2f}")
         out.append(
-            "**Figure 1 (fit / FP forward).** The driver runs every block once in full precision and once "
-            "fake-quantized per batch, so its floor is (FP + quantized forward) / FP forward, measured here "
-            f"on {dev}: " + "; ".join(parts) + ". Where the floor itself exceeds 3, the target cannot be met "
-            "by the fit: on a CPU the fake-quantized pass is several FP passes, because fake quantization is "
-            "elementwise work on every activation (divide, round, clamp, ...; log2 for the attention "
-            "probabilities) that runs at memory bandwidth while the FP forward is GEMM-bound. The rest of the "
-            "gap is the float64 XᵀX/XᵀY accumulation, the fp16 compensation matmul of the reference "
-            "(``fp16_eval``; CPUs without fp16 GEMM run it several times slower than fp32) and the feature "
-            "files of ``store='disk'``.")
+            "**Figure 1 (fit / FP forward), in FP forwards.** The driver runs every block once in full "
+            "precision and once fake-quantized per batch, so the floor is (FP + quantized forward) / FP "
+            f"forward; measured on {dev}: " + "; ".join(parts) + ". Two costs put the fit over 3 on a CPU: "
+            "(a) the fake-quantized pass itself (elementwise work on every activation that runs at memory "
+            "bandwidth, where the FP forward is GEMM-bound; on a loaded CPU its many short parallel regions "
+            "also wait on each other); (b) applying the fitted compensation to the next block's inputs "
+            "exactly as evaluation computes it, in fp16 (`fp16_eval`, the reference's setting): CPUs without "
+            "native fp16 GEMM/convolution run it roughly ten times slower than fp32 (the grouped fp16 "
+            "convolution of ResNet most of all). \"The rest\" is mostly fixed per fit, so it weighs heavily "
+            "at the few images a CPU run can afford and fades at the reference's 512: quantizing every "
+            "weight once (cached afterwards; each forward of the reference re-quantizes them) and the "
+            "per-block solves (minimum-norm for Swin's singular blocks); then the float64 XᵀX/XᵀY "
+            "accumulation and the feature files of `store='disk'`. On a GPU both (a) and (b) are small next to the matmuls. What would close the "
+            "CPU gap: evaluating the compensation in fp32 on CPU (a change to "
+            "`qwt_core/qwt/compensation.py`, which this benchmark does not own, and a deviation from the "
+            "reference's fp16 numerics).")
     if any(k.startswith("fit_over_ref_time/") for k in missed):
+        parts = [f"{case}: {m.get(f'fit_over_ref_time/{case}', float('nan')):.2f}" for case in secs]
         out.append(
-            "**Figure 2, time.** Both fits run the same two forward passes per block; they differ only in how "
-            "the least squares are formed (streamed float64 normal equations vs one float32 XᵀX of the "
-            "concatenated rows plus a prediction pass for R²). When the forward passes dominate, as on a "
-            "CPU where the quantized pass is slow, the time ratio tends to 1 however cheap the solve is; "
-            "the memory ratio is where the two approaches differ.")
+            "**Figure 2, time** (" + "; ".join(parts) + "). Both fits run the same FP and quantized forward "
+            "passes per block and apply the compensation the same way; they differ only in how the least "
+            "squares are formed: streamed float64 normal equations solved on one thread (ours) vs one "
+            "float32 XᵀX of the concatenated rows, a multi-threaded `torch.inverse` and a prediction pass "
+            "for R² (reference-style). With a few calibration images the forward passes dominate both, so "
+            "the ratio is near 1 whatever the solve costs; where ours is below 1, the reference's "
+            "multi-threaded LAPACK call stalling on the loaded CPU is most of the difference; where it is "
+            "above 1 (ResNet's grouped fit), our float64 accumulation of the unfolded patches costs more "
+            "than the reference's float32 products. The memory side of figure 2 is where the approaches "
+            "differ: ours stays flat, the reference grows with the images.")
     if any(k.startswith(("fit_over_ref_mem/", "mem_growth/")) for k in missed):
         out.append(
-            "**Figures 2-3, memory.** Our peak is the model's activations for one batch plus (D+1)² "
-            "statistics and does not depend on the number of images; at small image counts the "
-            "reference-style concatenation is small too, so the ratio only drops below 0.5 once the "
-            "concatenated features outgrow one batch's activations (see the probes above).")
+            "**Figure 3, memory.** Our peak is one batch's activations plus (D+1)² statistics; growth here "
+            "means something per-image is kept in memory: see the probes above.")
     if any(k.startswith("eval_slowdown") for k in missed):
         parts = [f"{case}: RepQ-ViT {s['quant_forward'] / s['fp_forward']:.2f}x, +QwT {s['qwt_forward'] / s['fp_forward']:.2f}x"
                  for case, s in secs.items()]
         out.append(
             "**Figure 4 (FP / fake-quantized throughput).** " + "; ".join(parts) + ". Quantized weights "
             "are cached after calibration and activations are fake-quantized in place (bit-identical, "
-            "``qwt_core/quant/layers.py``); what remains is the elementwise fake quantization of every "
-            "activation (memory-bound on a CPU, where the FP model is GEMM-bound and fast) and, with QwT, "
-            "the reference's fp16 compensation matmul, which CPUs without native fp16 GEMM emulate slowly. "
-            "On a GPU both are cheap relative to the matmuls.")
+            "`qwt_core/quant/layers.py`); what remains for RepQ-ViT is the elementwise fake quantization of "
+            "every activation (ViT/DeiT: also the log-sqrt(2) quantizer of every attention map), and with "
+            "QwT the reference's fp16 compensation matmul / grouped convolution, which CPUs without native "
+            "fp16 kernels emulate about ten times slower than fp32. On a GPU both are cheap next to the "
+            "matmuls.")
     if any(k.startswith("init_speedup/") for k in missed):
-        out.append("**Figure 5.** The vectorized search's cost is dominated by the top-k partial sort; the loop's by "
-                   "per-channel kernel launches, so the speed-up grows with the number of channels.")
+        init = raw.get("init", {})
+        parts = [f"{k}: {v['loop_s'] / v['vectorized_s']:.1f}x" for k, v in init.items()]
+        out.append(
+            "**Figure 5 (quantizer initialisation)** (" + "; ".join(parts) + "). The vectorized search "
+            "and the loop do the same arithmetic (three candidate fake-quantizations of the whole tensor "
+            "plus the percentiles); the loop adds a fixed cost per channel (six `torch.quantile` calls and "
+            "Python). With few elements per channel (a weight's 768 inputs) that fixed cost is small next to "
+            "the arithmetic, so the speed-up is bounded by the arithmetic, which on this CPU runs at memory "
+            "bandwidth; with many elements per channel (an activation's 6304 tokens) the loop's quantiles "
+            "dominate and the speed-up is large. The search lives in `qwt_core/quant/primitives.py` "
+            "(not changed by this benchmark).")
     return out
 
 
@@ -131,7 +168,8 @@ def render_markdown(rec: dict[str, Any]) -> str:
     lines = [
         "# Calibration speed and memory (`make bench`)", "", HEADER, "",
         f"Record of {prov['date']}, commit `{str(prov['git_commit'])[:7]}`{' (dirty tree)' if prov.get('git_dirty') else ''}, "
-        f"`{prov['command']}`, mode **{cfg['mode']}**{' (reduced: partial)' if rec['partial'] else ''}.",
+        f"`{prov['command']}`, mode **{cfg['mode']}**{' (reduced: partial)' if rec['partial'] else ''}; "
+        f"the whole run took {rec['times'].get('total_s', float('nan')):.0f} s.",
         "",
         f"Machine: {hw} ({mach.get('cpu_count')} CPUs visible, {mach.get('torch_threads')} torch threads), device "
         f"`{mach['device']}`, torch {prov['versions'].get('torch', '?')}, timm {prov['versions'].get('timm', '?')}. "
@@ -147,12 +185,21 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "memory flat on this device) in every figure.",
         "",
         "## Summary", "", markdown_table(summary(m), ["c", "l", "l", "r", "r", "l"]), "",
-        "## 1, 2 (time), 4: seconds of each contender", "",
-        "Min over the repeats; FP forward = one full-precision forward over the calibration images; "
-        "floor = (FP + quantized forward) / FP forward, the cost of running each block once in FP and once "
-        "quantized; figure 4's slowdown = FP throughput / fake-quantized throughput = quantized forward s / FP "
-        "forward s.", "",
-        markdown_table(_seconds_table(raw, m)), "",
+    ]
+    clock = ("wall-clock seconds (synchronised)" if raw.get("clock") == "wall" else
+             "process CPU seconds (all threads; on a shared CPU they count the work done, not the waiting "
+             "for a core held by another job; wall-clock seconds are in the record)")
+    if raw.get("seconds"):
+        lines += [
+            "## 1, 2 (time), 4: seconds of each contender", "",
+            f"Min over the repeats, in {clock}. FP forward = one full-precision forward over the calibration "
+            "images; floor = (FP + quantized forward) / FP forward, the cost of running each block once in FP "
+            "and once quantized; figure 4's slowdown = FP throughput / fake-quantized throughput = quantized "
+            "forward s / FP forward s. The R² column compares the per-block R² of our fit with the "
+            "reference-style fit's (large values: the reference's float32 inverse of a numerically singular "
+            "XᵀX, e.g. Swin's first block, where ours takes the minimum-norm solution).", "",
+            markdown_table(_seconds_table(raw, m)), ""]
+    lines += [
         "## 2 (memory) and 3: peak memory of one fit", "",
         f"Figure 3 and the small-image-count memory of figure 2 use **{plan['mem_case']['label']}** "
         f"(batch {plan['mem_batch']}) at {', '.join(str(n) for n in plan['mem_counts'])} calibration images"
@@ -162,6 +209,10 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "moment on CPU; `torch.cuda.max_memory_allocated` above the allocation before the fit on GPU. "
         "Images are generated batch by batch, never held as one tensor.", "",
         markdown_table(_memory_table(raw)), "",
+        "Probes run with glibc's mmap threshold pinned at 1 MiB (`MALLOC_MMAP_THRESHOLD_`, both fits), so "
+        "that freed tensors leave the resident set; with glibc's default dynamic threshold the resident "
+        "set follows the allocator's history (it crept up 25% over 8x more batches with no live tensor "
+        "growing).", "",
     ]
     if raw.get("detector_skipped"):
         lines += [f"Swin-T detector backbone at 800x1333: **{raw['detector_skipped']}**.", ""]
@@ -184,6 +235,34 @@ def render_markdown(rec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def spread(rec: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: each figure of ``rec`` next to its range over every record of the same mode and
+    device (run-to-run spread on a shared machine)."""
+    key = (rec["config"]["mode"], rec["provenance"].get("device"))
+    same = [r for r in records if (r["config"].get("mode"), r["provenance"].get("device")) == key]
+    if len(same) < 2:
+        return []
+    rows = []
+    for name in sorted(rec["metrics"]):
+        vals = [r["metrics"][name] for r in same if name in r["metrics"]]
+        rows.append({"figure": name, "this run": f"{rec['metrics'][name]:.2f}", "min": f"{min(vals):.2f}",
+                     "max": f"{max(vals):.2f}", "runs": len(vals)})
+    dates = ", ".join(f"{r['provenance']['date']} ({r['times'].get('total_s', 0):.0f} s)"
+                      for r in sorted(same, key=lambda r: (_date(r), r["_path"])))
+    return ["## Run-to-run spread", "",
+            f"Every `{key[0]}` record on `{key[1]}` in results/records/perf/ (record time, run duration): {dates}. "
+            "On this shared machine single figures moved by several times between runs (another job's "
+            "load on the two cores changes which of the interleaved contenders it slows): read the "
+            "figures together with this range.", "",
+            markdown_table(pd.DataFrame(rows), ["l", "r", "r", "r", "r"]), ""]
+
+
 def render_file(records_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> bool:
-    """Render the newest perf record into ``out``; True if the file changed."""
-    return write_if_changed(out, render_markdown(newest(records_dir)))
+    """Render the newest perf record (plus the spread over the records of its mode and device) into
+    ``out``; True if the file changed."""
+    rec = newest(records_dir)
+    text = render_markdown(rec)
+    extra = spread(rec, load_suite(records_dir, "perf"))
+    if extra:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(extra)
+    return write_if_changed(out, text)

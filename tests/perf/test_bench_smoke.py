@@ -29,7 +29,7 @@ def test_tiny_bench_prints_every_ratio_and_writes_record_and_table(tmp_path: Pat
     assert rec["suite"] == "perf" and rec["model"] == "perf" and rec["partial"]
     assert {k.split("/")[0] for k in rec["metrics"]} >= {t.prefix for t in TARGETS}
     text = out.read_text()
-    assert text == render_markdown({**rec, "_path": str(files[0])})  # rendered from the record only
+    assert text == render_markdown({**rec, "_path": str(files[0])})  # rendered from the record only (one run)
     assert "## Summary" in text and "<= 3x" in text
     # re-rendering is deterministic and leaves the file alone
     again = subprocess.run([sys.executable, "-m", "benchmarks.perf.run", "--render-only",
