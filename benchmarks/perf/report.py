@@ -175,7 +175,8 @@ def render_markdown(rec: dict[str, Any]) -> str:
         f"`{mach['device']}`, torch {prov['versions'].get('torch', '?')}, timm {prov['versions'].get('timm', '?')}. "
         f"Load average {raw['load_before'][0]:.1f} at the start and {raw['load_after'][0]:.1f} at the end of the run: "
         "the machine was shared with other jobs, so absolute seconds are noisy; every figure below is a ratio "
-        f"of measurements taken in this run (min of {plan['repeats']}, contenders interleaved), and peak "
+        f"of measurements taken in this run (min of {plan['repeats']} for the fits, of "
+        f"{plan['repeats'] + raw.get('forward_extra_repeats', 0)} for the forward passes; contenders interleaved), and peak "
         "memory comes from one fresh subprocess per measurement.",
         "",
         "Models: the real architectures with random weights, W4A4 RepQ-ViT (calibrated on "

@@ -113,7 +113,16 @@ def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
     t = interleaved_min([("fp", lambda: None, fp), ("quant", lambda: qm, quant), ("fit", fresh, ours),
                          ("qwt_eval", lambda: None, qwt_eval), ("reference", fresh, reference)],
                         plan.repeats, device, both)
+    # the forwards are cheap next to the fits: two more interleaved rounds of them, so that their
+    # minimum (the denominator of every ratio) is less exposed to another job's load
+    more: dict[str, dict[str, float]] = {}
+    extra = interleaved_min([("fp", lambda: None, fp), ("quant", lambda: qm, quant),
+                             ("qwt_eval", lambda: None, qwt_eval)], 2, device, more)
+    for name, sec in extra.items():
+        t[name] = min(t[name], sec)
+        both[name] = {c: min(both[name][c], more[name][c]) for c in ("wall", "cpu")}
     raw.setdefault("wall_and_cpu_seconds", {})[case.key] = both
+    raw["forward_extra_repeats"] = 2
     fp_s = t["fp"]
     r2o, r2r = raw["r2_ours"][case.key], raw["r2_reference"][case.key]
     raw.setdefault("seconds", {})[case.key] = {
