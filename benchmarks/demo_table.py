@@ -83,8 +83,8 @@ def demo_markdown(records: list[dict[str, Any]]) -> str:
         parts += ["Not run: no demo records yet. Run `make demo`.", ""]
         return "\n".join(parts)
     parts += [f"Records: {len(frame)} ({int(frame['partial'].sum())} partial). No paper values: the "
-              "demo checks that the pipeline behaves (QwT improves on the quantized model), not the "
-              "paper's numbers. ± is the sample std over seeds (ddof=1). "
+              "demo runs the paper-scale code paths on small models; compare each method with the "
+              "baseline seed by seed and let the numbers speak (QwT does not help everywhere here). ± is the sample std over seeds (ddof=1). "
               "How to read: [docs/tables.md](../docs/tables.md).", ""]
     notes = Footnotes()
     for model in sorted(frame["model"].unique()):

@@ -52,6 +52,9 @@ def calib_transform(spec: ModelSpec, augment: bool = True) -> Callable:
     if not augment:
         return eval_transform(spec)
     from timm.data import create_transform
+
+    from .compat import pillow13_posterize_compat
+    pillow13_posterize_compat()  # RandAugment's posterize(0 bits) raises on Pillow >= 13
     return create_transform(input_size=spec.input_size, is_training=True, auto_augment=CALIB_AUTO_AUGMENT,
                             interpolation=spec.interpolation, mean=spec.mean, std=spec.std)
 

@@ -81,41 +81,6 @@ def plan(models: list[str], bits: list[int], seeds: list[int]) -> list[Job]:
     return jobs
 
 
-def pillow13_posterize_compat() -> bool:
-    """Work around timm 1.0.x RandAugment on Pillow >= 13 (returns True when the shim is installed).
-
-    The reference calibration augmentation ``rand-m9-mstd0.5-inc1`` may ask timm's ``posterize``
-    to keep 0 bits; Pillow < 13 returned an all-black image for that, Pillow 13 raises
-    ``ValueError: bits must be between or equal to 1 and 8``, which aborts a calibration at
-    random (depending on the seed). This restores the Pillow < 13 result for 0 bits only (a LUT
-    mapping every value to 0), leaving every other call untouched. It belongs in
-    ``classification/data.py`` (or a Pillow pin); until it is there the demo installs it.
-    """
-    import numpy as np
-    from PIL import Image, ImageOps
-    from timm.data import auto_augment
-
-    try:
-        ImageOps.posterize(Image.fromarray(np.zeros((1, 1, 3), np.uint8)), 0)
-        return False  # this Pillow accepts 0 bits
-    except ValueError:
-        pass
-    if getattr(auto_augment.posterize, "_demo_compat", False):
-        return True
-    original = auto_augment.posterize
-
-    def posterize(img, bits_to_keep, **kw):  # noqa: ANN001, ANN202
-        if bits_to_keep <= 0:
-            return img.point([0] * 256 * len(img.getbands()))
-        return original(img, bits_to_keep, **kw)
-
-    posterize._demo_compat = True  # type: ignore[attr-defined]
-    auto_augment.posterize = posterize
-    auto_augment.NAME_TO_OP["Posterize"] = auto_augment.NAME_TO_OP["PosterizeIncreasing"] = \
-        auto_augment.NAME_TO_OP["PosterizeOriginal"] = posterize
-    return True
-
-
 def _key(rec: dict[str, Any]) -> tuple:
     return (rec["model"], rec["method"], rec["w_bits"], rec["a_bits"], rec["seed"])
 
@@ -262,9 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     if any(m in CLASSIFIERS for m in models):
         from .models import register_classifiers
         register_classifiers()
-        if pillow13_posterize_compat():
-            print("[demo] Pillow >= 13: timm RandAugment posterize(0 bits) shimmed to Pillow 12's "
-                  "all-black result (see benchmarks/demo/run.py)")
     jobs = plan(models, _ints(args.bits), _ints(args.seeds))
     records_root = Path(args.records)
     written: list[Path] = []
