@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-limit", type=_int_or_none, default=None,
                    help="evaluate only the first N val images (recorded as partial)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--feature-probe", type=int, default=4, metavar="N",
+                   help="held-out val images (test items 1..N) for the backbone feature error metric; 0: off")
     p.add_argument("--start-block", type=int, default=0, help="QwT: blocks before this keep no compensation")
     p.add_argument("--window-pad", choices=("exact", "zero"), default="exact",
                    help="padding of the normalized tokens after the reparameterized norm1: 'exact' "
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods=[m.strip() for m in args.methods.split(",") if m.strip()], device=args.device,
         qwt_size=args.qwt_size, qwt_img_size=args.qwt_img_size, qwt_batch_size=args.qwt_batch_size,
         qwt_store=args.qwt_store, val_limit=args.val_limit, seed=args.seed,
-        start_block=args.start_block, window_pad=args.window_pad,
+        start_block=args.start_block, window_pad=args.window_pad, feature_probe=args.feature_probe,
         results_dir=Path(args.results_dir) if args.results_dir else RECORDS_DIR,
         save_state=args.save_state, load_state=args.load_state, work_dir=args.work_dir,
         workers=args.workers, launcher=args.launcher, log_interval=args.log_interval,

@@ -126,3 +126,14 @@ def first_test_batch(cfg: Config) -> dict:
 
     dataset = DATASETS.build(copy.deepcopy(cfg.test_dataloader.dataset))
     return pseudo_collate([dataset[0]])
+
+
+def probe_inputs(cfg: Config, model: nn.Module, n: int) -> list[Tensor]:
+    """Held-out images for the backbone feature error: test-loader items 1..n (item 0 calibrates
+    RepQ-ViT; QwT uses train images), each through the detector's preprocessor -> (1, 3, H, W)."""
+    from mmdet.registry import DATASETS
+
+    dataset = DATASETS.build(copy.deepcopy(cfg.test_dataloader.dataset))
+    items = range(1, min(n + 1, len(dataset)))
+    return [model.data_preprocessor(pseudo_collate([dataset[i]]), False)["inputs"] for i in items]
+

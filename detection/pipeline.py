@@ -65,6 +65,7 @@ class DetectionRun:
     cfg_options: dict[str, Any] = field(default_factory=dict)
     command: str | None = None  # recorded; default: sys.argv
     on_block: Callable[[Any], None] | None = None  # per-block QwT report callback
+    feature_probe: int = 4  # held-out val images for the backbone feature error (0: off)
 
 
 def _validate(run: DetectionRun) -> None:
@@ -196,6 +197,21 @@ class Evaluator:
         return dict(metrics), images, time.time() - t0
 
 
+@torch.no_grad()
+def backbone_features(model: nn.Module, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """The backbone's multi-scale outputs for each probe image (in the model's current quant state)."""
+    backbone = getattr(model, "module", model).backbone
+    dev = next(backbone.parameters()).device
+    return [[f.float().cpu() for f in backbone(x.to(dev))] for x in inputs]
+
+
+def feature_error(feats: list[list[torch.Tensor]], ref: list[list[torch.Tensor]]) -> float:
+    """Relative backbone feature error Σ‖f - f_fp‖² / Σ‖f_fp‖² over probe images and stages."""
+    num = sum(float((f - r).pow(2).sum()) for fs, rs in zip(feats, ref) for f, r in zip(fs, rs))
+    den = sum(float(r.pow(2).sum()) for rs in ref for r in rs)
+    return num / den if den > 0 else 0.0
+
+
 def _full_size(cfg) -> int | None:  # noqa: ANN001
     import json
 
@@ -239,7 +255,7 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     from . import metrics as _metrics  # noqa: F401  (registers SubsetCocoMetric)
     from .adapters import SwinBackboneAdapter
     from .convert import load_detector_weights
-    from .data import check_inputs, first_test_batch, qwt_batches
+    from .data import check_inputs, first_test_batch, probe_inputs, qwt_batches
     from .quantize import calibrate_detector, quantize_detector
 
     register_all_modules(init_default_scope=True)
@@ -275,6 +291,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         "methods": list(run.methods), "launcher": run.launcher,
     }
     records: list[dict[str, Any]] = []
+    probes = probe_inputs(cfg, model, run.feature_probe) if run.feature_probe > 0 else []
+    fp_feats = backbone_features(model, probes)
 
     def record(method: str, metrics_raw: dict, images: int, times: dict, blocks: list, size: dict | None,
                extra_cfg: dict) -> None:
@@ -282,6 +300,9 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
 
         metrics, absent = to_percent(metrics_raw)
         fp = method == "fp"
+        extra_cfg = {**extra_cfg, "feature_probe_images": len(probes)}
+        if probes and not fp:
+            metrics["feature_err"] = feature_error(backbone_features(model, probes), fp_feats)
         rec = make_record(
             suite="coco", model=name, method=method, w_bits=None if fp else run.w_bits,
             a_bits=None if fp else run.a_bits, metrics=metrics, images=images,

@@ -45,6 +45,13 @@ def test_tiny_detector_fp_repq_qwt_records(tiny, coco_root, tmp_path, name):
         assert r["config"]["checkpoint_format"] == "legacy"
         assert r["model_size"]["total_mb"] > 0
     assert recs["fp"]["w_bits"] is None and recs["repq"]["w_bits"] == 4
+    # backbone feature error vs FP on held-out val images (items 1..; item 0 calibrates RepQ-ViT)
+    assert "feature_err" not in recs["fp"]["metrics"]
+    assert recs["repq"]["config"]["feature_probe_images"] == n_val - 1
+    if n_val > 1:
+        assert recs["repq"]["metrics"]["feature_err"] > 0 and recs["repq+qwt"]["metrics"]["feature_err"] > 0
+    else:  # no held-out image: no metric rather than one measured on the calibration image
+        assert "feature_err" not in recs["repq"]["metrics"]
     assert recs["repq"]["model_size"]["bits_per_weight"] == 4
     blocks = recs["repq+qwt"]["blocks"]
     assert len(blocks) == sum(TINY_DEPTHS) and all("r2" in b and "mse_before" in b for b in blocks)
