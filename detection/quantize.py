@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdet.models.backbones.swin import ShiftWindowMSA, SwinTransformer, WindowMSA
-from qwt_core import LayerSpec, QuantLinear, QuantMatMul, quantize_layers, reparameterize
-from qwt_core.quant.state import calibration, uncalibrated
+from qwt_core import LayerSpec, QuantLinear, QuantMatMul, calibrate_repq, quantize_layers
 
 PATCH_EMBED_A_BITS = 8  # the patch-embedding conv sees 8-bit (normalized image) inputs
 
@@ -196,23 +195,11 @@ def calibrate_detector(model: nn.Module, batch: object, forward: Callable[[nn.Mo
     ``exact_padding=False`` keeps zero padding after the reparameterized norm1, as the reference
     code does (the full-precision function then changes on padded feature maps).
     """
-    pairs = list(reparam_pairs(model) if pairs is None else pairs)
-    model.eval()
-    with calibration(model):
-        forward(model, batch)
-    for norm_name, linear_name in pairs:
-        norm, linear = model.get_submodule(norm_name), model.get_submodule(linear_name)
-        if not isinstance(linear, QuantLinear):
-            raise TypeError(f"{linear_name} is a {type(linear).__name__}, expected QuantLinear")
+    def set_pad_value(norm_name: str, linear_name: str) -> None:
         if exact_padding and norm_name.endswith(".norm1"):
             attn = model.get_submodule(norm_name[: -len("norm1")] + "attn")
             if isinstance(attn, PadAwareShiftWindowMSA):
-                attn.pad_value.copy_(pad_shift(linear).to(attn.pad_value))
-        reparameterize(norm, linear)  # type: ignore[arg-type]
-    if pairs:
-        with calibration(model):
-            forward(model, batch)
-    missing = uncalibrated(model)
-    if missing:
-        raise RuntimeError(f"{len(missing)} quantizers saw no data during calibration, e.g. "
-                           f"{missing[:3]}: the forward pass does not reach them")
+                attn.pad_value.copy_(pad_shift(model.get_submodule(linear_name)).to(attn.pad_value))
+
+    pairs = list(reparam_pairs(model) if pairs is None else pairs)
+    calibrate_repq(model, batch, pairs, forward=forward, before_reparam=set_pad_value)  # type: ignore[arg-type]
