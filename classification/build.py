@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from qwt_core.state_io import state_dict_mismatch
+
 from . import registry
 from .errors import CheckpointError, PretrainedUnavailableError
 from .registry import ModelSpec
@@ -85,19 +87,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], spec: ModelSpec) -> None:
     """Load strictly; a mismatch raises :class:`CheckpointError` naming a few differing keys."""
     state = read_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[:2]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+    parts = state_dict_mismatch(model.state_dict(), state, examples=2)
+    if parts:
         raise CheckpointError(f"checkpoint {path} does not match the architecture of {spec.name} "
                               f"({spec.arch}): {'; '.join(parts)}")
     model.load_state_dict(state, strict=True)

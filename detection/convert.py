@@ -32,6 +32,7 @@ from typing import Mapping
 
 import torch
 from torch import Tensor, nn
+from qwt_core.state_io import state_dict_mismatch
 
 UNFOLD_ORDER = [0, 2, 1, 3]  # unfold slot p <- official neighbour UNFOLD_ORDER[p] (self-inverse)
 
@@ -64,54 +65,48 @@ def is_legacy(state_dict: Mapping[str, Tensor]) -> bool:
                for k in state_dict)
 
 
-def convert_legacy(state_dict: Mapping[str, Tensor]) -> "OrderedDict[str, Tensor]":
-    """Swin-Transformer-Object-Detection state dict -> mmdet 3.x state dict (see module doc)."""
+# (official-Swin name part, mmdet 3.x name part) inside backbone stage keys, first match wins
+BLOCK_RENAMES = ((".attn.", ".attn.w_msa."), (".mlp.fc1.", ".ffn.layers.0.0."), (".mlp.fc2.", ".ffn.layers.1."))
+
+
+def _rename(state_dict: Mapping[str, Tensor], to_mmdet3: bool) -> "OrderedDict[str, Tensor]":
+    """Map backbone keys (and patch-merging tensors) between the two layouts; other keys pass."""
+    stages = ("backbone.layers.", "backbone.stages.")
+    proj = (".proj.", ".projection.")
+    src, dst = (0, 1) if to_mmdet3 else (1, 0)
+    reduction = _reduction_to_unfold if to_mmdet3 else _reduction_to_official
+    norm = _norm_to_unfold if to_mmdet3 else _norm_to_official
     out: "OrderedDict[str, Tensor]" = OrderedDict()
     for k, v in state_dict.items():
-        if k.startswith("backbone.layers."):
-            if k.endswith(".attn_mask"):
+        if k.startswith(stages[src]):
+            if k.endswith(".attn_mask"):  # official Swin stores its shift masks; mmdet recomputes them
                 continue
-            nk = k.replace("backbone.layers.", "backbone.stages.", 1)
-            if ".attn." in nk:
-                nk = nk.replace(".attn.", ".attn.w_msa.", 1)
-            elif ".mlp.fc1." in nk:
-                nk = nk.replace(".mlp.fc1.", ".ffn.layers.0.0.", 1)
-            elif ".mlp.fc2." in nk:
-                nk = nk.replace(".mlp.fc2.", ".ffn.layers.1.", 1)
-            elif ".downsample.reduction." in nk:
-                v = _reduction_to_unfold(v)
-            elif ".downsample.norm." in nk:
-                v = _norm_to_unfold(v)
+            nk = k.replace(stages[src], stages[dst], 1)
+            for pair in BLOCK_RENAMES:
+                if pair[src] in nk:
+                    nk = nk.replace(pair[src], pair[dst], 1)
+                    break
+            else:
+                if ".downsample.reduction." in nk:
+                    v = reduction(v)
+                elif ".downsample.norm." in nk:
+                    v = norm(v)
             out[nk] = v
-        elif k.startswith("backbone.patch_embed.proj."):
-            out[k.replace(".proj.", ".projection.", 1)] = v
+        elif k.startswith("backbone.patch_embed" + proj[src]):
+            out[k.replace(proj[src], proj[dst], 1)] = v
         else:
             out[k] = v
     return out
+
+
+def convert_legacy(state_dict: Mapping[str, Tensor]) -> "OrderedDict[str, Tensor]":
+    """Swin-Transformer-Object-Detection state dict -> mmdet 3.x state dict (see module doc)."""
+    return _rename(state_dict, to_mmdet3=True)
 
 
 def to_legacy(state_dict: Mapping[str, Tensor]) -> "OrderedDict[str, Tensor]":
     """mmdet 3.x state dict -> official-Swin layout (the inverse of :func:`convert_legacy`)."""
-    out: "OrderedDict[str, Tensor]" = OrderedDict()
-    for k, v in state_dict.items():
-        if k.startswith("backbone.stages."):
-            nk = k.replace("backbone.stages.", "backbone.layers.", 1)
-            if ".attn.w_msa." in nk:
-                nk = nk.replace(".attn.w_msa.", ".attn.", 1)
-            elif ".ffn.layers.0.0." in nk:
-                nk = nk.replace(".ffn.layers.0.0.", ".mlp.fc1.", 1)
-            elif ".ffn.layers.1." in nk:
-                nk = nk.replace(".ffn.layers.1.", ".mlp.fc2.", 1)
-            elif ".downsample.reduction." in nk:
-                v = _reduction_to_official(v)
-            elif ".downsample.norm." in nk:
-                v = _norm_to_official(v)
-            out[nk] = v
-        elif k.startswith("backbone.patch_embed.projection."):
-            out[k.replace(".projection.", ".proj.", 1)] = v
-        else:
-            out[k] = v
-    return out
+    return _rename(state_dict, to_mmdet3=False)
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, Tensor]":
@@ -173,19 +168,8 @@ def load_detector_weights(model: nn.Module, path: str | os.PathLike[str],
     for k, v in own.items():
         if k.endswith("relative_position_index") and k not in sd:
             sd[k] = v
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs "
-                         f"{tuple(own[k].shape)})")
+    parts = state_dict_mismatch(own, sd)
+    if parts:
         raise CheckpointError(
             f"checkpoint {path} does not match detector {expected or 'of the config'} "
             f"({describe_state_dict(own)}): it looks like {describe_state_dict(sd)}; "

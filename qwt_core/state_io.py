@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -18,6 +18,29 @@ from torch import nn
 from .qwt.compensation import CompensatedBlock, build_compensation
 
 FORMAT = "qwt-state/1"
+
+
+def state_dict_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                        examples: int = 1) -> list[str]:
+    """How ``state`` differs from a model's ``own`` state dict: missing keys, unexpected keys and
+    shape mismatches, each with a count and examples; [] when it would load strictly."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+
+    def eg(keys: list[str]) -> object:
+        return keys[0] if examples == 1 else keys[:examples]
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {eg(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {eg(unexpected)})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs "
+                     f"{tuple(own[k].shape)})")
+    return parts
 
 
 def save_state(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
