@@ -21,7 +21,7 @@ from .qwt.config import QwTConfig
 from .qwt.driver import BlockReport, BlockStep, BlockwiseAdapter, fit_qwt
 from .reparam import reparameterize
 from .size import SizeReport, model_size
-from .state_io import load_state, save_state
+from .state_io import load_state, save_state, weights_fingerprint
 
 __all__ = [
     "calibrate_repq", "QuantConv2d", "QuantLinear", "QuantMatMul", "PERCENTILES",
@@ -30,5 +30,5 @@ __all__ = [
     "calibration", "full_precision", "quant_state", "quantizers", "set_quant_state", "uncalibrated",
     "NormalEquations", "Solution", "all_reduce_sum", "CompensatedBlock", "ConvCompensation",
     "LinearCompensation", "QwTConfig", "BlockReport", "BlockStep", "BlockwiseAdapter", "fit_qwt",
-    "reparameterize", "SizeReport", "model_size", "load_state", "save_state",
+    "reparameterize", "SizeReport", "model_size", "load_state", "save_state", "weights_fingerprint",
 ]

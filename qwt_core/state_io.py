@@ -8,6 +8,7 @@ bit-identical outputs.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -41,6 +42,25 @@ def state_dict_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, tor
         parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs "
                      f"{tuple(own[k].shape)})")
     return parts
+
+
+def weights_fingerprint(state: Mapping[str, torch.Tensor] | nn.Module) -> str:
+    """SHA-256 (hex, first 16 digits) of a state dict's names, shapes, dtypes and bytes.
+
+    Taken of the full-precision weights before quantization and stored in a calibrated state's
+    ``meta``, it tells whether a state is loaded onto the weights it was calibrated from.
+    """
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def save_state(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:

@@ -56,3 +56,15 @@ def test_model_size_report() -> None:
     assert rep.qwt_mb == pytest.approx(rep.qwt_params * 2 / 2**20)
     total = sum(p.numel() for p in model.parameters())
     assert rep.quantized_params + rep.float_params + rep.qwt_params == total
+
+
+def test_weights_fingerprint_tells_weights_apart() -> None:
+    torch.manual_seed(0)
+    a = TinyTransformer(qkv_bias=False)
+    b = TinyTransformer(qkv_bias=False)
+    b.load_state_dict(a.state_dict())
+    from qwt_core import weights_fingerprint
+    assert weights_fingerprint(a) == weights_fingerprint(b) == weights_fingerprint(a.state_dict())
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-6  # one weight, one ulp-scale change
+    assert weights_fingerprint(a) != weights_fingerprint(b)
