@@ -89,7 +89,9 @@ def load_state(model: nn.Module, path: str | os.PathLike[str],
     for name, spec in payload["compensated"].items():
         block = model.get_submodule(name)
         if not isinstance(block, CompensatedBlock):
-            model.set_submodule(name, CompensatedBlock(block, build_compensation(spec)))
+            # the new wrapper takes the block's mode: its compensation uses the fp16 product in
+            # eval mode and fp32 in training mode, as the reference's CompensationBlock
+            model.set_submodule(name, CompensatedBlock(block, build_compensation(spec)).train(block.training))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from qwt_core import BlockStep, LayerSpec, QuantMatMul, quantize_layers
 
-PATCH_EMBED_A_BITS = 8  # the patch-embedding conv sees raw pixels: 8-bit input (reference)
+EDGE_BITS = 8  # patch-embedding conv and classifier heads: 8-bit weights and inputs (reference quant_model)
 
 
 @dataclass
@@ -44,17 +44,30 @@ class Blockwise:
         return x
 
 
+def is_head(name: str) -> bool:
+    """The reference's rule: every Linear whose name contains 'head' (``head``, ``head_dist``,
+    timm 1.x Swin's ``head.fc``) is a classifier head."""
+    return "head" in name
+
+
 def transformer_plan(model: nn.Module, w_bits: int, a_bits: int,
                      channel_wise_inputs: tuple[str, ...]) -> dict[str, LayerSpec]:
-    """RepQ-ViT's plan for ViT/DeiT/Swin: every Linear (weights per channel, inputs per tensor;
-    the post-LayerNorm inputs named by ``channel_wise_inputs`` start channel-wise) and the
-    patch-embedding Conv2d (input 8-bit)."""
+    """RepQ-ViT's plan for ViT/DeiT/Swin as the released ``quant_model`` assigns it: the
+    patch-embedding Conv2d and every head at 8 bits (weights per channel, inputs per tensor)
+    whatever the requested bits; every other Linear with n-bit weights per channel and n-bit
+    inputs per tensor, the post-LayerNorm inputs named by ``channel_wise_inputs`` starting
+    channel-wise."""
     plan: dict[str, LayerSpec] = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
-            plan[name] = LayerSpec(w_bits, a_bits, act_channel_wise=name.endswith(channel_wise_inputs))
+            if name.endswith(channel_wise_inputs):
+                plan[name] = LayerSpec(w_bits, a_bits, act_channel_wise=True)
+            elif is_head(name):
+                plan[name] = LayerSpec(EDGE_BITS, EDGE_BITS)
+            else:
+                plan[name] = LayerSpec(w_bits, a_bits)
         elif isinstance(m, nn.Conv2d):
-            plan[name] = LayerSpec(w_bits, PATCH_EMBED_A_BITS)
+            plan[name] = LayerSpec(EDGE_BITS, EDGE_BITS)
     return plan
 
 

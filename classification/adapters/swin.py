@@ -26,8 +26,10 @@ CHANNEL_WISE_INPUTS = ("attn.qkv", "mlp.fc1", "downsample.reduction")
 class QuantWindowAttention(WindowAttention):
     """timm ``WindowAttention`` computed with two :class:`QuantMatMul` (no fused SDPA).
 
-    x (nW·B, N, C); attn = matmul1(q, kᵀ)·scale + relative position bias (+ shift mask);
-    out = matmul2(softmax(attn), v).
+    x (nW·B, N, C); attn = matmul1(q·scale, kᵀ) + relative position bias (+ shift mask);
+    out = matmul2(softmax(attn), v). The scale multiplies q before the quantized product, as in
+    the reference's Swin (``window_attention_forward``): under quantization this is not the same
+    as scaling the product (ViT/DeiT scale the product, as their reference does).
     """
 
     matmul1: QuantMatMul
@@ -37,7 +39,7 @@ class QuantWindowAttention(WindowAttention):
         B_, N, C = x.shape
         qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B_, H, N, D)
-        attn = self.matmul1(q, k.transpose(-2, -1)) * self.scale  # (B_, H, N, N)
+        attn = self.matmul1(q * self.scale, k.transpose(-2, -1))  # (B_, H, N, N)
         attn = attn + self._get_rel_pos_bias()
         if mask is not None:
             num_win = mask.shape[0]

@@ -1,9 +1,10 @@
 """ViT / DeiT (incl. distilled) from timm's VisionTransformer.
 
-Quantization (RepQ-ViT): every Linear incl. ``head`` (and ``head_dist``): weights per output
-channel n-bit, inputs per tensor n-bit; the inputs of ``qkv`` and ``fc1`` start channel-wise (they
-follow a LayerNorm and are reparameterized to per-tensor); the patch-embedding conv: weights n-bit
-per channel, input 8-bit. Attention: ``matmul1(q, kᵀ)·scale`` with both inputs uniform n-bit,
+Quantization (RepQ-ViT, as the released ``quant_model``): every Linear: weights per output channel
+n-bit, inputs per tensor n-bit; the inputs of ``qkv`` and ``fc1`` start channel-wise (they follow a
+LayerNorm and are reparameterized to per-tensor); the patch-embedding conv and the heads (``head``,
+``head_dist``): weights and inputs 8-bit. Attention: ``matmul1(q, kᵀ)·scale`` with both inputs
+uniform n-bit (the reference's ViT/DeiT order),
 ``matmul2(softmax, v)`` with the probabilities log-sqrt(2) n-bit and v uniform n-bit.
 
 QwT walks ``blocks.0 .. blocks.{L-1}``; block 0's input is the quantized patch embedding plus

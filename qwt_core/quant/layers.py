@@ -12,10 +12,12 @@ Evaluation fast paths (bit-identical to calling the quantizers; ``tests/core/tes
   is enabled, initialised and not calibrating, and when no gradient is being recorded for the
   weight; it costs one extra copy of the layer's weight and is never part of the state dict.
 * **Fused activation quantization.** ``quantize_activation`` computes the same elementwise
-  results as the quantizers with fewer full-size passes: in place on one temporary, the
-  zero-point add/subtract folded into the clamp bounds (exact: integers), and for log-sqrt(2) a
-  table lookup of the 2^n output levels instead of the level arithmetic on every element. Used
-  outside calibration and autograd only; bit-identity is tested on odd-sized tensors.
+  results as the quantizers with fewer full-size temporaries: the reference's formula
+  ``(clamp(round(x / d) + zp, 0, 2^n - 1) - zp) * d`` evaluated in place on one temporary (the
+  operations and their order are the reference's, so the result is bit-identical also for the
+  fractional zero points that the RepQ-ViT reparameterization leaves), and for log-sqrt(2) a table
+  lookup of the 2^n output levels instead of the level arithmetic on every element. Used outside
+  calibration and autograd only; bit-identity is tested on odd-sized tensors.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .primitives import LOG_RATIO_FLOOR
 from .quantizers import LogSqrt2Quantizer, Quantizer, UniformQuantizer
 
 
@@ -48,16 +51,14 @@ def quantize_activation(q: Quantizer, x: Tensor) -> Tensor:
         return q(x)  # (mixed dtypes would promote differently in place)
     if type(q) is UniformQuantizer:
         delta, zp = q._broadcast(q.delta, x), q._broadcast(q.zero_point, x)
-        # (clamp(round(x/d) + zp, 0, M) - zp) * d == clamp(round(x/d), -zp, M - zp) * d + 0.0
-        # bit for bit: round(x/d) and zp are integers, so the add/subtract are exact below 2^24
-        # (above it both forms clamp to the same bound); "+ 0.0" turns the -0.0 that round(x/d)
-        # gives for x/d in [-0.5, 0) into the +0.0 of the reference's (zp - zp).
-        t = (x / delta).round_()
-        return t.clamp_(-zp, (2**q.n_bits - 1) - zp).mul_(delta).add_(0.0)
+        # the reference's operations in its order, in place: round(x/d) + zp, clamp, - zp, * d
+        # (zp may be fractional after the reparameterization: no shortcut through integer algebra)
+        t = (x / delta).round_().add_(zp)
+        return t.clamp_(0, 2**q.n_bits - 1).sub_(zp).mul_(delta)
     if type(q) is LogSqrt2Quantizer:
         n_levels = 2**q.n_bits
-        # round(-1 * log2(x / delta) * 2): negating and doubling are exact, so one multiply by -2
-        t = (x / q.delta).log2_().mul_(-2).round_()
+        # round(-1 * log2(max(x / delta, 1e-6)) * 2): negating and doubling are exact -> one * -2
+        t = (x / q.delta).clamp_(min=LOG_RATIO_FLOOR).log2_().mul_(-2).round_()
         if bool(t.min().isnan()):  # negative/NaN inputs: leave NaN handling to the reference path
             return q(x)
         # codes >= 2^n are "dead" (output 0): clamp them onto an extra table entry holding 0

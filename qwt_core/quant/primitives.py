@@ -7,8 +7,11 @@ Uniform asymmetric fake quantization with n bits::
 
 and the log-sqrt(2) quantizer of RepQ-ViT for post-softmax attention::
 
-    k = round(-2 * log2(x / delta));  q(x) = 2^(-ceil(k/2)) * (sqrt(2) if k odd else 1) * delta
-    with k clamped to [0, 2^n - 1] and codes k >= 2^n mapped to 0.
+    k = round(-2 * log2(max(x / delta, 1e-6)));  q(x) = 2^(-ceil(k/2)) * (sqrt(2) if k odd else 1) * delta
+    with k clamped to [0, 2^n - 1] and codes k >= 2^n mapped to 0. The ratio is floored at 1e-6
+    before the log as in the QwT reference (its ``Log2STE``): the largest code is then
+    round(-2 log2 1e-6) = 40, so from 6 bits on no probability is mapped to 0 (at 6 bits a zero
+    probability becomes 2^-20 delta).
 
 The range search tries the percentile pairs (p, 1-p) for p in ``PERCENTILES`` and keeps the one
 with the lowest mean squared error of the quantized tensor (first one on ties), as RepQ-ViT does.
@@ -26,6 +29,7 @@ import torch
 from torch import Tensor
 
 PERCENTILES: tuple[float, ...] = (0.999, 0.9999, 0.99999)
+LOG_RATIO_FLOOR = 1e-6  # x / delta is floored here before log2 (reference Log2STE)
 DELTA_EPS = 1e-8  # guards delta = 0 on constant channels (reference would produce NaN there)
 
 
@@ -94,7 +98,7 @@ def fake_quant_uniform(x: Tensor, delta: Tensor, zero_point: Tensor, n_bits: int
 def fake_quant_log_sqrt2(x: Tensor, delta: Tensor, n_bits: int) -> Tensor:
     """Log-sqrt(2) fake quantization of non-negative ``x`` (post-softmax attention)."""
     n_levels = 2**n_bits
-    x_int = torch.round(-1 * (x / delta).log2() * 2)
+    x_int = torch.round(-1 * (x / delta).clamp(min=LOG_RATIO_FLOOR).log2() * 2)
     dead = x_int >= n_levels
     x_q = torch.clamp(x_int, 0, n_levels - 1)
     odd = (x_q % 2) * (math.sqrt(2) - 1) + 1

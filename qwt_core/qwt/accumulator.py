@@ -15,6 +15,7 @@ SS_res = Σyy - 2 tr(Wᵀ B) + tr(Wᵀ A W) and SS_tot = Σyy - Σ (Σy)² / n.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 ReduceFn = Callable[[Tensor], None]
+SOLVERS = ("reference", "lstsq")
 SINGULAR_RTOL = 1e-12  # eigenvalue ratio of XᵀX below which a direction counts as absent
 SINGLE_THREAD_MAX_DIM = 4096  # CPU factorizations up to this size run on one thread (see _lapack_threads)
 
@@ -117,34 +119,69 @@ class NormalEquations:
         for t in (self.A, self.B, self.yy):
             reduce(t)
 
-    def solve(self) -> Solution:
-        """W_aug = (A + λI)⁻¹ B per group; falls back to least squares if A is singular."""
-        with _lapack_threads(self.A):
-            return self._solve()
+    def solve(self, solver: str = "reference", ss_tot: float | None = None) -> Solution:
+        """Solve the normal equations of every group: W_aug = (A + λI)⁻¹ B.
 
-    def _solve(self) -> Solution:
+        ``solver`` decides how the keep / zero statistic R² is obtained (W, b are the float64
+        solution in both cases; the driver zeroes a block whose R² is not positive):
+        - ``"reference"`` (default): R² of the reference's own solution, ``inverse(A + λI) @ B``
+          in fp32. Where that matters is a numerically singular A (cond ≳ 1/eps_fp32, e.g. the
+          LayerNorm output that feeds Swin's first block): the fp32 solution is dominated by
+          rounding, its R² is negative and the reference leaves the block uncompensated; so
+          does this solver. Elsewhere it equals the float64 R² up to fp32 rounding.
+        - ``"lstsq"``: R² of the float64 solution (minimum-norm where A is singular), which can
+          compensate such blocks.
+        ``ss_tot``: the total sum of squares R² is taken against (default: around the mean of
+        every output column, Σyy - (Σy)² / n); R² = 1 - SS_res / SS_tot with SS_res evaluated
+        exactly (float64) on the accumulated sums.
+        """
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        if ss_tot is None:
+            ss_tot = float((self.yy - self.B[:, -1].pow(2) / self.A[0, -1, -1]).sum())
+        with _lapack_threads(self.A):
+            W_aug = self._solve_lstsq()
+            decide = self._solve_fp32() if solver == "reference" else W_aug
+        r2 = 1 - self._ss_res(decide) / ss_tot if ss_tot > 0 else 0.0
+        if not math.isfinite(r2):
+            r2 = -math.inf
+        return Solution(W_aug[:, :-1].float(), W_aug[:, -1].float(), r2)
+
+    def _ss_res(self, W_aug: Tensor) -> float:
+        """Σ ||y - x_aug W_aug||² over all groups, from the sums: Σyy - 2<W, B> + <W, A W>."""
+        return float(self.yy.sum() - 2 * (W_aug * self.B).sum() + (W_aug * (self.A @ W_aug)).sum())
+
+    def residual(self, sol: Solution) -> float:
+        """SS_res of a solution (float64, from the accumulated sums)."""
+        return self._ss_res(torch.cat([sol.weight, sol.bias[:, None]], 1).to(self.A))
+
+    def _ridged(self) -> Tensor:
         A = self.A
         if self.ridge:
             A = A + self.ridge * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        return A
+
+    def _solve_fp32(self) -> Tensor:
+        """The reference's solution: inverse(fp32(A + λI)) @ fp32(B) in fp32 (returned in float64;
+        NaN where fp32 A is exactly singular, which makes the reference fail)."""
+        A32 = self._ridged().float()
+        try:
+            inv = torch.linalg.inv(A32)
+        except RuntimeError:  # exactly singular in fp32: the reference would fail here too
+            return torch.full_like(self.B, math.nan)
+        return (inv @ self.B.float()).double()
+
+    def _solve_lstsq(self) -> Tensor:
+        """float64 solve; minimum-norm solution when A is numerically singular."""
+        A = self._ridged()
         # A numerically singular A does not make linalg.solve raise: it returns huge weights that
-        # cancel only in exact arithmetic (e.g. Swin's first block, whose input is a LayerNorm
-        # output: its channels sum to a constant, collinear with the ones column), and the fp16
-        # eval of the compensation then amplifies them. Detect it from the eigenvalues and use the
-        # minimum-norm solution instead.
+        # cancel only in exact arithmetic. Detect it from the eigenvalues and use the minimum-norm
+        # solution instead.
         eig = torch.linalg.eigvalsh(A)  # (G, D+1), ascending
         singular = bool((eig[:, 0] <= SINGULAR_RTOL * eig[:, -1].abs()).any())
-        W_aug = None
         if not singular:
             try:
-                W_aug = torch.linalg.solve(A, self.B)  # (G, D+1, O)
+                return torch.linalg.solve(A, self.B)  # (G, D+1, O)
             except RuntimeError:
-                W_aug = None
-        if W_aug is None:  # singular (collinear or dead feature columns): minimum-norm solution
-            W_aug = torch.linalg.pinv(A, rtol=SINGULAR_RTOL, hermitian=True) @ self.B
-        n = self.A[0, -1, -1]
-        sy = self.B[:, -1]  # (G, O)
-        ss_tot = (self.yy - sy.pow(2) / n).sum()
-        ss_res = (self.yy.sum() - 2 * (W_aug * self.B).sum()
-                  + (W_aug * (self.A @ W_aug)).sum())
-        r2 = float(1 - ss_res / ss_tot) if float(ss_tot) > 0 else 0.0
-        return Solution(W_aug[:, :-1].float(), W_aug[:, -1].float(), r2)
+                pass
+        return torch.linalg.pinv(A, rtol=SINGULAR_RTOL, hermitian=True) @ self.B

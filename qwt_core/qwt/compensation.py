@@ -1,7 +1,7 @@
 """QwT compensation modules and the block wrapper ``out = block(x, ...) + compensation(x)``."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -10,41 +10,80 @@ from torch import Tensor, nn
 from .accumulator import Solution
 
 
-class LinearCompensation(nn.Module):
-    """c(x) = x @ W + b on tokens x (..., D) -> (..., O).
+HalfArith = Literal["native", "emulated"]
+HALF_ARITHS = ("native", "emulated")
 
-    With ``fp16_eval`` (the reference for ViT/DeiT/Swin classification) the matmul runs in fp16
-    at eval time and is added to the fp32 bias: ``(x.half() @ W.half()).float() + b``.
+
+def half_product(op: Callable[[Tensor, Tensor], Tensor], x: Tensor, w: Tensor, arith: str) -> Tensor:
+    """``op(x.half(), w.half()).float()``: the reference's fp16 product.
+
+    ``"native"`` (default: the reference's arithmetic, bit for bit on the same device) runs ``op``
+    in fp16. ``"emulated"`` rounds both operands to fp16, runs ``op`` in fp32 and rounds the
+    result to fp16: the same operands and one final rounding, at fp32 speed on CPUs (whose fp16
+    GEMM / convolution is emulated slowly), but it differs from a native fp16 kernel where that
+    kernel accumulates in another order (one fp16 ulp on about 0.2 % of the elements on a CPU),
+    and fake quantization downstream turns such last-bit differences into different logits.
+    """
+    if arith == "native":
+        return op(x.half(), w.half()).float()
+    if arith == "emulated":
+        return op(x.half().float(), w.half().float()).half().float()
+    raise ValueError(f"half_arith must be one of {HALF_ARITHS}, got {arith!r}")
+
+
+class LinearCompensation(nn.Module):
+    """c(x) = x @ W + b on tokens x (..., D) -> (..., O); W (D, O), b (O,).
+
+    Added to a block output ``out`` in the reference's order (:meth:`add_to`):
+    ``(out + x @ W) + b`` in fp32, and with ``fp16_eval`` at evaluation (``not self.training``)
+    ``(out + (x.half() @ W.half()).float()) + b``, the reference's setting for ViT/DeiT/Swin
+    classification; ``half_arith`` says how that fp16 product is computed (:func:`half_product`).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, fp16_eval: bool = True) -> None:
+    def __init__(self, in_dim: int, out_dim: int, fp16_eval: bool = True, half_arith: HalfArith = "native") -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(in_dim, out_dim))  # (D, O)
         self.bias = nn.Parameter(torch.zeros(out_dim))  # (O,)
         self.fp16_eval = fp16_eval
+        self.half_arith = half_arith
 
     @classmethod
-    def from_solution(cls, sol: Solution, fp16_eval: bool) -> "LinearCompensation":
-        m = cls(sol.weight.shape[1], sol.weight.shape[2], fp16_eval)
+    def from_solution(cls, sol: Solution, fp16_eval: bool, half_arith: HalfArith = "native") -> "LinearCompensation":
+        m = cls(sol.weight.shape[1], sol.weight.shape[2], fp16_eval, half_arith)
         m.weight.data.copy_(sol.weight[0])
         m.bias.data.copy_(sol.bias[0])
         return m
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "linear", "in_dim": self.weight.shape[0], "out_dim": self.weight.shape[1],
-                "fp16_eval": self.fp16_eval}
+                "fp16_eval": self.fp16_eval, "half_arith": self.half_arith}
+
+    def _half(self) -> bool:
+        return self.fp16_eval and not self.training
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fp16_eval and not self.training:
-            return (x.half() @ self.weight.half()).to(x.dtype) + self.bias
+        """c(x) alone (the arithmetic of :meth:`add_to`, without the block output)."""
+        if self._half():
+            return half_product(torch.matmul, x, self.weight, self.half_arith).to(x.dtype) + self.bias
         return x @ self.weight + self.bias
+
+    def add_to(self, out: Tensor, x: Tensor, fp32: bool = False) -> Tensor:
+        """out + c(x) as the reference adds it: (out + x @ W) + b; ``fp32=True`` forces the fp32
+        product (the reference propagates features in fp32 while fitting)."""
+        if self._half() and not fp32:
+            return (out + half_product(torch.matmul, x, self.weight, self.half_arith).to(out.dtype)) + self.bias
+        return (out + x @ self.weight) + self.bias
 
 
 class ConvCompensation(nn.Module):
-    """c(x) = grouped Conv2d(x; W, b), kernel k, padding k // 2, stride s; x (B, C, H, W)."""
+    """c(x) = grouped Conv2d(x; W, b), kernel k, padding k // 2, stride s; x (B, C, H, W).
+
+    Added as the reference does (:meth:`add_to`): ``out + conv2d(x, W, b)`` in fp32, and with
+    ``fp16_eval`` at evaluation ``out + (conv2d(x.half(), W.half()).float() + b)``.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                 groups: int, fp16_eval: bool = True) -> None:
+                 groups: int, fp16_eval: bool = True, half_arith: HalfArith = "native") -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"channels {in_channels}->{out_channels} not divisible by groups {groups}")
@@ -52,12 +91,13 @@ class ConvCompensation(nn.Module):
         self.weight = nn.Parameter(torch.zeros(out_channels, in_channels // groups, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.fp16_eval = fp16_eval
+        self.half_arith = half_arith
 
     @classmethod
     def from_solution(cls, sol: Solution, in_channels: int, kernel_size: int, stride: int,
-                      fp16_eval: bool) -> "ConvCompensation":
+                      fp16_eval: bool, half_arith: HalfArith = "native") -> "ConvCompensation":
         g, d, o = sol.weight.shape  # (G, cg*k*k, og)
-        m = cls(in_channels, g * o, kernel_size, stride, g, fp16_eval)
+        m = cls(in_channels, g * o, kernel_size, stride, g, fp16_eval, half_arith)
         # unfold order within a group is (channel, ky, kx): matches Conv2d's (cg, k, k) weight
         w = sol.weight.permute(0, 2, 1).reshape(g * o, in_channels // g, kernel_size, kernel_size)
         m.weight.data.copy_(w)
@@ -67,30 +107,40 @@ class ConvCompensation(nn.Module):
     def spec(self) -> dict[str, Any]:
         return {"kind": "conv", "in_channels": self.weight.shape[1] * self.groups,
                 "out_channels": self.weight.shape[0], "kernel_size": self.kernel_size,
-                "stride": self.stride, "groups": self.groups, "fp16_eval": self.fp16_eval}
+                "stride": self.stride, "groups": self.groups, "fp16_eval": self.fp16_eval,
+                "half_arith": self.half_arith}
+
+    def _conv(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+        return F.conv2d(x, w, b, self.stride, self.kernel_size // 2, 1, self.groups)
 
     def forward(self, x: Tensor) -> Tensor:
-        pad = self.kernel_size // 2
+        """c(x) alone, in the arithmetic of :meth:`add_to`."""
         if self.fp16_eval and not self.training:
-            y = F.conv2d(x.half(), self.weight.half(), None, self.stride, pad, 1, self.groups)
-            return y.to(x.dtype) + self.bias[:, None, None]
-        return F.conv2d(x, self.weight, self.bias, self.stride, pad, 1, self.groups)
+            return half_product(self._conv, x, self.weight, self.half_arith).to(x.dtype) + self.bias[:, None, None]
+        return self._conv(x, self.weight, self.bias)
+
+    def add_to(self, out: Tensor, x: Tensor, fp32: bool = False) -> Tensor:
+        """out + c(x) as the reference adds it; ``fp32=True`` forces the fp32 convolution."""
+        if fp32:
+            return out + self._conv(x, self.weight, self.bias)
+        return out + self(x)
 
 
 def build_compensation(spec: dict[str, Any]) -> nn.Module:
     """Re-create an (empty) compensation module from its ``spec()``."""
     kind = spec["kind"]
+    arith = spec.get("half_arith", "native")
     if kind == "linear":
-        return LinearCompensation(spec["in_dim"], spec["out_dim"], spec["fp16_eval"])
+        return LinearCompensation(spec["in_dim"], spec["out_dim"], spec["fp16_eval"], arith)
     if kind == "conv":
         return ConvCompensation(spec["in_channels"], spec["out_channels"], spec["kernel_size"],
-                                spec["stride"], spec["groups"], spec["fp16_eval"])
+                                spec["stride"], spec["groups"], spec["fp16_eval"], arith)
     raise ValueError(f"unknown compensation kind {kind!r} (expected 'linear' or 'conv')")
 
 
 class CompensatedBlock(nn.Module):
-    """out = block(x, *args, **kwargs) + compensation(x); extra arguments (Swin's hw_shape) pass
-    through unchanged."""
+    """out = block(x, *args, **kwargs) + compensation(x), added in the reference's order by the
+    compensation's ``add_to``; extra arguments (Swin's hw_shape) pass through unchanged."""
 
     def __init__(self, block: nn.Module, compensation: nn.Module) -> None:
         super().__init__()
@@ -98,7 +148,7 @@ class CompensatedBlock(nn.Module):
         self.compensation = compensation
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        return self.block(x, *args, **kwargs) + self.compensation(x)
+        return self.compensation.add_to(self.block(x, *args, **kwargs), x)
 
 
 def unfold_groups(x: Tensor, kernel_size: int, stride: int, groups: int) -> Tensor:

@@ -14,6 +14,8 @@ class QwTConfig:
     conv_ridge: float = 1e-3  # ridge λ of the grouped-conv fit (reference 1e-3)
     linear_ridge: float = 0.0  # ridge λ of the token fit (reference: none, plain inverse(XᵀX))
     store: Literal["device", "cpu", "disk"] = "device"  # where block inputs of the calibration set live
+    solver: Literal["reference", "lstsq"] = "reference"  # reference: fp32 inverse(XᵀX) as released; lstsq: float64, min-norm when singular
+    half_arith: Literal["native", "emulated"] = "native"  # fp16 product at eval: native fp16 (reference, bit-exact) or fp16 operands/result with an fp32 product (fast on CPU)
 
     def __post_init__(self) -> None:
         if self.start_block < 0:
@@ -24,6 +26,10 @@ class QwTConfig:
             raise ValueError(f"factor must be >= 1, got {self.factor}")
         if self.conv_ridge < 0 or self.linear_ridge < 0:
             raise ValueError("ridge must be >= 0")
+        if self.solver not in ("reference", "lstsq"):
+            raise ValueError(f"solver must be 'reference' or 'lstsq', got {self.solver!r}")
+        if self.half_arith not in ("native", "emulated"):
+            raise ValueError(f"half_arith must be 'native' or 'emulated', got {self.half_arith!r}")
         if self.store not in ("device", "cpu", "disk"):
             raise ValueError(f"store must be 'device', 'cpu' or 'disk', got {self.store!r}")
 

@@ -5,7 +5,9 @@ An adapter tells the driver three things: how to get the inputs of block 0 from 
 call it, and what runs between it and the next block), and the model. For block k the driver runs
 the block in full precision and quantized on the same input X (the output of the already
 quantized-and-compensated blocks before it), accumulates Y = FP(X) - Q(X) ≈ X W + b, solves,
-installs ``CompensatedBlock``, and feeds Q(X) + c(X) (then ``after``) to block k + 1.
+installs ``CompensatedBlock``, and feeds Q(X) + c(X) (then ``after``) to block k + 1. As in the
+reference, the features passed on while fitting go through the compensation in fp32; only the
+installed wrapper at evaluation uses the fp16 product (``QwTConfig.fp16_eval``).
 Each block is run twice per calibration batch: once in full precision, once quantized.
 """
 from __future__ import annotations
@@ -84,11 +86,36 @@ def _rows(kind: str, x: Tensor, y: Tensor, cfg: QwTConfig) -> tuple[Tensor, Tens
     return xr, yr, {"stride": stride, "groups": groups, "in_channels": x.shape[1]}
 
 
+class PositionSums:
+    """Σ over images of Y (B, C, H, W) per (channel, y, x): the reference's ResNet R² takes
+    SS_tot around ``Y.mean(dim=0)``, one mean per output position over the images:
+    SS_tot = Σ y² - Σ_{c,h,w} (Σ_b y)² / B."""
+
+    def __init__(self) -> None:
+        self.sums: Tensor | None = None  # (C, H, W) float64
+        self.images = torch.zeros((), dtype=torch.float64)
+
+    def update(self, y: Tensor) -> None:
+        s = y.to(torch.float64).sum(0)
+        self.sums = s if self.sums is None else self.sums + s
+        self.images = self.images.to(s.device) + y.shape[0]
+
+    def all_reduce(self, reduce: ReduceFn) -> None:
+        assert self.sums is not None
+        reduce(self.sums)
+        reduce(self.images)
+
+    def ss_tot(self, yy: Tensor) -> float:
+        assert self.sums is not None
+        return float(yy.sum() - self.sums.pow(2).sum() / self.images)
+
+
 def fit_block(block: nn.Module, step: BlockStep, inputs: FeatureStore, cfg: QwTConfig,
               reduce: ReduceFn, index: int) -> tuple[nn.Module, FeatureStore, BlockReport]:
     """Fit and return the compensation of one block, and the quantized outputs (not yet compensated)."""
     outs = FeatureStore(inputs.where, inputs.device)
     acc: NormalEquations | None = None
+    positions = PositionSums() if step.kind == "conv" else None
     geom: dict = {}
     for x in inputs:
         with full_precision(block):
@@ -96,30 +123,35 @@ def fit_block(block: nn.Module, step: BlockStep, inputs: FeatureStore, cfg: QwTC
         q = step.call(block, x)  # the caller holds the model in quant state
         # Y = FP(x) - Q(x), in fp's memory unless fp shares it with the block input or Q(x)
         own = fp.data_ptr() not in (x.data_ptr(), q.data_ptr()) and fp._base is None
-        xr, yr, geom = _rows(step.kind, x, fp.sub_(q) if own else fp - q, cfg)
+        y = fp.sub_(q) if own else fp - q
+        xr, yr, geom = _rows(step.kind, x, y, cfg)
         if acc is None:
             ridge = cfg.linear_ridge if step.kind == "linear" else cfg.conv_ridge
             acc = NormalEquations(xr.shape[-1], yr.shape[-1], xr.shape[1] if xr.dim() == 3 else 1,
                                   ridge, device=x.device)
         acc.update(xr, yr)
+        if positions is not None:
+            positions.update(y)
         outs.append(q)
-        del fp
+        del fp, y
     if acc is None:
         raise ValueError("QwT needs at least one calibration batch")
     acc.all_reduce(reduce)
-    sol = acc.solve()
+    if positions is not None:
+        positions.all_reduce(reduce)
+    sol = acc.solve(cfg.solver, ss_tot=positions.ss_tot(acc.yy) if positions is not None else None)
     applied = sol.r2 > 0 and index >= cfg.start_block
     if not applied:
         sol.weight.zero_()
         sol.bias.zero_()
     if step.kind == "linear":
-        comp: nn.Module = LinearCompensation.from_solution(sol, cfg.fp16_eval)
+        comp: nn.Module = LinearCompensation.from_solution(sol, cfg.fp16_eval, cfg.half_arith)
     else:
         comp = ConvCompensation.from_solution(sol, geom["in_channels"], cfg.kernel_size,
-                                              geom["stride"], cfg.fp16_eval)
+                                              geom["stride"], cfg.fp16_eval, cfg.half_arith)
     n_out = acc.count * acc.out_dim * acc.groups
     mse_before = float(acc.yy.sum()) / n_out
-    mse_after = (1 - sol.r2) * float((acc.yy - acc.B[:, -1].pow(2) / acc.count).sum()) / n_out
+    mse_after = acc.residual(sol) / n_out
     report = BlockReport(index, step.name, sol.r2, applied, mse_before,
                          mse_after if applied else mse_before, acc.count,
                          {k: v for k, v in geom.items() if k != "in_channels"})
@@ -153,8 +185,8 @@ def fit_qwt(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwTConfig
                 raise ValueError(f"{step.name} is already compensated: build a fresh quantized model")
             comp, outs, report = fit_block(block, step, feats, cfg, reduce, k)
             model.set_submodule(step.name, CompensatedBlock(block, comp))
-            for i in range(len(outs)):  # Q(x) + c(x), exactly as the installed wrapper computes it
-                out = outs[i] + comp(feats[i])
+            for i in range(len(outs)):  # Q(x) + c(x) in fp32, as the reference propagates while fitting
+                out = comp.add_to(outs[i], feats[i], fp32=True)
                 outs[i] = step.after(out) if step.after is not None else out
             feats.close()
             feats = outs

@@ -70,8 +70,10 @@ def test_ridge_and_singular_fallback() -> None:
     y = x[:, :2] * 3
     acc = NormalEquations(5, 2)
     acc.update(x, y)
-    s = acc.solve()
+    s = acc.solve("lstsq")
     assert torch.isfinite(s.weight).all() and s.r2 > 0.999
+    # the reference's fp32 inverse fails on an exactly singular XᵀX: no positive R², zero compensation
+    assert acc.solve("reference").r2 == float("-inf")
     ridge = NormalEquations(5, 2, ridge=1e-3)
     ridge.update(x, y)
     xa = torch.cat([x, torch.ones(40, 1)], 1).double()

@@ -32,8 +32,9 @@ def test_qwt_lowers_block_and_feature_error_on_held_out_inputs() -> None:
         q_block0 = model.blocks[0](x0)
         feats_before = model.features(held_out)
     fp_block0 = ref.blocks[0](ref.embed(held_out)).detach()
+    # (block 0's input, embed(x) of 12-dim tokens, has rank 13 < 33: the float64 solver handles it)
     reports = fit_qwt(TransformerAdapter(model), [torch.randn(16, 20, 12) for _ in range(4)],
-                      QwTConfig(fp16_eval=False))
+                      QwTConfig(fp16_eval=False, solver="lstsq"))
     assert [r.name for r in reports] == ["blocks.0", "blocks.1", "blocks.2"]
     assert all(isinstance(b, CompensatedBlock) for b in model.blocks)
     assert all(r.applied and 0 < r.r2 < 1 and r.mse_after < r.mse_before for r in reports)
@@ -116,3 +117,22 @@ def test_feature_stores_give_identical_fits() -> None:
     for r2, w in results[1:]:
         assert r2 == results[0][0]
         torch.testing.assert_close(w, results[0][1], rtol=0, atol=0)
+
+
+def test_reference_rule_zeroes_a_rank_deficient_block_that_lstsq_compensates() -> None:
+    """Block 0's input, embed(x) for 12-dim tokens, spans 13 of its 33 augmented dimensions: XᵀX is
+    singular. The reference inverts it in fp32, gets a solution dominated by rounding with a
+    negative R², and keeps the block at zero; ``solver="reference"`` reaches the same decision
+    while the float64 minimum-norm solve (``"lstsq"``) compensates the block."""
+    model, _ = _transformer()
+    calib = [torch.randn(16, 20, 12) for _ in range(4)]
+    by = {}
+    for solver in ("reference", "lstsq"):
+        m = copy.deepcopy(model)
+        by[solver] = fit_qwt(TransformerAdapter(m), calib, QwTConfig(fp16_eval=False, solver=solver))
+        if solver == "reference":
+            assert float(m.blocks[0].compensation.weight.detach().abs().sum()) == 0.0
+    ref, lst = by["reference"], by["lstsq"]
+    assert ref[0].r2 < 0 and not ref[0].applied
+    assert lst[0].r2 > 0 and lst[0].applied
+    assert all(r.applied and r.r2 > 0 for r in ref[1:])  # full-rank blocks are kept
