@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from qwt_core import (CompensatedBlock, QwTConfig, calibrate_repq, fit_qwt, full_precision,
@@ -136,3 +137,63 @@ def test_reference_rule_zeroes_a_rank_deficient_block_that_lstsq_compensates() -
     assert ref[0].r2 < 0 and not ref[0].applied
     assert lst[0].r2 > 0 and lst[0].applied
     assert all(r.applied and r.r2 > 0 for r in ref[1:])  # full-rank blocks are kept
+
+
+@torch.no_grad()
+def test_conv_r2_is_taken_around_per_position_means() -> None:
+    """ResNet R² as the reference computes it on the (B, C, H, W) output: SS_tot around
+    Y.mean(dim=0), one mean per (channel, y, x) over the images, not one per channel."""
+    torch.manual_seed(0)
+    model = TinyConvNet().eval()
+    quantize_convnet(model, 3)
+    pattern = torch.linspace(-3, 3, 12)[None, None, :, None] * torch.linspace(0, 2, 12)  # (1, 1, 12, 12)
+    calib = [torch.randn(8, 3, 12, 12) + pattern for _ in range(3)]
+    calibrate_repq(model, calib[0])
+    adapter = ConvAdapter(model)
+    with quant_state(model):
+        x = torch.cat([adapter.embed(b) for b in calib])  # inputs of block 0
+        blk = model.layers[0]
+        q = blk(x)
+        with full_precision(blk):
+            y = blk(x) - q  # (B, C, H, W)
+    cfg = QwTConfig(kernel_size=3, factor=4, fp16_eval=False)
+    report = fit_qwt(adapter, calib, cfg)[0]
+    # direct re-derivation: grouped ridge fit on unfolded patches, then the reference's R²
+    from qwt_core.qwt.compensation import conv_rows, unfold_groups
+    g = report.extra["groups"]
+    xr, yr = unfold_groups(x, 3, 1, g).double(), conv_rows(y, g).double()  # (n, G, D), (n, G, O)
+    pred = torch.empty_like(yr)
+    for k in range(g):
+        xa = torch.cat([xr[:, k], torch.ones(len(xr), 1, dtype=torch.float64)], 1)
+        w = torch.linalg.solve(xa.T @ xa + 1e-3 * torch.eye(xa.shape[1], dtype=torch.float64), xa.T @ yr[:, k])
+        pred[:, k] = xa @ w
+    ss_res = float((yr - pred).pow(2).sum())
+    yd = y.double()
+    r2_reference = 1 - ss_res / float((yd - yd.mean(dim=0)).pow(2).sum())
+    rows = yr.reshape(len(yr), -1)
+    r2_pooled = 1 - ss_res / float((rows - rows.mean(dim=0)).pow(2).sum())
+    assert abs(r2_reference - r2_pooled) > 0.02  # the two centrings really differ here
+    assert report.r2 == pytest.approx(r2_reference, abs=1e-5)
+
+
+def test_fit_propagates_in_fp32_and_evaluates_in_fp16() -> None:
+    """While fitting, block k+1 sees (Q(x) + x @ W) + b in fp32 (the reference's freshly built
+    CompensationBlock is in training mode); the installed block evaluates
+    (Q(x) + (x.half() @ W.half()).float()) + b (eval mode), in that order of additions."""
+    model, _ = _transformer()
+    calib = [torch.randn(8, 20, 12) for _ in range(2)]
+    seen: list[torch.Tensor] = []
+    hook = model.blocks[2].register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    fit_qwt(TransformerAdapter(model), calib, QwTConfig(solver="lstsq"))  # fp16_eval (default)
+    hook.remove()
+    c0, wrapped = model.blocks[0], model.blocks[1]
+    W0, b0 = c0.compensation.weight.detach(), c0.compensation.bias.detach()
+    W, b = wrapped.compensation.weight.detach(), wrapped.compensation.bias.detach()
+    assert W.abs().sum() > 0
+    with torch.no_grad(), quant_state(model):
+        x0 = model.embed(calib[0])
+        x1 = (c0.block(x0) + x0 @ W0) + b0  # what block 1 saw while fitting
+        out = wrapped.block(x1)
+        assert torch.equal(seen[0], (out + x1 @ W) + b)
+        assert torch.equal(wrapped.eval()(x1), (out + (x1.half() @ W.half()).float()) + b)
+        assert not torch.equal(seen[0], wrapped(x1))

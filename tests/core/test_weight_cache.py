@@ -125,3 +125,55 @@ def test_fused_log_sqrt2_activation_is_bit_identical(bits: int) -> None:
     v = torch.randn(2, 3, 51, 8, generator=g)
     with torch.no_grad():
         assert _same_bits(mm(x, v), mm.quantizer_a(x) @ mm.quantizer_b(v))
+
+
+def _reference_uniform(x: torch.Tensor, delta: torch.Tensor, zp: torch.Tensor, bits: int) -> torch.Tensor:
+    """The released code's UniformQuantizer.forward, operation for operation."""
+    x_int = torch.round(x / delta) + zp
+    return (torch.clamp(x_int, 0, 2**bits - 1) - zp) * delta
+
+
+def _reference_log_sqrt2(x: torch.Tensor, delta: torch.Tensor, bits: int) -> torch.Tensor:
+    """The released code's LogSqrt2Quantizer.quantize (Log2STE floors x / delta at 1e-6)."""
+    x_int = torch.round(-1 * torch.log2(torch.clamp(x / delta, min=1e-6)) * 2)
+    mask = x_int >= 2**bits
+    x_quant = torch.clamp(x_int, 0, 2**bits - 1)
+    odd = (x_quant % 2) * (2**0.5 - 1) + 1
+    out = 2 ** (-1 * torch.ceil(x_quant / 2)) * odd * delta
+    out[mask] = 0
+    return out
+
+
+@pytest.mark.parametrize("bits", [3, 4, 6, 8])
+def test_fractional_zero_point_is_the_reference_function(bits: int) -> None:
+    """After the RepQ-ViT reparameterization the per-tensor zero point is the un-rounded mean of the
+    channel zero points: the fused path must still compute (clamp(round(x/d) + zp) - zp) * d."""
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(4, 197, 96, generator=g) * 2 + 0.3
+    q = UniformQuantizer(bits, channel_dim=-1)
+    q.initialise(x)
+    q.make_per_tensor(q.delta.mean(), q.zero_point.mean())  # as reparameterize() leaves it
+    assert float(q.zero_point) != round(float(q.zero_point))
+    q.enabled = True
+    want = _reference_uniform(x, q.delta, q.zero_point, bits)
+    with torch.no_grad():
+        assert _same_bits(q(x), want)
+        assert _same_bits(quantize_activation(q, x), want)
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_log_sqrt2_is_the_reference_function_on_tiny_probabilities(bits: int) -> None:
+    """Probabilities below 1e-6 * delta (zeros included) take code 40 in the reference: 0 up to
+    5 bits, 2^-20 delta from 6 bits on."""
+    g = torch.Generator().manual_seed(bits)
+    x = (torch.randn(2, 3, 49, 49, generator=g) * 6).softmax(-1)
+    x[0, 0, 0, :7] = torch.tensor([0.0, 1e-30, 1e-12, 1e-9, 3e-8, 1e-7, 1e-6])
+    q = LogSqrt2Quantizer(bits)
+    q.initialise(x)
+    q.inited = q.enabled = True
+    want = _reference_log_sqrt2(x, q.delta, bits)
+    with torch.no_grad():
+        assert _same_bits(q(x), want)
+        assert _same_bits(quantize_activation(q, x), want)
+    if bits >= 6:
+        assert float(want[0, 0, 0, 0]) == float(2.0**-20 * q.delta)
