@@ -5,10 +5,13 @@
 - RepQ-ViT calibration: ``calib_size`` (32) train images, ONE batch, drawn with the reference's
   training augmentation (random-resized crop, horizontal flip, RandAugment
   ``rand-m9-mstd0.5-inc1``, bicubic) and a fixed seed;
-- QwT regression: ``qwt_size`` (512) train images with the same augmentation and seed; the train
-  images are one seeded permutation, RepQ-ViT takes its first ``calib_size`` and QwT its first
-  ``qwt_size`` (as the reference takes the first batch of its shuffled train loader and then
-  iterates it for QwT);
+- QwT regression: ``qwt_size`` (512) train images with the same augmentation; the train images
+  are one seeded permutation, RepQ-ViT takes its first ``calib_size`` and QwT its first
+  ``qwt_size``, so the calibration batch lies inside the QwT set. The reference does that only
+  under several processes (its DistributedSampler repeats the same permutation, so rank 0's first
+  batch is both the calibration batch and its first QwT batch); in a single process its shuffled
+  train loader is iterated twice, and the calibration batch and the QwT images are two independent
+  draws (they may overlap by chance). Either way both are random train images;
 - ``val_limit``: an evenly strided, deterministic subset of the val set (records say partial).
 Calibration images are loaded in the main process inside a forked RNG state, so they do not
 depend on the number of loader workers and do not disturb the caller's RNGs; each image's
