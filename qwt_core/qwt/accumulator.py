@@ -1,4 +1,4 @@
-"""Streaming least squares for QwT: Y ≈ X W + b, solved from accumulated normal equations.
+"""Least squares for QwT: Y ≈ X W + b per group, from accumulated normal equations or kept rows.
 
 For G independent groups (G = 1 for a Linear compensation; G = number of conv groups for ResNet),
 with X_aug = [X, 1] (n, G, D + 1) and Y (n, G, O), ``update`` adds
@@ -11,6 +11,10 @@ in float64. Memory is independent of the number of samples n (the count lives in
 Σy in B[:, -1]). ``solve`` returns W (G, D, O), b (G, O) and the pooled coefficient of
 determination R² = 1 - SS_res / SS_tot over all outputs, with
 SS_res = Σyy - 2 tr(Wᵀ B) + tr(Wᵀ A W) and SS_tot = Σyy - Σ (Σy)² / n.
+
+With ``keep_rows=True`` (``QwTConfig.solver="reference"``) the object keeps the rows themselves
+instead, gathers them over processes, and solves with the released code's fp32 operations
+(:mod:`qwt_core.qwt.reference_solve`): the reference's W, b bit for bit, at the reference's memory.
 """
 from __future__ import annotations
 
@@ -23,8 +27,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .reference_solve import GatherFn, all_gather_rows, solve_rows
+
 ReduceFn = Callable[[Tensor], None]
-SOLVERS = ("reference", "lstsq")
+R2_FROM = ("fp32", "float64")  # whose R² decides keep / zero (see NormalEquations.solve)
 SINGULAR_RTOL = 1e-12  # eigenvalue ratio of XᵀX below which a direction counts as absent
 SINGLE_THREAD_MAX_DIM = 4096  # CPU factorizations up to this size run on one thread (see _lapack_threads)
 
@@ -65,26 +71,34 @@ class Solution:
 
 
 class NormalEquations:
-    """Accumulate XᵀX, XᵀY, Σy² batch by batch; solve once.
+    """Accumulate XᵀX, XᵀY, Σy² batch by batch (or keep the rows); solve once.
 
     Args:
         in_dim: D, features per group; out_dim: O, outputs per group; groups: G.
         ridge: λ added to the diagonal of A (all D+1 entries) before solving; 0 = plain normal
             equations (the reference for ViT/DeiT/Swin), 1e-3 for the grouped-conv fit.
+        keep_rows: keep every row (fp32) and solve as the reference does (see module doc).
     """
 
     def __init__(self, in_dim: int, out_dim: int, groups: int = 1, ridge: float = 0.0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", keep_rows: bool = False) -> None:
         self.in_dim, self.out_dim, self.groups, self.ridge = in_dim, out_dim, groups, ridge
+        self.keep_rows = keep_rows
+        self._kept: list[tuple[Tensor, Tensor]] = []  # (x, y) rows of each update, keep_rows only
+        self.rows: tuple[Tensor, Tensor] | None = None  # (X (n, G, D), Y (n, G, O)) once combined
         # rows converted to float64 at a time: the temporaries of one update stay below ~32 MiB
         # whatever the batch size (the sums are the same up to float64 rounding order)
         self.chunk_rows = max(256, (32 << 20) // (8 * groups * (in_dim + out_dim + 1)))
-        self.A = torch.zeros(groups, in_dim + 1, in_dim + 1, dtype=torch.float64, device=device)
-        self.B = torch.zeros(groups, in_dim + 1, out_dim, dtype=torch.float64, device=device)
+        size = 0 if keep_rows else in_dim + 1
+        self.A = torch.zeros(groups, size, size, dtype=torch.float64, device=device)
+        self.B = torch.zeros(groups, size, out_dim, dtype=torch.float64, device=device)
         self.yy = torch.zeros(groups, out_dim, dtype=torch.float64, device=device)
 
     @property
     def count(self) -> int:
+        """Rows seen (all processes once combined)."""
+        if self.keep_rows:
+            return self.rows[0].shape[0] if self.rows is not None else sum(x.shape[0] for x, _ in self._kept)
         return int(round(float(self.A[0, -1, -1])))
 
     @torch.no_grad()
@@ -95,6 +109,9 @@ class NormalEquations:
         if x.shape[1:] != (self.groups, self.in_dim) or y.shape[1:] != (self.groups, self.out_dim):
             raise ValueError(f"expected x (n, {self.groups}, {self.in_dim}) and y (n, {self.groups}, "
                              f"{self.out_dim}), got {tuple(x.shape)} and {tuple(y.shape)}")
+        if self.keep_rows:
+            self._kept.append((x.float(), y.float()))
+            return
         for start in range(0, x.shape[0], self.chunk_rows):  # bounds the float64 temporaries
             self._update(x[start:start + self.chunk_rows], y[start:start + self.chunk_rows])
 
@@ -114,34 +131,46 @@ class NormalEquations:
         self.B[:, D] += sy
         self.yy += y.pow(2).sum(0)
 
-    def all_reduce(self, reduce: ReduceFn = all_reduce_sum) -> None:
-        """Sum the statistics over processes (call on every rank before ``solve``)."""
+    def all_reduce(self, reduce: ReduceFn = all_reduce_sum, gather: GatherFn = all_gather_rows) -> None:
+        """Combine the statistics of all processes (call on every rank before ``solve``): sum the
+        sums with ``reduce``, or concatenate the kept rows in rank order with ``gather``."""
+        if self.keep_rows:
+            X = gather(torch.cat([x for x, _ in self._kept]))
+            Y = gather(torch.cat([y for _, y in self._kept]))
+            self._kept = []
+            self.rows = (X, Y)
+            self.yy = Y.double().pow(2).sum(0)  # (G, O)
+            return
         for t in (self.A, self.B, self.yy):
             reduce(t)
 
-    def solve(self, solver: str = "reference", ss_tot: float | None = None) -> Solution:
-        """Solve the normal equations of every group: W_aug = (A + λI)⁻¹ B.
+    def solve(self, r2_from: str = "fp32", ss_tot: float | None = None) -> Solution:
+        """Solve the normal equations of every group: W_aug = (A + λI)⁻¹ B in float64 (the
+        minimum-norm solution where A is numerically singular).
 
-        ``solver`` decides how the keep / zero statistic R² is obtained (W, b are the float64
-        solution in both cases; the driver zeroes a block whose R² is not positive):
-        - ``"reference"`` (default): R² of the reference's own solution, ``inverse(A + λI) @ B``
-          in fp32. Where that matters is a numerically singular A (cond ≳ 1/eps_fp32, e.g. the
-          LayerNorm output that feeds Swin's first block): the fp32 solution is dominated by
-          rounding, its R² is negative and the reference leaves the block uncompensated; so
-          does this solver. Elsewhere it equals the float64 R² up to fp32 rounding.
-        - ``"lstsq"``: R² of the float64 solution (minimum-norm where A is singular), which can
-          compensate such blocks.
+        ``r2_from`` says whose R² is returned, the statistic the driver keeps or zeroes a block by:
+        - ``"fp32"`` (default): R² of the reference's kind of solution, ``inverse(A + λI) @ B`` in
+          fp32. It differs where A is numerically singular (cond ≳ 1/eps_fp32, e.g. the LayerNorm
+          output that feeds Swin's first block): the fp32 solution is dominated by rounding, its
+          R² is negative and the reference leaves the block uncompensated; so does this rule.
+          Elsewhere it equals the float64 R² up to fp32 rounding.
+        - ``"float64"``: R² of the float64 (minimum-norm) solution, which can compensate such blocks.
         ``ss_tot``: the total sum of squares R² is taken against (default: around the mean of
         every output column, Σyy - (Σy)² / n); R² = 1 - SS_res / SS_tot with SS_res evaluated
         exactly (float64) on the accumulated sums.
         """
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        if r2_from not in R2_FROM:
+            raise ValueError(f"r2_from must be one of {R2_FROM}, got {r2_from!r}")
+        if self.keep_rows:  # the reference's own fp32 solution and R² (r2_from does not apply)
+            if self.rows is None:
+                self.all_reduce(reduce=lambda t: None, gather=lambda t: t)
+            W, b, r2 = solve_rows(*self.rows, ridge=self.ridge, ss_tot=ss_tot)  # type: ignore[misc]
+            return Solution(W, b, r2)
         if ss_tot is None:
             ss_tot = float((self.yy - self.B[:, -1].pow(2) / self.A[0, -1, -1]).sum())
         with _lapack_threads(self.A):
             W_aug = self._solve_lstsq()
-            decide = self._solve_fp32() if solver == "reference" else W_aug
+            decide = self._solve_fp32() if r2_from == "fp32" else W_aug
         r2 = 1 - self._ss_res(decide) / ss_tot if ss_tot > 0 else 0.0
         if not math.isfinite(r2):
             r2 = -math.inf
@@ -152,7 +181,12 @@ class NormalEquations:
         return float(self.yy.sum() - 2 * (W_aug * self.B).sum() + (W_aug * (self.A @ W_aug)).sum())
 
     def residual(self, sol: Solution) -> float:
-        """SS_res of a solution (float64, from the accumulated sums)."""
+        """SS_res = Σ ||y - x W - b||² of a solution (float64; from the sums, or the kept rows)."""
+        if self.keep_rows:
+            assert self.rows is not None, "call all_reduce() (or solve()) first"
+            X, Y = self.rows
+            return float(sum(((Y[:, g] - (X[:, g] @ sol.weight[g] + sol.bias[g])).double()).pow(2).sum()
+                             for g in range(self.groups)))
         return self._ss_res(torch.cat([sol.weight, sol.bias[:, None]], 1).to(self.A))
 
     def _ridged(self) -> Tensor:

@@ -5,6 +5,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 
+SOLVERS = ("reference", "streaming", "lstsq")
+
+
 @dataclass(frozen=True)
 class QwTConfig:
     start_block: int = 0  # blocks with a smaller index keep zero compensation (reference: 0)
@@ -14,7 +17,11 @@ class QwTConfig:
     conv_ridge: float = 1e-3  # ridge λ of the grouped-conv fit (reference 1e-3)
     linear_ridge: float = 0.0  # ridge λ of the token fit (reference: none, plain inverse(XᵀX))
     store: Literal["device", "cpu", "disk"] = "device"  # where block inputs of the calibration set live
-    solver: Literal["reference", "lstsq"] = "reference"  # reference: fp32 inverse(XᵀX) as released; lstsq: float64, min-norm when singular
+    # reference: every row of a block kept and solved with the released fp32 operations (its W, b
+    #   bit for bit; memory grows with the images); streaming: float64 normal equations, constant
+    #   memory, keep/zero by the R² of an fp32 inverse (the reference's decision); lstsq: streaming,
+    #   keep/zero by the float64 minimum-norm solution's R² (compensates numerically singular blocks)
+    solver: Literal["reference", "streaming", "lstsq"] = "reference"
     half_arith: Literal["native", "emulated"] = "native"  # fp16 product at eval: native fp16 (reference, bit-exact) or fp16 operands/result with an fp32 product (fast on CPU)
 
     def __post_init__(self) -> None:
@@ -26,8 +33,8 @@ class QwTConfig:
             raise ValueError(f"factor must be >= 1, got {self.factor}")
         if self.conv_ridge < 0 or self.linear_ridge < 0:
             raise ValueError("ridge must be >= 0")
-        if self.solver not in ("reference", "lstsq"):
-            raise ValueError(f"solver must be 'reference' or 'lstsq', got {self.solver!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.half_arith not in ("native", "emulated"):
             raise ValueError(f"half_arith must be 'native' or 'emulated', got {self.half_arith!r}")
         if self.store not in ("device", "cpu", "disk"):

@@ -23,6 +23,7 @@ from .accumulator import NormalEquations, ReduceFn, all_reduce_sum
 from .compensation import (CompensatedBlock, ConvCompensation, LinearCompensation, conv_rows,
                            unfold_groups)
 from .config import QwTConfig
+from .reference_solve import GatherFn, all_gather_rows
 from .store import FeatureStore
 
 
@@ -111,7 +112,8 @@ class PositionSums:
 
 
 def fit_block(block: nn.Module, step: BlockStep, inputs: FeatureStore, cfg: QwTConfig,
-              reduce: ReduceFn, index: int) -> tuple[nn.Module, FeatureStore, BlockReport]:
+              reduce: ReduceFn, index: int, gather: GatherFn = all_gather_rows
+              ) -> tuple[nn.Module, FeatureStore, BlockReport]:
     """Fit and return the compensation of one block, and the quantized outputs (not yet compensated)."""
     outs = FeatureStore(inputs.where, inputs.device)
     acc: NormalEquations | None = None
@@ -128,18 +130,20 @@ def fit_block(block: nn.Module, step: BlockStep, inputs: FeatureStore, cfg: QwTC
         if acc is None:
             ridge = cfg.linear_ridge if step.kind == "linear" else cfg.conv_ridge
             acc = NormalEquations(xr.shape[-1], yr.shape[-1], xr.shape[1] if xr.dim() == 3 else 1,
-                                  ridge, device=x.device)
+                                  ridge, device=x.device, keep_rows=cfg.solver == "reference")
         acc.update(xr, yr)
         if positions is not None:
             positions.update(y)
         outs.append(q)
-        del fp, y
+        del fp, y, xr, yr
     if acc is None:
         raise ValueError("QwT needs at least one calibration batch")
-    acc.all_reduce(reduce)
+    acc.all_reduce(reduce, gather)
+    ss_tot = None
     if positions is not None:
         positions.all_reduce(reduce)
-    sol = acc.solve(cfg.solver, ss_tot=positions.ss_tot(acc.yy) if positions is not None else None)
+        ss_tot = positions.ss_tot(acc.yy)
+    sol = acc.solve("float64" if cfg.solver == "lstsq" else "fp32", ss_tot=ss_tot)
     applied = sol.r2 > 0 and index >= cfg.start_block
     if not applied:
         sol.weight.zero_()
@@ -151,9 +155,8 @@ def fit_block(block: nn.Module, step: BlockStep, inputs: FeatureStore, cfg: QwTC
                                               geom["stride"], cfg.fp16_eval, cfg.half_arith)
     n_out = acc.count * acc.out_dim * acc.groups
     mse_before = float(acc.yy.sum()) / n_out
-    mse_after = acc.residual(sol) / n_out
     report = BlockReport(index, step.name, sol.r2, applied, mse_before,
-                         mse_after if applied else mse_before, acc.count,
+                         acc.residual(sol) / n_out if applied else mse_before, acc.count,
                          {k: v for k, v in geom.items() if k != "in_channels"})
     return comp.to(inputs.device).eval(), outs, report
 
@@ -161,12 +164,15 @@ def fit_block(block: nn.Module, step: BlockStep, inputs: FeatureStore, cfg: QwTC
 @torch.no_grad()
 def fit_qwt(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwTConfig = QwTConfig(),
             device: torch.device | str | None = None, reduce: ReduceFn = all_reduce_sum,
-            on_block: Callable[[BlockReport], None] | None = None) -> list[BlockReport]:
+            on_block: Callable[[BlockReport], None] | None = None,
+            gather: GatherFn = all_gather_rows) -> list[BlockReport]:
     """Fit and install QwT compensation on every block of ``adapter``, in order.
 
     Args:
         batches: calibration images (B, 3, H, W); with several processes each rank passes its own
-            shard and ``reduce`` sums the normal equations before each solve.
+            shard; before each solve ``gather`` concatenates the regression rows over processes in
+            rank order (``solver="reference"``), ``reduce`` sums the normal equations (streaming
+            solvers) and the ResNet R² position sums.
         on_block: called with each block's report (progress / logging).
     Returns:
         one :class:`BlockReport` per block.
@@ -183,7 +189,7 @@ def fit_qwt(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwTConfig
             block = model.get_submodule(step.name)
             if isinstance(block, CompensatedBlock):
                 raise ValueError(f"{step.name} is already compensated: build a fresh quantized model")
-            comp, outs, report = fit_block(block, step, feats, cfg, reduce, k)
+            comp, outs, report = fit_block(block, step, feats, cfg, reduce, k, gather)
             model.set_submodule(step.name, CompensatedBlock(block, comp))
             for i in range(len(outs)):  # Q(x) + c(x) in fp32, as the reference propagates while fitting
                 out = comp.add_to(outs[i], feats[i], fp32=True)

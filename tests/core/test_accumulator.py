@@ -1,6 +1,7 @@
 """Streaming normal equations equal batch least squares; R²; distributed reduction hook."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from qwt_core import NormalEquations
@@ -70,12 +71,85 @@ def test_ridge_and_singular_fallback() -> None:
     y = x[:, :2] * 3
     acc = NormalEquations(5, 2)
     acc.update(x, y)
-    s = acc.solve("lstsq")
+    s = acc.solve("float64")
     assert torch.isfinite(s.weight).all() and s.r2 > 0.999
     # the reference's fp32 inverse fails on an exactly singular XᵀX: no positive R², zero compensation
-    assert acc.solve("reference").r2 == float("-inf")
+    assert acc.solve("fp32").r2 == float("-inf")
     ridge = NormalEquations(5, 2, ridge=1e-3)
     ridge.update(x, y)
     xa = torch.cat([x, torch.ones(40, 1)], 1).double()
     want = torch.linalg.solve(xa.T @ xa + 1e-3 * torch.eye(6, dtype=torch.float64), xa.T @ y.double())
     torch.testing.assert_close(ridge.solve().weight[0].double(), want[:-1], rtol=1e-5, atol=1e-6)
+
+
+def _reference_token_regression(X: torch.Tensor, Y: torch.Tensor):
+    """The released lienar_regression (ViT/DeiT/Swin), statement for statement."""
+    X = X.reshape(-1, X.size(-1))
+    X_add_one = torch.cat([X, torch.ones(size=[X.size(0), ], device=X.device).reshape(-1, 1)], dim=-1)
+    Y = Y.reshape(-1, Y.size(-1))
+    X_add_one_T = X_add_one.t()
+    W_overall = torch.inverse(X_add_one_T @ X_add_one) @ X_add_one_T @ Y
+    W, b = W_overall[:-1, :], W_overall[-1, :]
+    Y_pred = X @ W + b
+    r2 = 1 - torch.sum((Y - Y_pred).pow(2)) / torch.sum((Y - Y.mean(dim=0)).pow(2))
+    return W, b, float(r2)
+
+
+def _reference_conv_regression(X: torch.Tensor, Y: torch.Tensor, kernel_size: int, groups: int):
+    """The released ResNet lienar_regression (grouped conv), statement for statement."""
+    B, C_X, H_X, W_X = X.size()
+    _, C_Y, H_Y, W_Y = Y.size()
+    stride = 1 if (H_X == H_Y) and (W_X == W_Y) else 2
+    C_per_group, _C_per_group = C_X // groups, C_Y // groups
+    unfold = torch.nn.Unfold(kernel_size=kernel_size, stride=stride, padding=int(kernel_size // 2))
+    weights_list, bias_list = [], []
+    for g in range(groups):
+        X_unfold_group = unfold(X[:, g * C_per_group: (g + 1) * C_per_group, :, :])
+        Y_flat_group = Y[:, g * _C_per_group: (g + 1) * _C_per_group, :, :].reshape(B, _C_per_group, -1)
+        X_batch_all = X_unfold_group.permute(0, 2, 1).reshape(-1, C_per_group * kernel_size * kernel_size)
+        Y_batch_all = Y_flat_group.permute(0, 2, 1).reshape(-1, _C_per_group)
+        X_with_bias = torch.cat([X_batch_all, torch.ones(X_batch_all.shape[0], 1)], dim=1)
+        XTX = X_with_bias.T @ X_with_bias
+        W = torch.inverse(XTX + 1e-3 * torch.eye(XTX.shape[0])) @ X_with_bias.T @ Y_batch_all
+        weights_list.append(W[:-1, :].T)
+        bias_list.append(W[-1, :])
+    W = torch.cat(weights_list, dim=0).view(C_Y, C_X // groups, kernel_size, kernel_size)
+    b = torch.cat(bias_list, dim=0)
+    Y_pred = torch.nn.functional.conv2d(X, W, b, stride=stride, padding=kernel_size // 2, groups=groups)
+    r2 = 1 - torch.sum((Y - Y_pred).pow(2)) / torch.sum((Y - Y.mean(dim=0)).pow(2))
+    return W, b, float(r2)
+
+
+def test_kept_rows_give_the_reference_token_solution_bit_for_bit() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 50, 24, generator=g) * torch.linspace(0.1, 3, 24)  # (images, tokens, D)
+    y = x @ torch.randn(24, 16, generator=g) * 0.1 + torch.randn(6, 50, 16, generator=g)
+    acc = NormalEquations(24, 16, keep_rows=True)
+    for i in range(0, 6, 4):  # two batches, as the driver feeds them
+        acc.update(x[i:i + 4].reshape(-1, 24), y[i:i + 4].reshape(-1, 16))
+    acc.all_reduce()
+    sol = acc.solve()
+    W, b, r2 = _reference_token_regression(x, y)
+    assert torch.equal(sol.weight[0], W) and torch.equal(sol.bias[0], b)
+    assert sol.r2 == pytest.approx(r2, rel=1e-5)
+
+
+def test_kept_rows_give_the_reference_grouped_conv_solution_bit_for_bit() -> None:
+    from qwt_core.qwt.compensation import ConvCompensation, conv_rows, unfold_groups
+    from qwt_core.qwt.driver import PositionSums
+    g = torch.Generator().manual_seed(1)
+    x = torch.relu(torch.randn(4, 8, 10, 10, generator=g))
+    y = torch.nn.functional.conv2d(x, torch.randn(12, 8, 3, 3, generator=g) * 0.1, stride=2, padding=1)
+    y = y + torch.randn(y.shape, generator=g) * 0.05
+    groups, k = 2, 3
+    acc = NormalEquations(8 // groups * k * k, 12 // groups, groups, ridge=1e-3, keep_rows=True)
+    pos = PositionSums()
+    for i in (0, 2):
+        acc.update(unfold_groups(x[i:i + 2], k, 2, groups), conv_rows(y[i:i + 2], groups))
+        pos.update(y[i:i + 2])
+    acc.all_reduce()
+    sol = acc.solve(ss_tot=pos.ss_tot(acc.yy))
+    W, b, r2 = _reference_conv_regression(x, y, k, groups)
+    comp = ConvCompensation.from_solution(sol, 8, k, 2, fp16_eval=False)
+    assert torch.equal(comp.weight, W) and torch.equal(comp.bias, b)
+    assert sol.r2 == pytest.approx(r2, rel=1e-4)
