@@ -186,7 +186,12 @@ def test_qwt_lowers_backbone_feature_error_on_held_out_images(tiny):
     reports = fit_qwt(SwinBackboneAdapter(bb), train, QwTConfig(fp16_eval=False))
     assert [r.name for r in reports] == [f"backbone.stages.{i}.blocks.{j}"
                                          for i, d in enumerate(TINY_DEPTHS) for j in range(d)]
-    assert all(r.applied and r.mse_after < r.mse_before for r in reports)
+    # the reference's keep/zero rule: a fit with R² <= 0 leaves its block uncompensated. Block 0
+    # can meet it: its input, the patch embedding's LayerNorm output, is collinear with the bias
+    # column (Σ_c (x_c - β_c) / γ_c = 0), and the reference's fp32 inverse of that singular XᵀX
+    # gives no usable fit. Every later block is fitted and lowers its error.
+    assert all(r.applied == (r.r2 > 0) for r in reports)
+    assert all(r.applied and r.mse_after < r.mse_before for r in reports[1:])
     after = rel_errors()
     assert all(a < b for a, b in zip(after, before)), (before, after)
     assert sum(after) < 0.9 * sum(before), (before, after)
