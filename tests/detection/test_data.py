@@ -102,3 +102,40 @@ def test_qwt_batches_resize_and_normalise(filtered_coco):
     # rank shards of a 2-process run partition the same sample
     shards = [torch.cat(list(qwt_batches(cfg, Holder(), 5, 64, 0, 2, r, 2))) for r in (0, 1)]
     assert sorted(float(t.sum()) for t in torch.cat(shards)) == sorted(float(t.sum()) for t in x)
+
+
+# img_norm_cfg of the reference's configs (configs/_base_/datasets/coco_instance.py and the five
+# configs/swin/*.py of QwT-det-RepQ-ViT): mean / std in BGR->RGB order, to_rgb=True
+REF_MEAN, REF_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+@pytest.mark.parametrize("name", ["mask_rcnn_swin_t", "cascade_mask_rcnn_swin_b"])
+def test_input_normalisation_is_the_reference_normalize_bit_for_bit(name):
+    """The reference normalizes in its mmdet 2.11 pipeline: ``Normalize`` keeps mean / std as
+    float32 arrays and calls mmcv's ``imnormalize`` (BGR->RGB, then cv2 ``x - mean`` and
+    ``x * (1 / std)``, the reciprocal in float64). mmdet 3's ``DetDataPreprocessor`` computes
+    ``(x - mean) / std`` in float32 torch. On every value 0..255 of every channel both give the
+    same float32. (With float64 mean / std, which the reference does not use, about 11 % of the
+    values would differ by one ulp: the check below can see such a difference.)"""
+    import mmcv
+    import torch
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from detection.registry import DETECTORS
+
+    register_all_modules(init_default_scope=True)
+    cfg = Config.fromfile(str(DETECTORS[name].config_path))
+    pp = MODELS.build(cfg.model.data_preprocessor)
+    values = np.arange(256, dtype=np.uint8)
+    bgr = np.repeat(values[None, :, None], 3, axis=2)  # (1, 256, 3): every value in each channel
+    ours = pp({"inputs": [torch.from_numpy(bgr).permute(2, 0, 1).contiguous()], "data_samples": None},
+              False)["inputs"][0, :, :1, :256].permute(1, 2, 0).numpy()  # (1, 256, 3) RGB, unpadded
+    ref = mmcv.imnormalize(bgr, np.array(REF_MEAN, np.float32), np.array(REF_STD, np.float32), to_rgb=True)
+    assert ours.dtype == ref.dtype == np.float32
+    np.testing.assert_array_equal(ours, ref)
+    f64 = mmcv.imnormalize(bgr, np.array(REF_MEAN), np.array(REF_STD), to_rgb=True)
+    differ = ours != f64
+    assert 0.05 < differ.mean() < 0.2
+    assert np.all(np.abs(ours - f64)[differ] <= np.spacing(np.abs(ours))[differ])  # one ulp
