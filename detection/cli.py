@@ -53,9 +53,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-probe", type=int, default=4, metavar="N",
                    help="held-out val images (test items 1..N) for the backbone feature error metric; 0: off")
     p.add_argument("--start-block", type=int, default=0, help="QwT: blocks before this keep no compensation")
-    p.add_argument("--window-pad", choices=("exact", "zero"), default="exact",
-                   help="padding of the normalized tokens after the reparameterized norm1: 'exact' "
-                        "(-b, same FP function) or 'zero' (the reference code)")
+    p.add_argument("--window-pad", choices=("zero", "exact"), default="zero",
+                   help="padding of the normalized tokens after the reparameterized norm1: 'zero' "
+                        "(the reference code) or 'exact' (named improvement: -b, same FP function)")
     p.add_argument("--results-dir", default=None, help="records folder (default results/records)")
     p.add_argument("--save-state", help="write the calibrated (RepQ-ViT [+ QwT]) state here")
     p.add_argument("--load-state", help="load a calibrated state instead of calibrating")

@@ -2,9 +2,12 @@
 
 - RepQ-ViT statistics: the first batch of the *test* loader (first val2017 image, 1333x800
   keep-ratio pipeline of the config), run through ``model.test_step``.
-- QwT regression: ``n`` train2017 images (seeded sample of the image folder, sorted by file name)
-  through mmdet's ``LoadImageFromFile -> Resize(size x size, keep_ratio=False) -> PackDetInputs``
-  (no flip), normalized by the detector's own ``data_preprocessor`` -> (B, 3, size, size).
+- QwT regression: ``n`` train2017 images, a seeded sample of the images the config's *training*
+  dataset keeps after mmdet's own filter (``filter_cfg``; the Swin configs: ``filter_empty_gt=True,
+  min_size=32``, i.e. annotated images with min side >= 32, the images the reference's mmdet 2.x
+  ``qwerty_calibration`` dataset keeps), through mmdet's
+  ``LoadImageFromFile -> Resize(size x size, keep_ratio=False) -> PackDetInputs`` (no flip),
+  normalized by the detector's own ``data_preprocessor`` -> (B, 3, size, size).
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ from mmengine.dataset import Compose, pseudo_collate
 from torch import Tensor, nn
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+# the filter of the reference's mmdet 2.x training datasets (CustomDataset defaults); used for the
+# QwT images when a config's training dataset declares no filter_cfg
+REFERENCE_TRAIN_FILTER = {"filter_empty_gt": True, "min_size": 32}
 
 
 class DataError(ValueError):
@@ -67,11 +73,28 @@ def test_paths(cfg: Config) -> tuple[Path, Path]:
     return root / ds["ann_file"], root / ds["data_prefix"]["img"]
 
 
-def train_image_dir(cfg: Config) -> Path:
+def _train_dataset(cfg: Config) -> ConfigDict:
     ds = cfg.train_dataloader["dataset"]
-    while "dataset" in ds:
+    while "dataset" in ds:  # RepeatDataset / ClassBalancedDataset wrappers
         ds = ds["dataset"]
+    return ds
+
+
+def train_image_dir(cfg: Config) -> Path:
+    ds = _train_dataset(cfg)
     return Path(ds.get("data_root", "")) / ds["data_prefix"]["img"]
+
+
+def train_ann_file(cfg: Config) -> Path:
+    ds = _train_dataset(cfg)
+    return Path(ds.get("data_root", "")) / ds["ann_file"]
+
+
+def train_filter_cfg(cfg: Config) -> dict:
+    """The training dataset's ``filter_cfg`` (mmdet applies it in ``filter_data``), or the
+    reference's :data:`REFERENCE_TRAIN_FILTER` when the config declares none."""
+    f = _train_dataset(cfg).get("filter_cfg")
+    return dict(REFERENCE_TRAIN_FILTER) if f is None else dict(f)
 
 
 def check_inputs(cfg: Config, need_train: bool) -> None:
@@ -90,13 +113,35 @@ def check_inputs(cfg: Config, need_train: bool) -> None:
         tdir = train_image_dir(cfg)
         if not tdir.is_dir() or not any(p.suffix.lower() in IMAGE_EXTS for p in tdir.iterdir()):
             raise DataError(f"QwT needs train images in {tdir} (512 train2017 images by default)")
+        tann = train_ann_file(cfg)
+        if not tann.is_file():
+            raise DataError(f"QwT draws its train images from the annotated ones: annotation file "
+                            f"{tann} not found under the COCO root {root}")
+
+
+def qwt_image_pool(cfg: Config) -> list[Path]:
+    """The images the config's training dataset keeps, in its (annotation-file) order: the dataset
+    built by mmdet with its own ``filter_cfg`` (``CocoDataset.filter_data``: with
+    ``filter_empty_gt`` only images with an annotation of a dataset class, and min(width, height)
+    >= ``min_size``), the filter the reference's mmdet 2.x training dataset applies (its
+    :data:`REFERENCE_TRAIN_FILTER` when the config declares no ``filter_cfg``)."""
+    from mmdet.registry import DATASETS
+
+    ds = copy.deepcopy(_train_dataset(cfg))
+    ds.update(filter_cfg=train_filter_cfg(cfg), pipeline=[], test_mode=False, lazy_init=False,
+              serialize_data=False)  # serialize_data=False keeps data_list
+    dataset = DATASETS.build(ds)
+    return [Path(info["img_path"]) for info in dataset.data_list]
 
 
 def qwt_image_files(cfg: Config, n: int, seed: int) -> list[Path]:
-    """``n`` train images: a seeded sample of the sorted image folder."""
-    files = sorted(p for p in train_image_dir(cfg).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    """``n`` train images: a seeded sample (sorted back into dataset order) of
+    :func:`qwt_image_pool`."""
+    files = qwt_image_pool(cfg)
     if len(files) < n:
-        raise DataError(f"QwT asks for {n} train images but {train_image_dir(cfg)} has {len(files)}")
+        raise DataError(f"QwT asks for {n} train images but the training dataset "
+                        f"({train_ann_file(cfg)}, filter_cfg {train_filter_cfg(cfg)}) keeps "
+                        f"{len(files)} after filtering")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(files), generator=g)[:n].sort().values.tolist()
     return [files[i] for i in idx]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from benchmarks.records import RECORDS_DIR, make_record, write_record
-from qwt_core import (QwTConfig, check_bits, fit_qwt, load_state, model_size, save_state,
+from qwt_core import (QwTConfig, check_bits, fit_qwt, load_state, model_size, quantizers, save_state,
                       set_quant_state)
 
 METHODS = ("fp", "repq", "repq+qwt")
@@ -54,7 +54,7 @@ class DetectionRun:
     val_limit: int | None = None  # evaluate the first N test images only (recorded as partial)
     seed: int = 0
     start_block: int = 0  # QwT: blocks before this index keep zero compensation
-    window_pad: str = "exact"  # "exact": pad with -b after the reparameterized norm1; "zero": reference
+    window_pad: str = "zero"  # "zero": the reference (default); "exact": pad with -b after the reparameterized norm1
     results_dir: str | os.PathLike[str] = RECORDS_DIR
     save_state: str | None = None
     load_state: str | None = None
@@ -255,7 +255,7 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     from . import metrics as _metrics  # noqa: F401  (registers SubsetCocoMetric)
     from .adapters import SwinBackboneAdapter
     from .convert import load_detector_weights
-    from .data import check_inputs, first_test_batch, probe_inputs, qwt_batches
+    from .data import check_inputs, first_test_batch, probe_inputs, qwt_batches, train_filter_cfg
     from .quantize import calibrate_detector, quantize_detector
 
     register_all_modules(init_default_scope=True)
@@ -285,9 +285,9 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         "val_limit": run.val_limit, "qwt_size": run.qwt_size, "qwt_img_size": run.qwt_img_size,
         "qwt_batch_size": run.qwt_batch_size, "qwt_fp16_eval": False, "start_block": run.start_block,
         "repq_calibration": "first test-loader image (config test pipeline)",
-        "qwt_calibration": f"{run.qwt_size} train images, {run.qwt_img_size}x{run.qwt_img_size}, keep_ratio False, no flip, seeded sample",
+        "qwt_calibration": f"{run.qwt_size} train images, {run.qwt_img_size}x{run.qwt_img_size}, keep_ratio False, no flip, seeded sample of the images the training dataset keeps (filter_cfg {train_filter_cfg(cfg)})",
         "patch_embed_a_bits": 8, "attn_scale": "q * scale before matmul1 (mmdet/RepQ-ViT)",
-        "window_pad": run.window_pad,  # exact: padding after the reparameterized norm1 is -b
+        "window_pad": run.window_pad,  # zero: the reference; exact: padding after the reparameterized norm1 is -b
         "methods": list(run.methods), "launcher": run.launcher,
     }
     records: list[dict[str, Any]] = []
@@ -340,6 +340,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         calibrate_detector(model, batch, forward=lambda m, b: m.test_step(b),
                            exact_padding=run.window_pad == "exact")
     set_quant_state(model, weight=True, act=True)  # quantizers start (and calibrate) disabled
+    # quantizers the calibration image did not reach initialise on the first evaluation data (logged)
+    base_config["lazy_quantizers"] = [n for n, q in quantizers(model) if q.init_on_first_use]
     t_cal = time.time() - t0
     size = model_size(model).to_dict()
     if "repq" in run.methods:

@@ -1,5 +1,5 @@
 """RepQ-ViT on an mmdet detector with a Swin backbone: the quantization plan, the attention
-matmul quantizers inside mmdet's ``WindowMSA``, the padding fix, and calibration.
+matmul quantizers inside mmdet's ``WindowMSA``, the window padding, and calibration.
 
 Plan (SPEC "Detection"): every ``nn.Conv2d`` and ``nn.Linear`` of backbone, FPN, RPN and RoI heads
 gets per-output-channel n-bit weights and per-tensor n-bit inputs, except the patch-embedding conv
@@ -10,19 +10,22 @@ reference.) In every ``WindowMSA``: ``matmul1(q * scale, kᵀ)`` with both input
 (mmdet scales q before the product, as RepQ-ViT's Swin does) and ``matmul2(attn, v)`` with the
 post-softmax ``attn`` log-sqrt(2) n-bit and ``v`` uniform n-bit.
 
-Padding fix. mmdet's ``ShiftWindowMSA`` zero-pads the *normalized* tokens (after ``norm1``) up to
-a multiple of the window. After the reparameterization, norm1' = norm1 / r - b, so the padded zeros
-no longer stand for norm1's zeros: qkv'(0) = qkv(0) + W'b, and the real tokens attending to padded
-ones would change. The padded value that norm1' maps to is -b, so :class:`PadAwareShiftWindowMSA`
-pads with a per-channel ``pad_value`` buffer (zeros until the reparameterization sets it to -b,
-with b = s*·(z* - z) from the qkv input quantizer's per-channel ranges (s, z) and s* = mean(s),
-z* = mean(z), exactly qwt_core.reparam's b). The full-precision function is then unchanged for any
-feature-map size; the quantized qkv input sees the padded positions at -b, the image of the
-reference's zeros. (Patch merging pads *before* its norm, so it needs nothing.)
+Window padding. mmdet's ``ShiftWindowMSA`` zero-pads the *normalized* tokens (after ``norm1``) up
+to a multiple of the window. After the reparameterization, norm1' = norm1 / r - b, so the padded
+zeros no longer stand for norm1's zeros: qkv'(0) = qkv(0) + W'b, and the real tokens attending to
+padded ones change. The reference code keeps the zeros; so does the default here
+(``exact_padding=False``, ``--window-pad zero``). The named improvement ``exact_padding=True``
+(``--window-pad exact``) pads with the value norm1' maps norm1's zero to, -b:
+:class:`PadAwareShiftWindowMSA` pads with a per-channel ``pad_value`` buffer (zeros unless the
+reparameterization sets it to -b, with b = s*·(z* - z) from the qkv input quantizer's per-channel
+ranges (s, z) and s* = mean(s), z* = mean(z), exactly qwt_core.reparam's b). The full-precision
+function is then unchanged for any feature-map size; the quantized qkv input sees the padded
+positions at -b, the image of norm1's zeros. (Patch merging pads *before* its norm, so it needs
+nothing.)
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -183,17 +186,23 @@ def pad_shift(linear: QuantLinear) -> Tensor:
 
 @torch.no_grad()
 def calibrate_detector(model: nn.Module, batch: object, forward: Callable[[nn.Module, object], object],
-                       pairs: Iterable[tuple[str, str]] | None = None, exact_padding: bool = True) -> None:
+                       pairs: Iterable[tuple[str, str]] | None = None, exact_padding: bool = False,
+                       unreached: Literal["lazy", "error"] = "lazy") -> list[str]:
     """RepQ-ViT calibration on one batch (qwt_core.calibrate_repq's three steps) that also sets
     each block's pad value before its norm1 -> qkv reparameterization.
 
     1. quantized pass: every quantizer initialises (qkv/fc1/reduction inputs per channel);
-    2. reparameterize each (LayerNorm, Linear) pair; for norm1 -> qkv set the attention's
-       ``pad_value`` to -b;
+    2. reparameterize each (LayerNorm, Linear) pair; with ``exact_padding`` set the attention's
+       ``pad_value`` to -b before each norm1 -> qkv pair;
     3. quantized pass: re-initialise the reset weight quantizers.
 
-    ``exact_padding=False`` keeps zero padding after the reparameterized norm1, as the reference
-    code does (the full-precision function then changes on padded feature maps).
+    ``exact_padding=False`` (default) keeps zero padding after the reparameterized norm1, as the
+    reference code does (the full-precision function then changes on padded feature maps);
+    ``exact_padding=True`` is the named improvement that keeps it exact.
+
+    Quantizers the calibration image does not reach (the mask head when it yields no detection)
+    initialise on the first evaluation data that reaches them (``unreached="lazy"``, as in the
+    reference; logged); their names are returned. ``unreached="error"`` raises instead.
     """
     def set_pad_value(norm_name: str, linear_name: str) -> None:
         if exact_padding and norm_name.endswith(".norm1"):
@@ -202,4 +211,5 @@ def calibrate_detector(model: nn.Module, batch: object, forward: Callable[[nn.Mo
                 attn.pad_value.copy_(pad_shift(model.get_submodule(linear_name)).to(attn.pad_value))
 
     pairs = list(reparam_pairs(model) if pairs is None else pairs)
-    calibrate_repq(model, batch, pairs, forward=forward, before_reparam=set_pad_value)  # type: ignore[arg-type]
+    return calibrate_repq(model, batch, pairs, forward=forward, before_reparam=set_pad_value,  # type: ignore[arg-type]
+                          unreached=unreached)

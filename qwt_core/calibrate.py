@@ -1,14 +1,18 @@
 """RepQ-ViT calibration: initialise, reparameterize, re-initialise the weight quantizers."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import logging
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .quant.layers import QuantLinear
-from .quant.state import calibration, uncalibrated
+from .quant.state import calibration, quantizers
 from .reparam import reparameterize
+
+logger = logging.getLogger("qwt_core.calibrate")
+UNREACHED = ("error", "lazy")
 
 Forward = Callable[[nn.Module, Tensor], object]
 BeforeReparam = Callable[[str, str], None]  # (LayerNorm name, Linear name), called before each pair
@@ -20,7 +24,8 @@ def _default_forward(model: nn.Module, images: Tensor) -> object:
 
 @torch.no_grad()
 def calibrate_repq(model: nn.Module, images: Tensor, reparam_pairs: Sequence[tuple[str, str]] = (),
-                   forward: Forward = _default_forward, before_reparam: BeforeReparam | None = None) -> None:
+                   forward: Forward = _default_forward, before_reparam: BeforeReparam | None = None,
+                   unreached: Literal["error", "lazy"] = "error") -> list[str]:
     """Two quantized passes over one calibration batch, as RepQ-ViT does.
 
     1. every quantizer initialises on the first tensor it sees (inputs of ``qkv``/``fc1``/
@@ -31,7 +36,15 @@ def calibrate_repq(model: nn.Module, images: Tensor, reparam_pairs: Sequence[tup
     ``forward`` runs the model on the batch (detectors need more than ``model(images)``);
     ``before_reparam(norm_name, linear_name)`` runs just before each pair is reparameterized, while
     the Linear's input quantizer is still channel-wise (e.g. to set Swin's window pad value).
+
+    Quantizers that neither pass reached (e.g. a detector's mask head when the calibration image
+    yields no detection): ``unreached="error"`` raises; ``unreached="lazy"`` lets each initialise
+    on the first data that reaches it later (:meth:`Quantizer.allow_init_on_first_use`, as the
+    reference's quantizers do), logs their count and examples, and returns their names
+    (otherwise []).
     """
+    if unreached not in UNREACHED:
+        raise ValueError(f"unreached must be one of {UNREACHED}, got {unreached!r}")
     model.eval()
     with calibration(model):
         forward(model, images)
@@ -45,7 +58,14 @@ def calibrate_repq(model: nn.Module, images: Tensor, reparam_pairs: Sequence[tup
     if reparam_pairs:
         with calibration(model):
             forward(model, images)
-    missing = uncalibrated(model)
-    if missing:
+    missing = [(n, q) for n, q in quantizers(model) if not q.inited]
+    names = [n for n, _ in missing]
+    if missing and unreached == "error":
         raise RuntimeError(f"{len(missing)} quantizers saw no data during calibration, e.g. "
-                           f"{missing[:3]}: the forward pass does not reach them")
+                           f"{names[:3]}: the forward pass does not reach them")
+    for name, q in missing:
+        q.allow_init_on_first_use(name)
+    if missing:
+        logger.warning("%d quantizers saw no data during calibration (e.g. %s): each initialises "
+                       "on the first data that reaches it", len(missing), ", ".join(names[:3]))
+    return names

@@ -6,13 +6,18 @@ A quantizer is in one of three situations:
 - calibrating and not yet initialised: initialise the range from ``x``, then quantize ``x``
   (RepQ-ViT initialises every quantizer on its first quantized forward, in order);
 - enabled and initialised: fake-quantize ``x``.
-An enabled, uninitialised quantizer outside calibration raises, naming what to do.
+An enabled, uninitialised quantizer outside calibration raises, naming what to do -- unless it
+was marked with :meth:`Quantizer.allow_init_on_first_use` (a quantizer the calibration pass never
+reached, e.g. a detector's mask head when the calibration image yields no detection): it then
+initialises on the first tensor that reaches it, as the reference's quantizers do, and logs that
+once (logger ``qwt_core.quant``).
 
 The range (``delta``, ``zero_point``) is stored in buffers and the configuration in
 ``get_extra_state`` so that ``state_dict`` round-trips exactly whatever shapes the range has.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -25,6 +30,8 @@ from .primitives import (
     search_log_sqrt2_delta,
     search_uniform_range,
 )
+
+logger = logging.getLogger("qwt_core.quant")
 
 
 def check_bits(n_bits: int) -> int:
@@ -43,6 +50,8 @@ class Quantizer(nn.Module):
         self.enabled = False
         self.calibrating = False
         self.inited = False
+        self.init_on_first_use = False  # initialise outside calibration (allow_init_on_first_use)
+        self.label = ""  # the quantizer's name in the model, for the log line of a late init
         self.register_buffer("delta", torch.zeros(()))
         self.register_buffer("zero_point", torch.zeros(()))
 
@@ -52,17 +61,26 @@ class Quantizer(nn.Module):
     def quantize(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def allow_init_on_first_use(self, label: str) -> None:
+        """Let this (uninitialised) quantizer initialise on the first tensor that reaches it outside
+        calibration, logging ``label`` when it does."""
+        self.init_on_first_use, self.label = True, label
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
             return x
         if not self.inited:
-            if not self.calibrating:
+            if not (self.calibrating or self.init_on_first_use):
                 raise RuntimeError(
                     f"{type(self).__name__} is enabled but not calibrated: run the model once "
                     "inside `qwt_core.calibration(model)` first"
                 )
             self.initialise(x)
             self.inited = True
+            if not self.calibrating:
+                logger.warning("quantizer %s saw no data during calibration: initialised now, on "
+                               "the first data that reached it (shape %s)",
+                               self.label or type(self).__name__, tuple(x.shape))
         return self.quantize(x)
 
     def set_range(self, delta: Tensor, zero_point: Tensor | None = None) -> None:
@@ -73,11 +91,14 @@ class Quantizer(nn.Module):
         self.inited = True
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"n_bits": self.n_bits, "inited": self.inited}
+        return {"n_bits": self.n_bits, "inited": self.inited,
+                "init_on_first_use": self.init_on_first_use, "label": self.label}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.n_bits = int(state["n_bits"])
         self.inited = bool(state["inited"])
+        self.init_on_first_use = bool(state.get("init_on_first_use", False))  # absent in older files
+        self.label = str(state.get("label", ""))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         # Range buffers change shape between per-channel and per-tensor: adopt the saved shape.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benchmarks.records import load_records
 from detection.registry import DETECTORS
@@ -58,6 +59,12 @@ def test_tiny_detector_fp_repq_qwt_records(tiny, coco_root, tmp_path, name):
     assert {"calibration_s", "qwt_s", "eval_s"} <= set(recs["repq+qwt"]["times"])
     assert recs["repq+qwt"]["model_size"]["qwt_params"] > 0
     assert state.is_file()
+    # defaults reproduce the reference: zero window padding after the reparameterized norm1
+    assert recs["repq"]["config"]["window_pad"] == "zero"
+    pads = [v for k, v in torch.load(state, weights_only=False)["state_dict"].items() if k.endswith("pad_value")]
+    assert pads and all(float(v.abs().max()) == 0 for v in pads)
+    assert recs["repq"]["config"]["lazy_quantizers"] == []  # score_thr 0: the mask head is reached
+    assert "filter_cfg" in recs["repq+qwt"]["config"]["qwt_calibration"]
     if name == "mask_rcnn_swin_t":  # reloading the calibrated state reproduces the numbers
         again = tmp_path / "again"
         rc = _cli(["--config", cfg, "--data-root", coco_root, "--checkpoint", ckpt, "--methods",
