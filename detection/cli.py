@@ -28,6 +28,13 @@ PROG = "qwt-detect"
 EXIT_BAD_INPUT = 2
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None ones (their help says what happens instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
@@ -39,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     from .registry import DETECTORS
 
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=_Formatter)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--detector", choices=list(DETECTORS), help="a detector of the QwT COCO table")
     g.add_argument("--config", help="a custom mmdet 3.x config file (Swin backbone)")
@@ -74,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
                                         "and FP weights)")
     p.add_argument("--work-dir", help="mmengine work dir (logs); default work_dirs/<detector>")
     p.add_argument("--workers", type=int, default=default_workers(2),
-                   help="test dataloader workers, >= 0 (2, at most the CPUs available)")
+                   help="test dataloader workers, >= 0 (2, at most the CPUs available here)")
     p.add_argument("--log-interval", type=int, default=50)
     p.add_argument("--launcher", choices=("none", "pytorch"), default="none",
                    help="'pytorch' under torchrun for several GPUs")
