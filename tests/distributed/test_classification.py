@@ -40,7 +40,7 @@ def runs(odd_imagenet, tmp_path_factory) -> dict[int, tuple[dict[str, dict], Pat
     one = base / "one"
     one.mkdir()
     proc = launch("classification", ["--model", "deit_tiny", "--w-bits", "4", "--a-bits", "4", "--data-dir",
-                                     str(odd_imagenet), "--checkpoint-dir", "pretrained_weights", *ARGS, "--results-dir", str(one / "rec"),
+                                     str(odd_imagenet), "--checkpoint-dir", "checkpoints", *ARGS, "--results-dir", str(one / "rec"),
                                      "--save-state", str(one / "state.pt")], 0, one)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out[1] = (_records(one / "rec"), one / "state.pt")
