@@ -72,11 +72,10 @@ def read_image(path: str) -> Image.Image:
     """The image at ``path`` as RGB (decoded now); :class:`ImageReadError` names a file that
     cannot be decoded (truncated, corrupt, not an image)."""
     try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
+        with Image.open(path) as img:
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
+        reason = " ".join(str(e).replace(f"'{path}'", "").replace(f" {path}", "").split()) or type(e).__name__
         raise ImageReadError(f"cannot read image {path} ({reason}); remove or replace the file") from None
 
 
