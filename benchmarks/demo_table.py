@@ -3,14 +3,19 @@
 Demo records (suite ``demo``) are small models on the digits data, run at several bit widths with
 several seeds. Per (model, method, bits) the table gives the number of seeds and, per metric,
 mean ± sample std (ddof=1) over seeds. Per seed the newest full record counts; partial
-(``--val-limit``) records count only when a seed has no full one, and such rows are marked partial.
-Whatever models exist are rendered, one section per model.
+(``--val-limit``) records count only when a seed has no full one, and such rows are marked partial
+(:func:`demo_groups`: the same selection feeds the per-block plots). Whatever models exist are
+rendered, one section per model, with the metrics a reader compares (:data:`COLUMNS`; every other
+metric stays in the records). A metric a record lists in ``metrics_absent`` (COCO size buckets
+without objects) is absent, not zero. Below the tables, :func:`qwt_effect` compares each
+``+qwt`` method with its baseline seed by seed.
 
 Other code calls :func:`render_demo` (records dir -> markdown file).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +26,26 @@ from benchmarks import registry
 from benchmarks.render import (GENERATED, Footnotes, cells, load_suite, markdown_table, records_frame,
                                write_if_changed)
 
-#: preferred column order; other metrics follow alphabetically
-METRIC_ORDER = ("top1", "agreement_fp", "kl_fp", "bbox_mAP", "segm_mAP", "feature_err")
+#: the columns of the demo tables, in order (those the model's records have); every other metric
+#: (top-5 aside: AP50/AP75, COCO size buckets, ...) stays in the records
+COLUMNS = ("top1", "top5", "agreement_fp", "kl_fp", "bbox_mAP", "segm_mAP", "feature_err")
 METRIC_DIGITS = {"kl_fp": 4, "feature_err": 4}
+ABSENT = "absent"
 
 
-def _mean_std(values: list[float], digits: int) -> str:
-    arr = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
+def metric_value(rec: dict[str, Any], metric: str) -> float | None:
+    """``rec``'s value of ``metric``; None when it is missing or listed in ``metrics_absent``."""
+    if metric in rec.get("metrics_absent", ()):
+        return None
+    value = rec["metrics"].get(metric)
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _mean_std(records: list[dict[str, Any]], metric: str, digits: int) -> str:
+    arr = np.asarray([v for v in (metric_value(r, metric) for r in records) if v is not None], dtype=float)
     if arr.size == 0:
-        return "—"
+        absent = any(metric in r.get("metrics_absent", ()) for r in records)
+        return ABSENT if absent else "—"
     if arr.size == 1:
         return f"{arr[0]:.{digits}f}"
     return f"{arr.mean():.{digits}f} ± {arr.std(ddof=1):.{digits}f}"
@@ -40,60 +56,126 @@ def _method_rank(method: str) -> tuple[int, str]:
     return (order.index(method), "") if method in order else (len(order), method)
 
 
-def demo_table(frame: pd.DataFrame, model: str, notes: Footnotes) -> pd.DataFrame:
-    """Rows (method, bits) of one demo model with mean ± std per metric over seeds."""
-    sub = frame[frame["model"] == model]
-    per_seed = cells(sub, ("method", "w_bits", "a_bits", "seed"))
-    groups: dict[tuple, list] = {}
-    for (method, w, a, _seed), cell in per_seed.items():
-        groups.setdefault((method, w, a), []).append(cell)
-    present = {m for rec in sub["record"] for m in rec["metrics"]}
-    metrics = [m for m in METRIC_ORDER if m in present] + sorted(present - set(METRIC_ORDER))
-    rows = []
-    for (method, w, a) in sorted(groups, key=lambda k: (_method_rank(k[0]), k[1], k[2])):
-        seed_cells = groups[(method, w, a)]
+@dataclass(frozen=True)
+class DemoGroup:
+    """The records of one demo row (model, method, bits): per seed the newest full record (or the
+    newest partial one when no seed has a full run)."""
+
+    used: tuple[dict[str, Any], ...]  # what the row averages, by seed
+    shown: int  # seeds with any record
+    runs: int  # records of the row, all seeds and runs
+    partial: bool  # only partial runs
+
+    def seeds_text(self) -> str:
+        text = str(len(self.used))
+        if self.partial:
+            text += " (partial)"
+        elif len(self.used) < self.shown:
+            text += f" (+{self.shown - len(self.used)} partial, excluded)"
+        if self.runs > self.shown:
+            text += f"; newest of {self.runs} runs"
+        return text
+
+
+def demo_groups(records: list[dict[str, Any]]) -> dict[tuple[str, str, int, int], DemoGroup]:
+    """(model, method, w_bits, a_bits) (fp bits -1) -> :class:`DemoGroup`: what the table and
+    the plots show."""
+    frame = records_frame(records)
+    per_seed = cells(frame, ("model", "method", "w_bits", "a_bits", "seed"))
+    by_row: dict[tuple, list] = {}
+    for (model, method, w, a, _seed), cell in per_seed.items():
+        by_row.setdefault((model, method, w, a), []).append(cell)
+    out = {}
+    for key, seed_cells in by_row.items():
         shown = [c.shown for c in seed_cells]
         full = [r for r in shown if not r["partial"]]
         used = full or shown  # partial seeds count only when no seed has a full run
-        partial = not full
-        n_runs = sum(c.n for c in seed_cells)
-        seeds = str(len(used))
-        if partial:
-            seeds += " (partial)"
-        elif len(full) < len(shown):
-            seeds += f" (+{len(shown) - len(full)} partial, excluded)"
-        if n_runs > len(shown):
-            seeds += f"; newest of {n_runs} runs"
+        out[key] = DemoGroup(tuple(sorted(used, key=lambda r: r["seed"])), len(shown),
+                             sum(c.n for c in seed_cells), not full)
+    return out
+
+
+def demo_table(records: list[dict[str, Any]], model: str, notes: Footnotes) -> pd.DataFrame:
+    """Rows (method, bits) of one demo model with mean ± std per metric over seeds."""
+    groups = {k: g for k, g in demo_groups(records).items() if k[0] == model}
+    present = {m for g in groups.values() for r in g.used for m in r["metrics"]}
+    metrics = [m for m in COLUMNS if m in present]
+    rows = []
+    for key in sorted(groups, key=lambda k: (_method_rank(k[1]), k[2], k[3])):
+        _, method, w, a = key
+        g = groups[key]
         row: dict[str, Any] = {"Method": registry.method_label(method),
-                               "Bits": "FP" if w < 0 else registry.bits_label(w, a), "seeds": seeds}
+                               "Bits": "FP" if w < 0 else registry.bits_label(w, a), "seeds": g.seeds_text()}
         for m in metrics:
-            text = _mean_std([r["metrics"].get(m) for r in used], METRIC_DIGITS.get(m, 2))
-            row[m] = f"*{text}*" if partial and text != "—" else text
-        row["note"] = "".join(dict.fromkeys(notes.mark(r) for r in sorted(used, key=lambda r: r["seed"])))
+            text = _mean_std(list(g.used), m, METRIC_DIGITS.get(m, 2))
+            row[m] = f"*{text}*" if g.partial and text not in ("—", ABSENT) else text
+        row["note"] = "".join(dict.fromkeys(notes.mark(r) for r in g.used))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def qwt_effect(records: list[dict[str, Any]]) -> list[str]:
+    """Seed-by-seed comparison of each ``<base>+qwt`` row with its ``<base>`` row (same model and
+    bits, the records the table uses): the relative change of KL(FP ‖ Q) and the change of top-1
+    (classifiers), or the change of box / mask AP (detector). One line per row."""
+    groups = demo_groups(records)
+    lines = []
+    for (model, method, w, a) in sorted(groups, key=lambda k: (k[0], _method_rank(k[1]), k[2], k[3])):
+        if not method.endswith("+qwt"):
+            continue
+        base = method.removesuffix("+qwt")
+        if (model, base, w, a) not in groups:
+            continue
+        q_by_seed = {r["seed"]: r for r in groups[(model, method, w, a)].used}
+        pairs = [(b, q_by_seed[b["seed"]]) for b in groups[(model, base, w, a)].used if b["seed"] in q_by_seed]
+        if not pairs:
+            continue
+        seeds = ", ".join(str(b["seed"]) for b, _ in pairs)
+        head = (f"{model} {registry.bits_label(w, a)}, {registry.method_label(method)} vs "
+                f"{registry.method_label(base)} (seeds {seeds})")
+        if metric_value(pairs[0][0], "kl_fp") is not None:
+            kl = [(metric_value(b, "kl_fp"), metric_value(q, "kl_fp")) for b, q in pairs]
+            rel = [100 * (qk - bk) / bk for bk, qk in kl if bk and qk is not None]
+            d1 = [metric_value(q, "top1") - metric_value(b, "top1") for b, q in pairs]  # type: ignore[operator]
+            lines.append(f"{head}: KL(FP‖Q) " + ", ".join(f"{r:+.0f} %" for r in rel)
+                         + f" (lower in {sum(r < 0 for r in rel)} of {len(rel)} seeds); top-1 "
+                         + ", ".join(f"{d:+.2f}" for d in d1))
+        else:
+            def delta(metric: str) -> str:
+                vals = [(metric_value(b, metric), metric_value(q, metric)) for b, q in pairs]
+                return ", ".join("absent" if bv is None or qv is None else f"{qv - bv:+.1f}" for bv, qv in vals)
+            lines.append(f"{head}: box AP {delta('bbox_mAP')}; mask AP {delta('segm_mAP')}")
+    return lines
+
+
 def demo_markdown(records: list[dict[str, Any]]) -> str:
     """The whole ``results/demo.md`` from demo-suite records."""
-    frame = records_frame(records)
     parts = ["# Embedded benchmark (digits, small models): mean ± std over seeds", "",
              GENERATED.format(suite="demo"), ""]
-    if frame.empty:
+    if not records:
         parts += ["Not run: no demo records yet. Run `make demo`.", ""]
         return "\n".join(parts)
-    parts += [f"Records: {len(frame)} ({int(frame['partial'].sum())} partial). No paper values: the "
+    parts += [f"Records: {len(records)} ({sum(r['partial'] for r in records)} partial). No paper values: the "
               "demo runs the paper-scale code paths on small models; compare each method with the "
-              "baseline seed by seed and let the numbers speak (QwT does not help everywhere here). ± is the sample std over seeds (ddof=1). "
-              "How to read: [docs/tables.md](../docs/tables.md).", ""]
+              "baseline seed by seed (below the tables) and let the numbers speak (QwT does not help "
+              "everywhere here). ± is the sample std over seeds (ddof=1); `absent`: the metric does not "
+              "exist for this data (e.g. no large objects). Other metrics (AP50, AP75, COCO size "
+              "buckets) are in the records. How to read: [docs/tables.md](../docs/tables.md).", ""]
     notes = Footnotes()
-    for model in sorted(frame["model"].unique()):
-        parts += [f"## {model}", "", markdown_table(demo_table(frame, model, notes)), ""]
+    for model in sorted({r["model"] for r in records}):
+        parts += [f"## {model}", "", markdown_table(demo_table(records, model, notes)), ""]
+    effect = qwt_effect(records)
+    if effect:
+        parts += ["## QwT against its baseline, seed by seed", "",
+                  "Classifiers: relative change of KL(FP‖Q) (negative: closer to the FP model) and change of "
+                  "top-1 in points; detector: change of box and mask AP in points. Seeds in the order listed.",
+                  "", *[f"- {line}" for line in effect], ""]
     parts += ["## Provenance", "", *notes.lines(), ""]
     from benchmarks.plots import PLOT_DIR, plot_jobs
-    links = [f"- [{label}]({PLOT_DIR}/{name})" for name, label, _ in plot_jobs("demo", frame)]
+    links = [f"- [{job.label}]({PLOT_DIR}/{job.name})" for job in plot_jobs("demo", records)]
     if links:
-        parts += ["## Per-block QwT diagnostics (R², error before/after)", "", *links, ""]
+        parts += ["## Per-block QwT diagnostics (R², error before/after; mean and range over the seeds of "
+                  "the row)", "", *links, ""]
     return "\n".join(parts)
 
 

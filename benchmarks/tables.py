@@ -6,9 +6,12 @@ adds the values RepQ-ViT's and APHQ-ViT's own tables report for the same setting
 is the embedded benchmark's table (:mod:`benchmarks.demo_table`). Per-block QwT plots go to
 ``results/qwt_blocks/`` (:mod:`benchmarks.plots`).
 
-Cell rules (see docs/tables.md): several records for one cell -> the newest full run is shown and
-the cell says how many exist; only partial (``--val-limit``) runs -> the newest is shown in italics
-as "partial", with no Δ; no record -> "not run" and the Make target that produces it.
+Cell rules (see docs/tables.md): only a record that fills a paper cell (:mod:`benchmarks.paper_cell`:
+the benchmark split, whole, with the reference settings) is shown in a cell; several such records
+-> the newest is shown and the cell says how many exist; none -> "not run" with the Make target
+that produces it (and how many partial / custom runs exist). Partial and custom runs are listed in
+their own section, one row per (model, method, bits, what differs), newest run first: they never
+hide a paper-cell run, and a paper-cell run never hides them.
 
 CLI (what ``make tables`` / ``make tables-check`` run)::
 
@@ -29,9 +32,10 @@ import pandas as pd
 
 from benchmarks import registry
 from benchmarks.demo_table import demo_markdown
-from benchmarks.records import RecordError
+from benchmarks.paper_cell import fills_paper_cell, label
+from benchmarks.records import BENCHMARK_SPLITS, RecordError
 from benchmarks.render import (GENERATED, Footnotes, Pick, bits_key, cells, fmt, fmt_delta, load_suite,
-                               markdown_table, records_frame, write_if_changed)
+                               markdown_table, pick, records_frame, write_if_changed)
 
 PAPER_SUITES = ("imagenet", "coco")
 TABLE_FILES = {"imagenet": "imagenet.md", "coco": "coco.md", "demo": "demo.md"}
@@ -53,17 +57,35 @@ def _delta(suite: str, ours: dict[str, float], paper: dict[str, float]) -> str:
     return " / ".join(fmt_delta(ours.get(m), paper.get(m)) for m in registry.SUITE_METRICS[suite])
 
 
-def ours_cell(suite: str, exp: registry.Experiment | None, cell: Pick, notes: Footnotes) -> tuple[str, str]:
-    """(our value cell, Δ cell) for one experiment given its records."""
+def paper_cells(records: list[dict[str, Any]]) -> dict[tuple[str, str, int, int], dict[str, Any]]:
+    """(model, method, w_bits, a_bits) (fp bits -1) -> the record its cell shows: the newest of
+    the records that fill a paper cell."""
+    return {k: p.shown for k, p in cells(records_frame([r for r in records if fills_paper_cell(r)])).items()
+            if p.shown is not None}
+
+
+def custom_groups(records: list[dict[str, Any]]) -> dict[tuple[str, str, int, int, str], list[dict[str, Any]]]:
+    """(model, method, w_bits, a_bits, what differs) -> its partial / custom records, newest first."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for rec in records:
+        if not fills_paper_cell(rec):
+            groups.setdefault((rec["model"], rec["method"], *bits_key(rec["w_bits"], rec["a_bits"]), label(rec)),
+                              []).append(rec)
+    return {k: list(pick(records_frame(g)).records) for k, g in groups.items()}
+
+
+def ours_cell(suite: str, exp: registry.Experiment | None, cell: Pick, notes: Footnotes,
+              others: int = 0) -> tuple[str, str]:
+    """(our value cell, Δ cell) for one experiment given its paper-cell records (``others``: how
+    many partial / custom runs exist for the same model, method and bits)."""
     rec = cell.shown
     if rec is None:
         if exp is None:
             return "—", "—"
-        return (f"not run: `make {exp.target}`" if exp.target else "— (not run by this suite)"), "—"
-    count = f" ({cell.count_note()})" if cell.count_note() else ""
+        more = f" ({others} partial/custom run{'s' if others > 1 else ''} below)" if others else ""
+        return (f"not run: `make {exp.target}`{more}" if exp.target else "— (not run by this suite)"), "—"
+    count = f" (newest of {cell.n} runs)" if cell.n > 1 else ""
     value = _value(suite, rec["metrics"])
-    if cell.partial:
-        return f"*partial: {value} on {rec['images']} images* {notes.mark(rec)}{count}", "— (partial)"
     delta = _delta(suite, rec["metrics"], exp.paper if exp else {})
     return f"{value} {notes.mark(rec)}{count}", delta
 
@@ -74,16 +96,20 @@ def _refs(suite: str, exp: registry.Experiment | None) -> str:
     return "; ".join(f"{src}: {_value(suite, vals)}" for src, vals in sorted(exp.refs.items()))
 
 
-def paper_table(suite: str, frame: pd.DataFrame, notes: Footnotes) -> pd.DataFrame:
-    """The paper-layout table of ``suite`` as a DataFrame of strings."""
+def paper_table(suite: str, frame: pd.DataFrame, notes: Footnotes,
+                others: dict[tuple, int] | None = None) -> pd.DataFrame:
+    """The paper-layout table of ``suite`` as a DataFrame of strings (``frame``: records that fill
+    paper cells; ``others``: cell key -> number of partial / custom runs)."""
     picks = cells(frame)
+    others = others or {}
     with_refs = any(e.refs for e in registry.experiments(suite) if e.method != "fp")
     rows: list[dict[str, str]] = []
     models = list(dict.fromkeys(e.model for e in registry.experiments(suite)))
     for model in models:
         exps = [e for e in registry.experiments(suite) if e.model == model]
         fp = next(e for e in exps if e.method == "fp")
-        fp_ours, fp_delta = ours_cell(suite, fp, picks.get((model, "fp", -1, -1), Pick(())), notes)
+        fp_key = (model, "fp", -1, -1)
+        fp_ours, fp_delta = ours_cell(suite, fp, picks.get(fp_key, Pick(())), notes, others.get(fp_key, 0))
         methods = list(dict.fromkeys(e.method for e in exps if e.method != "fp"))
         for i, method in enumerate(methods):
             row = {"Model": registry.display(model) if i == 0 else "",
@@ -93,7 +119,8 @@ def paper_table(suite: str, frame: pd.DataFrame, notes: Footnotes) -> pd.DataFra
             for b in registry.BITS:
                 exp = registry.find(suite, model, method, b, b)
                 lab = registry.bits_label(b, b)
-                ours, delta = ours_cell(suite, exp, picks.get((model, method, b, b), Pick(())), notes)
+                key = (model, method, b, b)
+                ours, delta = ours_cell(suite, exp, picks.get(key, Pick(())), notes, others.get(key, 0))
                 row[f"{lab} ours"] = ours
                 row[f"{lab} paper"] = _value(suite, exp.paper) if exp and exp.paper else "—"
                 row[f"{lab} Δ"] = delta
@@ -113,11 +140,22 @@ def _order(suite: str) -> Callable[[tuple], tuple]:
     return key
 
 
+def _metric_columns(suite: str, records: list[dict[str, Any]]) -> list[str]:
+    present = {m for rec in records for m in rec["metrics"]}
+    return [m for m in DETAIL_METRICS[suite] if m in present] + sorted(present - set(DETAIL_METRICS[suite]))
+
+
+def _metric_cell(rec: dict[str, Any], metric: str) -> str:
+    if metric in rec.get("metrics_absent", ()):
+        return "absent"
+    return fmt(rec["metrics"].get(metric), METRIC_DIGITS.get(metric, 2))
+
+
 def details_table(suite: str, frame: pd.DataFrame, notes: Footnotes) -> pd.DataFrame:
-    """Every (model, method, bits) with records: all metrics of the shown record, and the run count."""
+    """Every (model, method, bits) with paper-cell records: all metrics of the shown record, and the
+    run count."""
     picks = cells(frame)
-    present = {m for rec in frame["record"] for m in rec["metrics"]}
-    metrics = [m for m in DETAIL_METRICS[suite] if m in present] + sorted(present - set(DETAIL_METRICS[suite]))
+    metrics = _metric_columns(suite, list(frame["record"]))
     rows = []
     for k in sorted(picks, key=_order(suite)):
         model, method, w, a = k
@@ -127,20 +165,42 @@ def details_table(suite: str, frame: pd.DataFrame, notes: Footnotes) -> pd.DataF
         reg = registry.find(suite, model, method, None if w < 0 else w, None if a < 0 else a)
         row = {"Model": model, "Method": method, "Bits": registry.bits_label(rec["w_bits"], rec["a_bits"])}
         for m in metrics:
-            text = fmt(rec["metrics"].get(m), METRIC_DIGITS.get(m, 2))
-            row[m] = f"*{text}*" if rec["partial"] and text != "—" else text  # partial: never plain
-        row["images"] = f"{rec['images']} (partial)" if rec["partial"] else str(rec["images"])
-        row["runs"] = f"{cell.n} ({cell.n_partial} partial)" if cell.n_partial else str(cell.n)
+            row[m] = _metric_cell(rec, m)
+        row["images"] = str(rec["images"])
+        row["runs"] = str(cell.n)
         row["in paper table"] = "yes" if reg is not None and reg.paper else ("extra row" if reg else "no")
         row["note"] = notes.mark(rec)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def plot_links(suite: str, frame: pd.DataFrame) -> list[str]:
-    """Markdown links to the per-block plots of this suite's records (see benchmarks.plots)."""
+def custom_table(suite: str, records: list[dict[str, Any]], notes: Footnotes) -> pd.DataFrame:
+    """One row per (model, method, bits, what differs) of the partial / custom runs: the newest
+    run's metrics, images and classes, and the run count."""
+    groups = custom_groups(records)
+    metrics = _metric_columns(suite, [g[0] for g in groups.values()])
+    order = _order(suite)
+    rows = []
+    for key in sorted(groups, key=lambda k: (order(k[:4]), k[4])):
+        model, method, w, a, what = key
+        rec = groups[key][0]
+        ds = rec.get("dataset") or {}
+        row = {"Model": model, "Method": method, "Bits": registry.bits_label(rec["w_bits"], rec["a_bits"]),
+               "what differs": what}
+        for m in metrics:
+            row[m] = _metric_cell(rec, m)
+        row["images"] = str(rec["images"])
+        row["classes"] = str(ds["classes"]) if ds.get("classes") else "—"
+        row["runs"] = str(len(groups[key]))
+        row["note"] = notes.mark(rec)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_links(suite: str, records: list[dict[str, Any]]) -> list[str]:
+    """Markdown links to the per-block plots of this suite's table rows (see benchmarks.plots)."""
     from benchmarks.plots import PLOT_DIR, plot_jobs
-    return [f"- [{label}]({PLOT_DIR}/{name})" for name, label, _ in plot_jobs(suite, frame)]
+    return [f"- [{job.label}]({PLOT_DIR}/{job.name})" for job in plot_jobs(suite, records)]
 
 
 def _align(column: str) -> str:
@@ -149,18 +209,26 @@ def _align(column: str) -> str:
 
 def paper_markdown(suite: str, records: list[dict[str, Any]]) -> str:
     """The whole ``results/<suite>.md`` for ``imagenet`` or ``coco``."""
-    frame = records_frame(records)
+    eligible = [r for r in records if fills_paper_cell(r)]
+    custom = [r for r in records if not fills_paper_cell(r)]
+    frame = records_frame(eligible)
+    others: dict[tuple, int] = {}
+    for r in custom:
+        key = (r["model"], r["method"], *bits_key(r["w_bits"], r["a_bits"]))
+        others[key] = others.get(key, 0) + 1
     notes = Footnotes()
-    table = paper_table(suite, frame, notes)
+    table = paper_table(suite, frame, notes, others)
     exps = [e for e in registry.experiments(suite) if e.target]
     picks = cells(frame)
-    n_run = sum(1 for e in exps if (e.model, e.method, *bits_key(e.w_bits, e.a_bits)) in picks
-                and not picks[(e.model, e.method, *bits_key(e.w_bits, e.a_bits))].partial)
-    n_partial = int(frame["partial"].sum()) if not frame.empty else 0
+    n_run = sum(1 for e in exps if (e.model, e.method, *bits_key(e.w_bits, e.a_bits)) in picks)
     unit = "top-1 %" if suite == "imagenet" else "AP box / AP mask %"
+    split = BENCHMARK_SPLITS[suite]
     parts = [f"# {TITLES[suite]}", "", GENERATED.format(suite=suite), "",
-             f"Records: {len(frame)} ({n_partial} partial). Registered cells with a full run: "
-             f"{n_run} of {len(exps)}. Values in {unit}; Δ = ours − paper. "
+             f"Records: {len(records)} ({len(eligible)} fill paper cells, {len(custom)} partial or custom). "
+             f"Registered cells with a run: {n_run} of {len(exps)}. Values in {unit}; Δ = ours − paper. "
+             f"A cell shows only a full run on {split.name} ({split.images:,} images"
+             + (f", {split.classes:,} classes" if suite == "imagenet" else "")
+             + ") with the reference settings; other runs are listed under \"Partial and custom runs\". "
              "How to read this table: [docs/tables.md](../docs/tables.md).", "",
              markdown_table(table, [_align(c) for c in table.columns]), ""]
     if suite == "imagenet":
@@ -172,12 +240,19 @@ def paper_markdown(suite: str, records: list[dict[str, Any]]) -> str:
                   "table (seeds/004, its own method, reference only).", ""]
     if not frame.empty:
         details = details_table(suite, frame, notes)
-        parts += ["## Every run", "", "All metrics of the record each cell shows (partial runs in italics), "
-                  "including runs outside the paper's table.", "",
+        parts += ["## Every run", "", "All metrics of the record each cell shows, including runs outside the "
+                  "paper's table.", "",
                   markdown_table(details, ["l", "l", "l"] + ["r"] * (details.shape[1] - 5) + ["l", "l"]), ""]
+    if custom:
+        table_c = custom_table(suite, custom, notes)
+        parts += ["## Partial and custom runs (not comparable with the paper)", "",
+                  "Runs on other data, on part of the split, or with settings other than the reference's, "
+                  "one row per model, method, bits and difference (newest run shown). They never fill a "
+                  "paper cell.", "",
+                  markdown_table(table_c, ["l", "l", "l", "l"] + ["r"] * (table_c.shape[1] - 6) + ["r", "l"]), ""]
     if len(notes):
         parts += ["## Provenance", "", *notes.lines(), ""]
-    links = plot_links(suite, frame)
+    links = plot_links(suite, records)
     if links:
         parts += ["## Per-block QwT diagnostics (R², error before/after)", "", *links, ""]
     return "\n".join(parts)

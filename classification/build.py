@@ -4,14 +4,21 @@ checkpoint, or random init.
 Weights, in order of precedence:
 1. ``checkpoint``: a local state dict of the same architecture (any model; ``{"state_dict": ..}``,
    ``{"model": ..}`` and ``module.`` prefixes are unwrapped); loaded strictly.
-2. ``checkpoint_dir``: the spec's ``checkpoint_name`` in that folder (the reference ResNet files).
-3. ``pretrained=True``: timm pretrained weights of the pinned tag (HF hub cache; no ResNet).
+2. ``checkpoint_dir`` (default ``checkpoints/``, Make's ``CKPT_DIR``): the spec's
+   ``checkpoint_name`` in that folder (the reference ResNet files), or for a timm model
+   ``<arch>.<tag>.safetensors`` / ``.pth`` when such a file is there (offline use).
+3. ``pretrained=True``: timm pretrained weights of the pinned tag (HF hub cache; no ResNet). When
+   they are not cached, the hub is probed first (a few seconds) so that an offline machine gets
+   one clear message instead of a minute of download retries.
 4. random init (``pretrained=False``): tests and tiny models.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +28,15 @@ from torch import nn
 from qwt_core.state_io import state_dict_mismatch
 
 from . import registry
-from .errors import CheckpointError, PretrainedUnavailableError
+from .errors import CheckpointError, ClassificationError, PretrainedUnavailableError, first_sentence
 from .registry import ModelSpec
 
 TORCHVISION_RESNETS = {"resnet18": ("BasicBlock", [2, 2, 2, 2]), "resnet34": ("BasicBlock", [3, 4, 6, 3]),
                        "resnet50": ("Bottleneck", [3, 4, 6, 3]), "resnet101": ("Bottleneck", [3, 4, 23, 3]),
                        "resnet152": ("Bottleneck", [3, 8, 36, 3])}
-DEFAULT_CHECKPOINT_DIR = "pretrained_weights"  # the reference's folder name
+DEFAULT_CHECKPOINT_DIR = "checkpoints"  # one default for Make (CKPT_DIR), both CLIs and the docs
+LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pth")  # <arch>.<tag><suffix> in the checkpoint folder (timm models)
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 def resolve_spec(model: str | ModelSpec, overrides: dict[str, Any] | None = None, tiny: bool = False) -> ModelSpec:
@@ -59,6 +68,20 @@ def construct(spec: ModelSpec) -> nn.Module:
     raise ValueError(f"{spec.name}: unknown builder {spec.builder!r} (expected 'timm', 'torchvision' or a callable)")
 
 
+def check_constructor_kwargs(spec: ModelSpec, overrides: dict[str, Any]) -> None:
+    """Build ``spec`` on the meta device (no memory, no weights) to check that its constructor
+    accepts the ``overrides`` (``--model-kwargs``); raises ClassificationError naming the problem."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            construct(spec)
+    except (TypeError, ValueError, AssertionError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ClassificationError(f"--model-kwargs {json.dumps(overrides)}: the constructor of {spec.name} "
+                                  f"({spec.arch}) rejects them: {reason}") from None
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """A state dict from a local file (``.pth``, ``.pth.tar``, ``.safetensors``)."""
     path = Path(path)
@@ -71,10 +94,14 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         else:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError:  # old checkpoints holding non-tensor objects (trusted local file)
+            except pickle.UnpicklingError as e:
+                if "weights_only" not in str(e):  # not a pickle at all (text, truncated, ...)
+                    raise
+                # old checkpoints holding non-tensor objects (trusted local file named by the user)
                 obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
+    except Exception as e:  # noqa: BLE001 - whatever a foreign file makes the unpickler raise
+        raise CheckpointError(f"checkpoint {path} cannot be read as a state dict "
+                              f"({type(e).__name__}: {first_sentence(e)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -94,12 +121,21 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], spec: ModelS
     model.load_state_dict(state, strict=True)
 
 
+def local_weight_files(spec: ModelSpec, checkpoint_dir: str | os.PathLike[str]) -> list[Path]:
+    """Where a timm model's weights may lie in the checkpoint folder (``<arch>.<tag>.safetensors``, ``.pth``)."""
+    return [Path(checkpoint_dir) / f"{spec.timm_name}{suffix}" for suffix in LOCAL_WEIGHT_SUFFIXES]
+
+
 def checkpoint_for(spec: ModelSpec, checkpoint: str | None, checkpoint_dir: str | None) -> str | None:
     """The checkpoint file to load, or None for pretrained/random weights."""
     if checkpoint:
         return checkpoint
     if checkpoint_dir and spec.checkpoint_name:
         return str(Path(checkpoint_dir) / spec.checkpoint_name)
+    if checkpoint_dir and spec.builder == "timm":
+        found = [p for p in local_weight_files(spec, checkpoint_dir) if p.is_file()]
+        if found:
+            return str(found[0])
     return None
 
 
@@ -136,15 +172,55 @@ def build_model(model: str | ModelSpec, pretrained: bool = True, checkpoint: str
     return net.eval(), spec
 
 
+def _unavailable(spec: ModelSpec, why: str) -> PretrainedUnavailableError:
+    local = local_weight_files(spec, f"<{DEFAULT_CHECKPOINT_DIR}>")[0].name
+    return PretrainedUnavailableError(
+        f"pretrained weights {spec.timm_name} are not reachable ({why}); offline, pass --checkpoint FILE "
+        f"(a local state dict), or put {local} in the checkpoint folder (--checkpoint-dir DIR, make: "
+        f"CKPT_DIR=DIR, default {DEFAULT_CHECKPOINT_DIR}/), or fill the Hugging Face hub cache (HF_HOME) on a "
+        f"connected machine with `timm.create_model('{spec.timm_name}', pretrained=True)`")
+
+
+def _hub_cached(spec: ModelSpec) -> bool | None:
+    """Whether the hub cache holds the weights of ``spec`` (None: they do not come from the hub)."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return None
+    names = [getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"]
+    return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names if n)
+
+
+def check_hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """None when the Hugging Face hub answers within ``timeout`` seconds, else why not (offline
+    mode set, no network, no name resolution). Any HTTP answer counts as reachable."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT)
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # the server answered
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return f"{endpoint} does not answer: {' '.join(str(reason).split())}"
+    return None
+
+
 def _timm_pretrained(spec: ModelSpec) -> nn.Module:
     import timm
+    if _hub_cached(spec) is False:
+        why = check_hub_reachable()
+        if why is not None:
+            raise _unavailable(spec, f"not in the hub cache and {why}")
     try:
         return timm.create_model(spec.timm_name, pretrained=True, **spec.kwargs)
     except (OSError, RuntimeError, ValueError, ImportError) as e:
         # huggingface_hub's offline / not-in-cache errors subclass OSError or ValueError;
         # requests' connection errors subclass OSError.
-        raise PretrainedUnavailableError(
-            f"pretrained weights {spec.timm_name} are not reachable ({type(e).__name__}); offline, "
-            "pre-populate the Hugging Face hub cache (HF_HOME, e.g. run "
-            f"`timm.create_model('{spec.timm_name}', pretrained=True)` on a connected machine and copy "
-            "~/.cache/huggingface) or pass --checkpoint FILE with a local state dict") from e
+        raise _unavailable(spec, type(e).__name__) from e

@@ -4,8 +4,12 @@ Example (the paper's DeiT-S W4/A4 rows)::
 
     python -m classification --model deit_small --w-bits 4 --a-bits 4 --data-dir /data/imagenet
 
-Bad input (unknown model, bits outside 2..8, missing dataset / checkpoint, unreachable weights,
-mismatching checkpoint) prints one line ``error: ...`` and exits with status 2, writing nothing.
+Bad input prints one line ``error: ...`` and exits with status 2 before any work, writing nothing:
+unknown model, bits outside 2..8, options out of range (seed, workers, device, sizes, start
+block), output folders that cannot be written, missing or unreadable dataset / images /
+checkpoint / state, unreachable weights, a checkpoint or state that does not match, a class subset
+not asked for. An unreadable val image met during an evaluation stops the run with one line naming
+the file; the records of the methods already evaluated are kept.
 
 Several processes (docs/distributed.md)::
 
@@ -26,10 +30,11 @@ from typing import Sequence
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from benchmarks.records import RECORDS_DIR
+from qwt_core.records import RECORDS_DIR
 
 from . import registry
-from .errors import ClassificationError
+from .build import DEFAULT_CHECKPOINT_DIR
+from .errors import ClassificationError, one_line
 from .pipeline import ExperimentConfig, run_experiment
 
 EXIT_BAD_INPUT = 2
@@ -75,25 +80,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="ImageNet root with train/ and val/ class folders")
     p.add_argument("--checkpoint", default=None,
                    help="local state dict of the same architecture (replaces the pretrained weights)")
-    p.add_argument("--checkpoint-dir", default=None,
+    p.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINT_DIR,
                    help="folder with the reference ResNet checkpoints (resnet18_imagenet.pth.tar, "
-                        "resnet50_imagenet.pth.tar, resnet101-63fe2227.pth)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+                        "resnet50_imagenet.pth.tar, resnet101-63fe2227.pth) and, for offline use, timm "
+                        f"weights named <arch>.<tag>.safetensors or .pth (default {DEFAULT_CHECKPOINT_DIR}; "
+                        "make: CKPT_DIR)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=4, help="val loader workers")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None,
+                   help="val loader workers, >= 0 (default: 4, at most the CPUs available)")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed, >= 0 (default 0)")
     p.add_argument("--calib-size", type=int, default=32, help="RepQ-ViT calibration images (default 32)")
     p.add_argument("--qwt-size", type=int, default=512, help="QwT regression images (default 512)")
     p.add_argument("--no-calib-augment", action="store_true",
                    help="calibrate on eval-transformed train images (reference: augmented)")
-    p.add_argument("--val-limit", type=int, default=None, help="evaluate N val images only (partial)")
-    p.add_argument("--start-block", type=int, default=0, help="QwT: first compensated block")
+    p.add_argument("--val-limit", type=int, default=None,
+                   help="evaluate N >= 1 evenly strided val images only (recorded as partial; default: all)")
+    p.add_argument("--class-subset", action="store_true",
+                   help="val/ holds a subset of the model's classes: map each class folder to the model's "
+                        "class by its name (ImageNet wnid or class index); recorded as a class subset")
+    p.add_argument("--start-block", type=int, default=0,
+                   help="QwT: first compensated block (0 .. number of blocks - 1; default 0)")
     p.add_argument("--kernel-size", type=int, default=1, help="QwT ResNet: grouped-conv kernel size")
     p.add_argument("--factor", type=int, default=64, help="QwT ResNet: channels per group")
-    p.add_argument("--save-state", default=None, help="write the calibrated state here")
-    p.add_argument("--load-state", default=None, help="load a calibrated state (skips calibration)")
+    p.add_argument("--save-state", default=None,
+                   help="write the calibrated state to this file (with a fingerprint of the FP weights)")
+    p.add_argument("--load-state", default=None,
+                   help="load a calibrated state (skips calibration); it must come from the same model, "
+                        "method, bits and FP weights")
     p.add_argument("--results-dir", default=str(RECORDS_DIR), help="record root (default results/records)")
-    p.add_argument("--model-kwargs", type=_kwargs, default=None, help="JSON constructor overrides")
+    p.add_argument("--model-kwargs", type=_kwargs, default=None,
+                   help="JSON constructor overrides, checked against the constructor before the run")
     p.add_argument("--random-init", action="store_true", help="no pretrained weights (smoke runs)")
     p.add_argument("--tiny", action="store_true",
                    help="small random-init variant of the model (tests/smoke runs; never for tables)")
@@ -108,7 +126,8 @@ def config_from_args(args: argparse.Namespace, command: str) -> ExperimentConfig
         model=args.model, data_dir=args.data_dir, w_bits=args.w_bits, a_bits=args.a_bits,
         methods=args.methods, checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir,
         pretrained=not args.random_init, tiny=args.tiny, model_kwargs=args.model_kwargs or {},
-        device=args.device, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+        device=args.device, batch_size=args.batch_size, seed=args.seed, class_subset=args.class_subset,
+        **({} if args.workers is None else {"workers": args.workers}),
         calib_size=args.calib_size, qwt_size=args.qwt_size, calib_augment=not args.no_calib_augment,
         val_limit=args.val_limit, start_block=args.start_block, kernel_size=args.kernel_size,
         factor=args.factor, save_state=args.save_state, load_state=args.load_state,
@@ -142,8 +161,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     try:
         run_experiment(config_from_args(args, shlex.join(prefix + argv)))
     except ClassificationError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: the records of the methods already evaluated are kept", file=sys.stderr)
+        return 130
     return 0
 
 

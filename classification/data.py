@@ -20,9 +20,17 @@ process loads it and in whatever order (several processes: see docs/distributed.
 - several processes: :func:`val_loader` and :func:`calibration_sets` take ``rank`` and
   ``world_size`` and return this rank's contiguous shard (no padding, the union is the whole set
   once; :func:`qwt_core.distributed.shard_batches`).
+- unreadable images: every image is opened by :func:`read_image`, which raises
+  :class:`ImageReadError` naming the file (the calibration images are all loaded before the FP
+  evaluation, so a bad train image stops the run before any work; a bad val image stops it when it
+  is met, naming the file);
+- labels: ImageFolder numbers the class folders 0..C-1 in sorted order. When the model has more
+  outputs than there are folders (a class subset), :func:`subset_targets` maps each folder to the
+  model's class by its name instead (ImageNet wnids, or integer folder names).
 """
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -32,13 +40,14 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from qwt_core.distributed import shard_batches
 
-from .errors import DataLayoutError
+from .errors import DataLayoutError, ImageReadError
 from .registry import ModelSpec
 
 CALIB_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
@@ -62,12 +71,38 @@ def calib_transform(spec: ModelSpec, augment: bool = True) -> Callable:
                             interpolation=spec.interpolation, mean=spec.mean, std=spec.std)
 
 
+def read_image(path: str) -> Image.Image:
+    """The image at ``path`` as RGB (decoded now); :class:`ImageReadError` names a file that
+    cannot be decoded (truncated, corrupt, not an image)."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        reason = " ".join(str(e).replace(f"'{path}'", "").replace(f" {path}", "").split()) or type(e).__name__
+        raise ImageReadError(f"cannot read image {path} ({reason}); remove or replace the file") from None
+
+
+def image_folder(root: str | Path, transform: Callable | None = None,
+                 target_transform: Callable | None = None) -> ImageFolder:
+    """torchvision ``ImageFolder`` whose images are read by :func:`read_image`."""
+    return ImageFolder(str(root), transform=transform, target_transform=target_transform, loader=read_image)
+
+
 def _classes(split_dir: Path) -> list[str]:
     return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _has_image(folder: Path) -> bool:
+    """Whether ``folder`` (searched recursively, as ImageFolder does) holds an image file."""
+    for dirpath, _, files in os.walk(folder, followlinks=True):
+        if any(os.path.splitext(f)[1].lower() in IMG_EXTENSIONS for f in files):
+            return True
+    return False
+
+
 def check_layout(data_dir: str | Path, need_train: bool = True) -> list[str]:
-    """Validate the class-folder layout; returns the class names. Raises DataLayoutError."""
+    """Validate the class-folder layout (every class folder of every split used holds at least one
+    image); returns the val class names. Raises DataLayoutError."""
     root = Path(data_dir)
     hint = "expected <dir>/train/<class>/<image> and <dir>/val/<class>/<image> (ImageNet class-folder layout)"
     if not root.is_dir():
@@ -82,14 +117,34 @@ def check_layout(data_dir: str | Path, need_train: bool = True) -> list[str]:
         classes = _classes(d)
         if not classes:
             raise DataLayoutError(f"{d} has no class folders; {hint}")
-        has_image = any(p.suffix.lower() in IMG_EXTENSIONS for c in classes[:50] for p in (d / c).iterdir())
-        if not has_image:
+        empty = [c for c in classes if not _has_image(d / c)]
+        if len(empty) == len(classes):
             raise DataLayoutError(f"{d} class folders hold no images ({', '.join(IMG_EXTENSIONS)}); {hint}")
+        if empty:
+            more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
+            raise DataLayoutError(f"class folder {d / empty[0]}{more} holds no images "
+                                  f"({', '.join(IMG_EXTENSIONS)}): add its images or remove the folder")
         found[split] = classes
     if need_train and found["train"] != found["val"]:
         raise DataLayoutError(f"{root}: train/ and val/ have different class folders "
                               f"({len(found['train'])} vs {len(found['val'])}); labels would not match")
     return found["val"]
+
+
+def subset_targets(classes: list[str], n_outputs: int) -> list[int]:
+    """The model's class index of each class folder (sorted), by name: ImageNet-1k wnids
+    (``n01440764`` -> its index in the sorted 1000 synsets) or integer names (``"7"`` -> 7).
+    Raises DataLayoutError when the names are neither."""
+    if n_outputs == 1000:
+        from timm.data import ImageNetInfo
+        wnids = {w: i for i, w in enumerate(ImageNetInfo("imagenet-1k").label_names())}
+        if all(c in wnids for c in classes):
+            return [wnids[c] for c in classes]
+    if all(c.isdigit() and int(c) < n_outputs for c in classes):
+        return [int(c) for c in classes]
+    raise DataLayoutError(f"--class-subset: cannot map the class folders ({', '.join(classes[:3])}, ...) to "
+                          f"the model's {n_outputs} classes: name them by ImageNet wnid (n01440764, ...) or by "
+                          f"class index (0..{n_outputs - 1})")
 
 
 def strided_indices(n: int, limit: int | None) -> list[int]:
@@ -99,17 +154,31 @@ def strided_indices(n: int, limit: int | None) -> list[int]:
     return [int(i * n / limit) for i in range(limit)]
 
 
-def val_dataset(spec: ModelSpec, data_dir: str | Path, val_limit: int | None = None) -> Dataset:
-    ds = ImageFolder(str(Path(data_dir) / "val"), transform=eval_transform(spec))
+class _Relabel:
+    """target_transform: folder index -> the model's class index (picklable for loader workers)."""
+
+    def __init__(self, targets: list[int]) -> None:
+        self.targets = targets
+
+    def __call__(self, target: int) -> int:
+        return self.targets[target]
+
+
+def val_dataset(spec: ModelSpec, data_dir: str | Path, val_limit: int | None = None,
+                targets: list[int] | None = None) -> Dataset:
+    """The val split with the eval transform; ``targets``: the model's class index of each class
+    folder (:func:`subset_targets`; default: the folders' sorted order)."""
+    ds = image_folder(Path(data_dir) / "val", eval_transform(spec), _Relabel(targets) if targets else None)
     return Subset(ds, strided_indices(len(ds), val_limit)) if val_limit is not None else ds
 
 
 def val_loader(spec: ModelSpec, data_dir: str | Path, batch_size: int, workers: int,
-               val_limit: int | None = None, rank: int = 0, world_size: int = 1) -> DataLoader:
+               val_limit: int | None = None, rank: int = 0, world_size: int = 1,
+               targets: list[int] | None = None) -> DataLoader:
     """Val batches, in order; with ``world_size`` > 1 only this rank's batches
     (:func:`qwt_core.distributed.shard_batches`: the one-process batches split contiguously,
     no padding)."""
-    ds = val_dataset(spec, data_dir, val_limit)
+    ds = val_dataset(spec, data_dir, val_limit, targets)
     if world_size > 1:
         batches = [list(b) for b in shard_batches(len(ds), batch_size, rank, world_size)]  # type: ignore[arg-type]
         return DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=False,
@@ -167,8 +236,15 @@ def calibration_sets(spec: ModelSpec, data_dir: str | Path, calib_size: int, qwt
     """(RepQ-ViT batch (calib_size, 3, H, W), this rank's QwT batches) from the train split. The QwT set is the same whatever ``world_size`` is: the first
     ``qwt_size`` entries of the seeded permutation, split by
     :func:`qwt_core.distributed.shard_batches`. ``need_calib=False`` skips the RepQ-ViT batch
-    (None; ranks other than 0 receive it by broadcast)."""
-    ds = ImageFolder(str(Path(data_dir) / "train"), transform=calib_transform(spec, augment))
+    (None; ranks other than 0 receive it by broadcast).
+
+    Raises DataLayoutError when the train split has fewer images than asked for, and
+    ImageReadError naming the first image that cannot be decoded."""
+    ds = image_folder(Path(data_dir) / "train", calib_transform(spec, augment))
+    for what, size in (("--calib-size", calib_size), ("--qwt-size", qwt_size if need_qwt else 0)):
+        if size > len(ds):
+            raise DataLayoutError(f"{what} {size} asks for more images than {Path(data_dir) / 'train'} holds "
+                                  f"({len(ds)}): lower {what} or add train images")
     order = calibration_indices(len(ds), max(calib_size, qwt_size if need_qwt else 0), seed)
     calib = None
     if need_calib:

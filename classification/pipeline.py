@@ -9,9 +9,11 @@ Methods (``ExperimentConfig.methods``):
   ``percentile_strict``, ``percentile_strict+qwt`` (conv inputs at a_bits).
 A ``<base>+qwt`` method reuses the calibrated ``<base>`` model of the same run.
 
-Every bad input is detected before any evaluation, and the records of a run are written together
-(atomically, :func:`benchmarks.records.write_record`) once every method has finished, so a failing
-run writes no record.
+Every bad input is detected before any evaluation (:func:`plan_experiment` without I/O, then the
+output folders, the calibrated state, the dataset layout, the weights and the calibration images),
+so a refused run writes nothing. Each record is written (atomically,
+:func:`qwt_core.records.write_record`) as soon as its method is evaluated: a run that fails later
+(an unreadable val image, an interruption) keeps the records it finished.
 
 Several processes (``torchrun --nproc_per_node N -m classification ...``, see docs/distributed.md):
 each rank builds the model; the RepQ-ViT batch is loaded on rank 0 and broadcast; the global QwT
@@ -29,7 +31,6 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -38,15 +39,17 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from benchmarks.records import RECORDS_DIR, make_record, write_record
 from qwt_core import (BlockReport, QwTConfig, calibrate_repq, fit_qwt, load_state, model_size,
-                      save_state, set_quant_state)
+                      save_state, set_quant_state, weights_fingerprint)
 from qwt_core import distributed as dist_mod
+from qwt_core import preflight
 from qwt_core.qwt.compensation import CompensatedBlock
+from qwt_core.records import RECORDS_DIR, dataset_entry, make_record, write_record
+from qwt_core.state_io import StateFileError, StateInfo, read_state_info
 
 from . import data as data_mod
 from .adapters import FamilyAdapter, for_family
-from .build import build_model, resolve_spec
+from .build import DEFAULT_CHECKPOINT_DIR, build_model, check_constructor_kwargs, resolve_spec
 from .errors import CheckpointError, ClassificationError, DataLayoutError, MethodError
 from .evaluate import EvalResult, evaluate, metrics_from_batches
 from .registry import ModelSpec, UnknownModelError
@@ -65,14 +68,15 @@ class ExperimentConfig:
     a_bits: int = 4
     methods: tuple[str, ...] | None = None  # None: the family default (fp, repq, repq+qwt | fp, percentile, percentile+qwt)
     checkpoint: str | None = None  # local state dict replacing the pretrained weights (any model)
-    checkpoint_dir: str | None = None  # folder holding the reference ResNet checkpoints
+    checkpoint_dir: str | None = None  # folder holding the ResNet checkpoints (and local timm weights)
     pretrained: bool = True  # False: random init (tests, smoke runs)
     tiny: bool = False  # small random-init variant of the same classes (tests, smoke runs)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor overrides
-    device: str = "cpu"
+    device: str | None = None  # None: cuda when torch sees a GPU, else cpu
     batch_size: int = 64  # eval and QwT batch size
-    workers: int = 4  # val loader workers
-    seed: int = 0  # calibration sampling / augmentation / random init
+    workers: int = field(default_factory=lambda: preflight.default_workers(4))  # val loader workers (<= CPUs)
+    seed: int = 0  # calibration sampling / augmentation / random init (>= 0)
+    class_subset: bool = False  # val class folders are a subset of the model's classes: map them by name
     calib_size: int = 32  # RepQ-ViT: one batch of augmented train images (reference 32)
     qwt_size: int = 512  # QwT regression images (reference LINEAR_COMPENSATION_SAMPLES = 512)
     calib_augment: bool = True  # reference: training augmentation on the calibration images
@@ -102,10 +106,11 @@ class Plan:
     adapter: FamilyAdapter
     methods: list[str]
     variants: list[str]  # base quantization methods, in order
+    device: str  # resolved and checked ("cpu", "cuda", "cuda:1")
 
 
 def plan_experiment(cfg: ExperimentConfig) -> Plan:
-    """Validate everything that needs no I/O (model, bits, methods, options)."""
+    """Validate everything that needs no I/O (model, bits, methods, options, device)."""
     try:
         spec = resolve_spec(cfg.spec or cfg.model, cfg.model_kwargs or None, cfg.tiny)
     except UnknownModelError as e:
@@ -114,6 +119,9 @@ def plan_experiment(cfg: ExperimentConfig) -> Plan:
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ClassificationError(f"{what} must be an integer in 2..8, got {bits!r}")
     adapter = for_family(spec.family)
+    if cfg.methods is not None and not cfg.methods:
+        raise MethodError(f"--methods names no method; valid methods for {spec.name}: "
+                          + ",".join(["fp"] + [m + s for m in adapter.methods for s in ("", QWT)]))
     methods = list(cfg.methods) if cfg.methods else list(adapter.default_methods)
     valid = ["fp"] + [m + s for m in adapter.methods for s in ("", QWT)]
     bad = [m for m in methods if m not in valid]
@@ -131,9 +139,13 @@ def plan_experiment(cfg: ExperimentConfig) -> Plan:
         if value < low:
             raise ClassificationError(f"{name} must be >= {low}, got {value}")
     if cfg.val_limit is not None and cfg.val_limit < 1:
-        raise ClassificationError(f"--val-limit must be >= 1, got {cfg.val_limit}")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ClassificationError("--device cuda requested but CUDA is not available (use --device cpu)")
+        raise ClassificationError(f"--val-limit must be >= 1 (omit it to evaluate every val image), got {cfg.val_limit}")
+    try:
+        preflight.check_seed(cfg.seed)
+        preflight.check_workers(cfg.workers)
+        device = preflight.parse_device(cfg.device if cfg.device is not None else preflight.default_device())
+    except preflight.PreflightError as e:
+        raise ClassificationError(str(e)) from None
     world = dist_mod.env_world_size()
     if world > 1 and any(m.endswith(QWT) for m in methods) and not cfg.load_state and cfg.qwt_size < world:
         raise ClassificationError(f"--qwt-size {cfg.qwt_size} is smaller than the number of processes "
@@ -142,16 +154,63 @@ def plan_experiment(cfg: ExperimentConfig) -> Plan:
         QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor)
     except ValueError as e:
         raise ClassificationError(f"QwT options: {e}") from None
-    return Plan(spec, adapter, methods, variants)
+    if cfg.model_kwargs:
+        check_constructor_kwargs(spec, cfg.model_kwargs)
+    return Plan(spec, adapter, methods, variants, device)
 
 
-def _peek_state(path: str) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise CheckpointError(f"--load-state {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or "compensated" not in payload:
-        raise CheckpointError(f"--load-state {path} is not a calibrated state written by --save-state")
-    return {"meta": payload.get("meta", {}), "has_qwt": bool(payload["compensated"])}
+def check_outputs(cfg: ExperimentConfig) -> None:
+    """The record folder and the state file can be written (before any work; nothing is left)."""
+    try:
+        if cfg.results_dir is not None:
+            preflight.writable_dir(cfg.results_dir, f"--results-dir {cfg.results_dir}")
+        if cfg.save_state:
+            preflight.state_file_target(cfg.save_state)
+    except preflight.PreflightError as e:
+        raise ClassificationError(str(e)) from None
+
+
+def _describe(meta: dict[str, Any]) -> str:
+    bits = f" W{meta.get('w_bits')}A{meta.get('a_bits')}" if meta.get("w_bits") is not None else ""
+    return f"{meta.get('model')} {meta.get('method')}{bits}"
+
+
+def check_state(cfg: ExperimentConfig, plan: Plan) -> StateInfo:
+    """The ``--load-state`` file is a readable classification state of this model, method, bits
+    and constructor (its weights are checked after the model is built: :func:`check_state_weights`)."""
+    assert cfg.load_state is not None
+    try:
+        info = read_state_info(cfg.load_state)
+    except StateFileError as e:
+        raise CheckpointError(str(e)) from None
+    meta = info.meta
+    if "detector" in meta or "model" not in meta:
+        what = f"a detection state (detector {meta['detector']})" if "detector" in meta else "not a classification state"
+        raise CheckpointError(f"--load-state {cfg.load_state} is {what}: give a state written by "
+                              "python -m classification --save-state")
+    want = {"model": plan.spec.name, "method": plan.variants[0], "w_bits": cfg.w_bits, "a_bits": cfg.a_bits}
+    got = {k: meta.get(k) for k in want}
+    if got != want:
+        raise CheckpointError(f"--load-state {cfg.load_state} was calibrated for {_describe(got)}, "
+                              f"not {_describe(want)}")
+    if meta.get("model_kwargs") != _jsonable(plan.spec.kwargs):
+        raise CheckpointError(f"--load-state {cfg.load_state} was calibrated for {plan.spec.name} built with "
+                              f"{json.dumps(meta.get('model_kwargs'))}, not {json.dumps(_jsonable(plan.spec.kwargs))}")
+    return info
+
+
+def check_state_weights(cfg: ExperimentConfig, info: StateInfo, fingerprint: str) -> None:
+    """The state was calibrated from these FP weights (``weights_fingerprint`` in its meta)."""
+    saved = info.meta.get("weights_fingerprint")
+    if saved is None:
+        raise CheckpointError(f"--load-state {cfg.load_state} does not say which weights it was calibrated "
+                              "from (saved by an older version): calibrate again with --save-state")
+    if saved != fingerprint:
+        source = cfg.checkpoint or ("random init" if not cfg.pretrained or cfg.tiny else "the pretrained weights")
+        raise CheckpointError(f"--load-state {cfg.load_state} was calibrated from other FP weights than {source} "
+                              f"(weights fingerprint {saved}, these are {fingerprint}; the state's config names "
+                              f"checkpoint {info.meta.get('config', {}).get('checkpoint')!r}): pass the weights "
+                              "it was calibrated with")
 
 
 @contextlib.contextmanager
@@ -183,44 +242,54 @@ def _seed_everything(seed: int) -> None:
 
 def run_experiment(cfg: ExperimentConfig, on_record: Callable[[dict[str, Any]], None] | None = None
                    ) -> list[dict[str, Any]]:
-    """Run every method of ``cfg``; returns the records (also written under ``cfg.results_dir``).
+    """Run every method of ``cfg``; returns the records (each also written under ``cfg.results_dir``
+    as soon as its method is evaluated, and passed to ``on_record``).
 
-    Raises :class:`ClassificationError` (before any record is written) on bad input. Under torchrun
+    Raises :class:`ClassificationError` before any work on bad input. Under torchrun
     (``WORLD_SIZE`` > 1) it joins the process group (backend by device) and leaves it at the end;
-    every rank returns the same records.
+    every rank returns the same records; rank 0 writes them.
     """
     plan = plan_experiment(cfg)
-    spec, adapter = plan.spec, plan.adapter
-    quantized = bool(plan.variants)
-    peek = _peek_state(cfg.load_state) if cfg.load_state else None
-    if peek is not None:
-        want = {"model": spec.name, "method": plan.variants[0], "w_bits": cfg.w_bits, "a_bits": cfg.a_bits,
-                "model_kwargs": _jsonable(spec.kwargs)}
-        got = {k: peek["meta"].get(k) for k in want}
-        if got != want:
-            raise CheckpointError(f"--load-state {cfg.load_state} was calibrated for {got}, not {want}")
-    needs_qwt_fit = any(m.endswith(QWT) for m in plan.methods) and not (peek and peek["has_qwt"])
-    need_train = quantized and (peek is None or needs_qwt_fit)
+    check_outputs(cfg)
+    state = check_state(cfg, plan) if cfg.load_state else None
+    needs_qwt_fit = any(m.endswith(QWT) for m in plan.methods) and not (state and state.has_qwt)
+    need_train = bool(plan.variants) and (state is None or needs_qwt_fit)
     classes = data_mod.check_layout(cfg.data_dir, need_train=need_train)
 
-    dinfo = dist_mod.init_from_env(cfg.device)  # after the input checks: bad input fails every rank alike
-    records = _run(cfg, plan, peek, needs_qwt_fit, need_train, classes, dinfo)
-    dist_mod.barrier()  # every rank finished every method: only now are the records written
-    if cfg.results_dir is not None and dinfo.is_main:
-        for rec in records:
-            rec["_path"] = str(write_record(rec, cfg.results_dir))
-            log.info("record %s", rec["_path"])
-    if on_record is not None:
-        for rec in records:
-            on_record(rec)
-    dist_mod.barrier()
-    dist_mod.cleanup(dinfo)
+    dinfo = dist_mod.init_from_env(plan.device)  # after the input checks: bad input fails every rank alike
+    try:
+        records = _run(cfg, plan, state, needs_qwt_fit, need_train, classes, dinfo, on_record)
+        dist_mod.barrier()
+    finally:
+        dist_mod.cleanup(dinfo)
     return records
 
 
-def _run(cfg: ExperimentConfig, plan: Plan, peek: dict[str, Any] | None, needs_qwt_fit: bool, need_train: bool,
-         classes: list[str], dinfo: dist_mod.DistInfo) -> list[dict[str, Any]]:
-    """The body of :func:`run_experiment` once the inputs are checked: the records, not yet written."""
+def _class_targets(cfg: ExperimentConfig, spec: ModelSpec, classes: list[str], n_out: int | None,
+                   trained: bool) -> tuple[list[int] | None, bool]:
+    """(the model's class index of each val class folder or None for the folders' own order,
+    whether the folders are a subset of the model's classes)."""
+    if n_out is None:
+        return None, False
+    if len(classes) > n_out:
+        raise DataLayoutError(f"{cfg.data_dir} has {len(classes)} classes but {spec.name} outputs {n_out}")
+    subset = len(classes) < n_out
+    if cfg.class_subset:
+        return data_mod.subset_targets(classes, n_out), subset
+    if subset and trained:
+        raise DataLayoutError(
+            f"{cfg.data_dir}/val has {len(classes)} class folders but {spec.name} outputs {n_out} classes: numbered "
+            f"0..{len(classes) - 1} they would not be the model's classes; evaluate every class, or pass "
+            "--class-subset to map each folder to the model's class by its name (ImageNet wnid or class index)")
+    return None, subset  # random weights: the folders' order is as good as any (the record says subset)
+
+
+def _run(cfg: ExperimentConfig, plan: Plan, state: StateInfo | None, needs_qwt_fit: bool, need_train: bool,
+         classes: list[str], dinfo: dist_mod.DistInfo, on_record: Callable[[dict[str, Any]], None] | None
+         ) -> list[dict[str, Any]]:
+    """The body of :func:`run_experiment` once the inputs are checked: builds the model and checks
+    what needs it (classes, state weights, QwT blocks), loads the calibration images, then
+    evaluates each method and writes its record."""
     spec, adapter = plan.spec, plan.adapter
     quantized = bool(plan.variants)
     rank, world = dinfo.rank, dinfo.world_size
@@ -228,24 +297,55 @@ def _run(cfg: ExperimentConfig, plan: Plan, peek: dict[str, Any] | None, needs_q
     dist_mod.maybe_inject_failure("start")
     _seed_everything(cfg.seed)
     device = dinfo.device  # cuda:LOCAL_RANK under torchrun
+    random_weights = not cfg.checkpoint and (cfg.tiny or not cfg.pretrained)
     model, spec = build_model(spec, pretrained=cfg.pretrained and not cfg.tiny, checkpoint=cfg.checkpoint,
-                              checkpoint_dir=cfg.checkpoint_dir)
+                              checkpoint_dir=cfg.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
     n_out = _num_outputs(model)
-    if n_out is not None and len(classes) > n_out:
-        raise DataLayoutError(f"{cfg.data_dir} has {len(classes)} classes but {spec.name} outputs {n_out}")
+    targets, class_subset = _class_targets(cfg, spec, classes, n_out, trained=not random_weights)
+    fingerprint = weights_fingerprint(model) if (cfg.save_state or state is not None) else None
+    if state is not None:
+        assert fingerprint is not None
+        check_state_weights(cfg, state, fingerprint)
+    if any(m.endswith(QWT) for m in plan.methods) and needs_qwt_fit:
+        n_blocks = len(adapter.blockwise(model).steps())
+        if cfg.start_block >= n_blocks:
+            raise ClassificationError(f"--start-block {cfg.start_block}: {spec.name} has {n_blocks} QwT blocks "
+                                      f"(0..{n_blocks - 1}); nothing would be compensated")
     model.to(device)
     log.info("%s: %s, %d val classes, methods %s", spec.name,
              cfg.checkpoint or (spec.timm_name if cfg.pretrained and not cfg.tiny else "random init"),
              len(classes), ",".join(plan.methods))
 
-    loader = data_mod.val_loader(spec, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.val_limit, rank, world)
+    loader = data_mod.val_loader(spec, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.val_limit, rank, world,
+                                 targets=targets)
     val_ds = loader.dataset
     n_val = len(val_ds.dataset if isinstance(val_ds, Subset) else val_ds)  # type: ignore[arg-type]
     partial = cfg.val_limit is not None and cfg.val_limit < n_val
-    base_config = {**cfg.to_dict(), "methods": plan.methods, "timm_name": spec.timm_name,
+    dataset = dataset_entry(cfg.suite, cfg.data_dir, "val", n_val, len(classes), class_subset)
+
+    # every calibration image is decoded now, before any evaluation: a bad train image stops the run here
+    calib: torch.Tensor | None = None
+    qwt_batches: list[torch.Tensor] = []
+    qwt_images = 0
+    if need_train:
+        t0 = time.perf_counter()
+        calib, qwt_batches = data_mod.calibration_sets(
+            spec, cfg.data_dir, cfg.calib_size, cfg.qwt_size, cfg.seed, cfg.batch_size,
+            augment=cfg.calib_augment, need_qwt=needs_qwt_fit, progress=progress, rank=rank,
+            world_size=world, need_calib=dinfo.is_main or state is not None)
+        if dinfo.distributed and state is None:
+            calib = dist_mod.broadcast_tensor(calib)  # chosen once, on rank 0
+        n_qwt = sum(len(b) for b in qwt_batches)
+        qwt_images = sum(dist_mod.gather_objects(n_qwt))  # the same global set whatever the world size
+        log.info("calibration data: %d RepQ-ViT + %d QwT train images%s (%.1fs)", len(calib) if calib is not None else 0,
+                 qwt_images, f" ({n_qwt} on rank {rank} of {world})" if dinfo.distributed else "",
+                 time.perf_counter() - t0)
+
+    base_config = {**cfg.to_dict(), "device": plan.device, "methods": plan.methods, "timm_name": spec.timm_name,
                    "arch": spec.arch, "family": spec.family, "input_size": spec.input_size,
                    "crop_pct": spec.crop_pct, "interpolation": spec.interpolation, "mean": list(spec.mean),
-                   "std": list(spec.std), "model_kwargs": spec.kwargs, "paper_fp_top1": spec.paper_fp_top1}
+                   "std": list(spec.std), "model_kwargs": spec.kwargs, "model_overrides": dict(cfg.model_kwargs),
+                   "paper_fp_top1": spec.paper_fp_top1, "weights_fingerprint": fingerprint}
     records: list[dict[str, Any]] = []
 
     def emit(method: str, res: EvalResult, times: dict[str, float], size: dict[str, Any],
@@ -254,10 +354,15 @@ def _run(cfg: ExperimentConfig, plan: Plan, peek: dict[str, Any] | None, needs_q
         rec = make_record(
             suite=cfg.suite, model=spec.name, method=method, w_bits=None if fp else cfg.w_bits,
             a_bits=None if fp else cfg.a_bits, metrics=res.metrics, images=res.images, partial=partial,
-            seed=cfg.seed, config={**base_config, **(extra_config or {})},
+            dataset=dataset, seed=cfg.seed, config={**base_config, **(extra_config or {})},
             times={**times, "eval_s": res.seconds}, blocks=[b.to_dict() for b in blocks or []],
-            model_size=size, command=cfg.command, device=str(torch.device(cfg.device)), world_size=world)
+            model_size=size, command=cfg.command, device=str(torch.device(plan.device)), world_size=world)
+        if cfg.results_dir is not None and dinfo.is_main:  # written now: a later failure keeps it
+            rec["_path"] = str(write_record(rec, cfg.results_dir))
+            log.info("record %s", rec["_path"])
         records.append(rec)
+        if on_record is not None:
+            on_record(rec)
         m = res.metrics
         log.info("%s %s%s: top1 %.2f top5 %.2f%s (%d images)", spec.name, method,
                  "" if fp else f" w{cfg.w_bits}a{cfg.a_bits}", m["top1"], m["top5"],
@@ -282,23 +387,6 @@ def _run(cfg: ExperimentConfig, plan: Plan, peek: dict[str, Any] | None, needs_q
         fp_ref = res.logprobs
         emit("fp", res, {}, model_size(model).to_dict())
 
-    calib: torch.Tensor | None = None
-    qwt_batches: list[torch.Tensor] = []
-    qwt_images = 0
-    if need_train:
-        t0 = time.perf_counter()
-        calib, qwt_batches = data_mod.calibration_sets(
-            spec, cfg.data_dir, cfg.calib_size, cfg.qwt_size, cfg.seed, cfg.batch_size,
-            augment=cfg.calib_augment, need_qwt=needs_qwt_fit, progress=progress, rank=rank,
-            world_size=world, need_calib=dinfo.is_main or peek is not None)
-        if dinfo.distributed and peek is None:
-            calib = dist_mod.broadcast_tensor(calib)  # chosen once, on rank 0
-        n_qwt = sum(len(b) for b in qwt_batches)
-        qwt_images = sum(dist_mod.gather_objects(n_qwt))  # the same global set whatever the world size
-        log.info("calibration data: %d RepQ-ViT + %d QwT train images%s (%.1fs)", len(calib) if calib is not None else 0,
-                 qwt_images, f" ({n_qwt} on rank {rank} of {world})" if dinfo.distributed else "",
-                 time.perf_counter() - t0)
-
     qwt_cfg = QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor)
     for i, variant in enumerate(plan.variants):
         qmodel = model if i == len(plan.variants) - 1 else copy.deepcopy(model)
@@ -310,13 +398,13 @@ def _run(cfg: ExperimentConfig, plan: Plan, peek: dict[str, Any] | None, needs_q
                           "qwt_images": qwt_images}
         times: dict[str, float] = {}
         has_qwt = False
-        if peek is not None:
+        if state is not None:
             assert cfg.load_state is not None
             try:
                 load_state(qmodel, cfg.load_state, map_location=device)
             except ValueError as e:
                 raise CheckpointError(str(e).splitlines()[0]) from e
-            has_qwt = peek["has_qwt"]
+            has_qwt = state.has_qwt
             variant_config["loaded_state"] = cfg.load_state
             log.info("loaded calibrated state %s (QwT: %s)", cfg.load_state, has_qwt)
         else:
@@ -343,10 +431,11 @@ def _run(cfg: ExperimentConfig, plan: Plan, peek: dict[str, Any] | None, needs_q
                 has_qwt = True
             emit(variant + QWT, run_eval(qmodel, variant + QWT, ref=fp_ref), times,
                  model_size(qmodel).to_dict(), reports, extra_config={**variant_config, "qwt": asdict(qwt_cfg)})
-        if cfg.save_state and (peek is None or reports) and dinfo.is_main:
+        if cfg.save_state and (state is None or reports) and dinfo.is_main:
             save_state(qmodel, cfg.save_state, meta={"model": spec.name, "method": variant, "w_bits": cfg.w_bits,
                                                      "a_bits": cfg.a_bits, "model_kwargs": _jsonable(spec.kwargs),
-                                                     "qwt": has_qwt, "config": cfg.to_dict()})
+                                                     "qwt": has_qwt, "weights_fingerprint": fingerprint,
+                                                     "config": _jsonable(cfg.to_dict())})
             log.info("saved calibrated state to %s", cfg.save_state)
         if qmodel is not model:
             del qmodel

@@ -8,13 +8,18 @@
   ``qwerty_calibration`` dataset keeps), through mmdet's
   ``LoadImageFromFile -> Resize(size x size, keep_ratio=False) -> PackDetInputs`` (no flip),
   normalized by the detector's own ``data_preprocessor`` -> (B, 3, size, size).
+- Unreadable images: :func:`check_images` decodes the images a run will calibrate on before any
+  work (with mmcv's decoder, as the pipeline does) and names the first bad file;
+  :func:`unreadable_image` finds the file in the error mmcv raises for a bad image met during an
+  evaluation.
 """
 from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from mmengine.config import Config, ConfigDict
@@ -182,3 +187,38 @@ def probe_inputs(cfg: Config, model: nn.Module, n: int) -> list[Tensor]:
     items = range(1, min(n + 1, len(dataset)))
     return [model.data_preprocessor(pseudo_collate([dataset[i]]), False)["inputs"] for i in items]
 
+
+def test_image_files(cfg: Config, count: int) -> list[Path]:
+    """The files of the first ``count`` items of the test dataset (what the RepQ-ViT calibration
+    and the feature probes read)."""
+    from mmdet.registry import DATASETS
+
+    dataset = DATASETS.build(copy.deepcopy(cfg.test_dataloader.dataset))
+    return [Path(dataset.get_data_info(i)["img_path"]) for i in range(min(count, len(dataset)))]
+
+
+def check_images(files: Iterable[Path], what: str) -> int:
+    """Decode every file with mmcv (the pipeline's decoder); raises :class:`DataError` naming the
+    first one that is missing or cannot be decoded. Returns how many were checked."""
+    import mmcv
+
+    n = 0
+    for path in files:
+        try:
+            img = mmcv.imfrombytes(Path(path).read_bytes())
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {what} image {path} ({' '.join(str(e).split())})") from None
+        if img is None:
+            raise DataError(f"cannot read {what} image {path} (not a decodable image); remove or replace the file")
+        n += 1
+    return n
+
+
+_LOAD_FAILURE = re.compile(r"failed to load image: (\S+)")
+
+
+def unreadable_image(error: BaseException) -> str | None:
+    """The file named by mmcv's image-loading failure in ``error`` (also when raised in a loader
+    worker), else None."""
+    found = [f for f in _LOAD_FAILURE.findall(str(error)) if "{" not in f]  # not the quoted source line
+    return found[-1] if found else None

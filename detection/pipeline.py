@@ -6,8 +6,16 @@ requested methods in order with mmengine's Runner test loop and CocoMetric (bbox
     repq+qwt  the RepQ-ViT model plus QwT compensation on every Swin block, fitted on
               ``qwt_size`` train2017 images at ``qwt_img_size`` (compensation kept in fp32)
 
-Each evaluated method gives one record (``benchmarks.records``, suite "coco", metrics in
-percent) written to ``results_dir`` on rank 0. ``run_experiment`` is what the CLI calls.
+Each evaluated method gives one record (:mod:`qwt_core.records`, suite "coco", metrics in
+percent) written to ``results_dir`` on rank 0 as soon as the method is evaluated, so a run that
+fails later keeps them. ``run_experiment`` is what the CLI calls.
+
+Before any work (:func:`check_request`): options in range (bits, methods, seed, workers, device,
+sizes), output folder and state file writable, COCO files present, checkpoint readable and of this
+detector, ``--load-state`` a readable detection state of this detector and bits, and the images
+the calibration will read (first val image, probe images, QwT train images) decodable. After the
+weights are loaded and before the FP evaluation: the state's weights fingerprint and
+``--start-block`` against the backbone's blocks.
 """
 from __future__ import annotations
 
@@ -22,9 +30,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from benchmarks.records import RECORDS_DIR, make_record, write_record
 from qwt_core import (QwTConfig, check_bits, fit_qwt, load_state, model_size, quantizers, save_state,
-                      set_quant_state)
+                      set_quant_state, weights_fingerprint)
+from qwt_core import preflight
+from qwt_core.records import RECORDS_DIR, dataset_entry, make_record, write_record
+from qwt_core.state_io import StateFileError, StateInfo, read_state_info
 
 METHODS = ("fp", "repq", "repq+qwt")
 DEFAULT_CKPT_DIR = "checkpoints"
@@ -46,7 +56,7 @@ class DetectionRun:
     w_bits: int = 4
     a_bits: int = 4
     methods: Sequence[str] = METHODS
-    device: str = "cpu"
+    device: str | None = None  # None: cuda when torch sees a GPU, else cpu
     qwt_size: int = 512  # train2017 images for the QwT regression (SPEC: 512)
     qwt_img_size: int = 224  # square resize, keep_ratio False, no flip (SPEC)
     qwt_batch_size: int = 8
@@ -59,7 +69,7 @@ class DetectionRun:
     save_state: str | None = None
     load_state: str | None = None
     work_dir: str | None = None  # mmengine logs; default work_dirs/<detector>
-    workers: int = 2  # test dataloader workers
+    workers: int = field(default_factory=lambda: preflight.default_workers(2))  # test dataloader workers (<= CPUs)
     launcher: str = "none"  # none | pytorch (torchrun)
     log_interval: int = 50
     cfg_options: dict[str, Any] = field(default_factory=dict)
@@ -69,22 +79,41 @@ class DetectionRun:
 
 
 def _validate(run: DetectionRun) -> None:
+    """Options that need no file: bits, methods, seed, workers, sizes, device (normalized in place)."""
     for what, bits in (("--w-bits", run.w_bits), ("--a-bits", run.a_bits)):
         try:
             check_bits(bits)
         except ValueError:
             raise ExperimentError(f"{what} must be an integer in 2..8, got {bits!r}") from None
+    if not run.methods:
+        raise ExperimentError(f"--methods names no method; choose from {','.join(METHODS)}")
     bad = [m for m in run.methods if m not in METHODS]
-    if bad or not run.methods:
-        raise ExperimentError(f"unknown methods {bad or '(none)'}; choose from {', '.join(METHODS)}")
+    if bad:
+        raise ExperimentError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+    if len(set(run.methods)) != len(run.methods):
+        raise ExperimentError(f"duplicate methods in {','.join(run.methods)}")
     if (run.detector is None) == (run.config is None):
         raise ExperimentError("give exactly one of --detector NAME or --config PATH")
     if run.val_limit is not None and run.val_limit < 1:
-        raise ExperimentError(f"--val-limit must be >= 1, got {run.val_limit}")
+        raise ExperimentError(f"--val-limit must be >= 1 (omit it to evaluate every val image), got {run.val_limit}")
     if run.window_pad not in ("exact", "zero"):
         raise ExperimentError(f"--window-pad must be 'exact' or 'zero', got {run.window_pad!r}")
-    if run.qwt_size < 1 or run.qwt_img_size < 32:
-        raise ExperimentError("--qwt-size must be >= 1 and --qwt-img-size >= 32")
+    if run.qwt_size < 1 or run.qwt_img_size < 32 or run.qwt_batch_size < 1:
+        raise ExperimentError("--qwt-size and --qwt-batch-size must be >= 1 and --qwt-img-size >= 32")
+    if run.start_block < 0:
+        raise ExperimentError(f"--start-block must be >= 0, got {run.start_block}")
+    if run.feature_probe < 0:
+        raise ExperimentError(f"--feature-probe must be >= 0, got {run.feature_probe}")
+    try:
+        preflight.check_seed(run.seed)
+        preflight.check_workers(run.workers)
+        run.device = preflight.parse_device(run.device if run.device is not None else preflight.default_device())
+        if run.results_dir is not None:
+            preflight.writable_dir(run.results_dir, f"--results-dir {run.results_dir}")
+        if run.save_state:
+            preflight.state_file_target(run.save_state)
+    except preflight.PreflightError as e:
+        raise ExperimentError(str(e)) from None
 
 
 def resolve(run: DetectionRun) -> tuple[str, Path, str | None]:
@@ -212,27 +241,20 @@ def feature_error(feats: list[list[torch.Tensor]], ref: list[list[torch.Tensor]]
     return num / den if den > 0 else 0.0
 
 
-def _full_size(cfg) -> int | None:  # noqa: ANN001
-    import json
-
-    from .data import test_paths
-
-    ann, _ = test_paths(cfg)
-    try:
-        return len(json.loads(ann.read_text())["images"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _check_state(run: DetectionRun) -> None:
-    """Refuse, before anything is evaluated, a --load-state that cannot serve the methods."""
+def _check_state(run: DetectionRun, name: str) -> StateInfo:
+    """Refuse, before anything is evaluated, a --load-state that is not a readable state of this
+    detector or cannot serve the methods (its weights are checked once the model is loaded)."""
     path = Path(run.load_state)  # type: ignore[arg-type]
-    if not path.is_file():
-        raise ExperimentError(f"--load-state {path} not found")
-    payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file
-    if not isinstance(payload, dict) or "meta" not in payload:
-        raise ExperimentError(f"--load-state {path} is not a calibrated state written by --save-state")
-    meta = payload["meta"]
+    try:
+        info = read_state_info(path)
+    except StateFileError as e:
+        raise ExperimentError(str(e)) from None
+    meta = info.meta
+    if "detector" not in meta:
+        what = f"a classification state (model {meta['model']})" if "model" in meta else "not a detection state"
+        raise ExperimentError(f"--load-state {path} is {what}: give a state written by qwt-detect --save-state")
+    if meta["detector"] != name:
+        raise ExperimentError(f"--load-state {path} was calibrated for the detector {meta['detector']}, not {name}")
     if meta.get("qwt") and "repq" in run.methods:
         raise ExperimentError(f"--load-state {path} holds QwT compensation: it can only evaluate "
                               "repq+qwt (drop repq from --methods)")
@@ -240,10 +262,66 @@ def _check_state(run: DetectionRun) -> None:
     if None not in bits and bits != (run.w_bits, run.a_bits):
         raise ExperimentError(f"--load-state {path} was calibrated at W{bits[0]}A{bits[1]}, "
                               f"not W{run.w_bits}A{run.a_bits}")
+    if meta.get("window_pad", run.window_pad) != run.window_pad:
+        raise ExperimentError(f"--load-state {path} was calibrated with --window-pad {meta['window_pad']}, "
+                              f"not {run.window_pad}")
+    return info
+
+
+def _check_state_weights(run: DetectionRun, info: StateInfo, fingerprint: str, ckpt: Path) -> None:
+    """The state was calibrated from these FP weights (``weights_fingerprint`` in its meta)."""
+    saved = info.meta.get("weights_fingerprint")
+    if saved is None:
+        raise ExperimentError(f"--load-state {run.load_state} does not say which weights it was calibrated "
+                              "from (saved by an older version): calibrate again with --save-state")
+    if saved != fingerprint:
+        raise ExperimentError(f"--load-state {run.load_state} was calibrated from other FP weights than {ckpt} "
+                              f"(weights fingerprint {saved}, these are {fingerprint}; the state names checkpoint "
+                              f"{info.meta.get('checkpoint')!r}): pass the checkpoint it was calibrated with")
+
+
+def _split_info(cfg) -> tuple[int | None, int | None]:  # noqa: ANN001
+    """(images, categories) of the test annotation file (None when unreadable)."""
+    import json
+
+    from .data import test_paths
+
+    ann, _ = test_paths(cfg)
+    try:
+        coco = json.loads(ann.read_text())
+        return len(coco["images"]), len(coco.get("categories", []))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+
+
+def _n_blocks(model: nn.Module) -> int:
+    from .adapters import SwinBackboneAdapter
+
+    return len(SwinBackboneAdapter(model).steps())
+
+
+def check_request(run: DetectionRun, cfg, name: str, url: str | None) -> tuple[Path, StateInfo | None]:  # noqa: ANN001
+    """Everything that can be checked before the model is built: COCO files, checkpoint file,
+    ``--load-state``, and the images the calibration will read. Returns (checkpoint, state)."""
+    from .data import check_images, check_inputs, qwt_image_files, test_image_files
+
+    if run.data_root is None:
+        raise ExperimentError("pass --data-root (make ... COCO=/path/to/coco)")
+    fit_qwt_here = "repq+qwt" in run.methods and run.load_state is None
+    check_inputs(cfg, need_train=fit_qwt_here)
+    ckpt = _checkpoint_path(run, url)  # read (and matched to the detector) right after the build
+    state = _check_state(run, name) if run.load_state is not None else None
+    calibrating = bool({"repq", "repq+qwt"} & set(run.methods)) and run.load_state is None
+    # test item 0 calibrates RepQ-ViT, items 1..feature_probe are the feature-error probes
+    n_test = max(1 if calibrating else 0, 1 + run.feature_probe if run.feature_probe > 0 else 0)
+    check_images(test_image_files(cfg, n_test), "val")
+    if fit_qwt_here and not (state and state.has_qwt):
+        check_images(qwt_image_files(cfg, run.qwt_size, run.seed), "QwT train")
+    return ckpt, state
 
 
 def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
-    """Run the requested methods; returns the records (also written on rank 0)."""
+    """Run the requested methods; returns the records (each written on rank 0 once evaluated)."""
     _validate(run)
     name, config_path, url = resolve(run)
     import mmdet  # noqa: F401  (registers modules)
@@ -255,19 +333,15 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     from . import metrics as _metrics  # noqa: F401  (registers SubsetCocoMetric)
     from .adapters import SwinBackboneAdapter
     from .convert import load_detector_weights
-    from .data import check_inputs, first_test_batch, probe_inputs, qwt_batches, train_filter_cfg
+    from .data import first_test_batch, probe_inputs, qwt_batches, train_filter_cfg, unreadable_image
     from .quantize import calibrate_detector, quantize_detector
 
     register_all_modules(init_default_scope=True)
     work_dir = run.work_dir or os.path.join("work_dirs", name)
     cfg = load_config(run, config_path, work_dir)
-    if run.data_root is None:
-        raise ExperimentError("pass --data-root (make ... COCO=/path/to/coco)")
+    ckpt, state = check_request(run, cfg, name, url)
+    assert run.device is not None  # resolved by _validate
     need_qwt = "repq+qwt" in run.methods
-    check_inputs(cfg, need_train=need_qwt and run.load_state is None)
-    ckpt = _checkpoint_path(run, url)
-    if run.load_state is not None:
-        _check_state(run)
 
     if run.launcher != "none":  # torchrun: backend by device (nccl on CUDA, gloo on CPU), cuda:LOCAL_RANK
         init_from_env(run.device, force=True)  # (mmengine's init_dist assumes CUDA); the Runner reuses it
@@ -277,8 +351,29 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
 
     model = build_detector(cfg, run.device, distributed)
     ck_info = load_detector_weights(model, ckpt, name)
-    evaluate = Evaluator(cfg, work_dir, run.launcher)
-    full = _full_size(cfg)
+    fingerprint = weights_fingerprint(model) if (run.save_state or state is not None) else None
+    if state is not None:
+        assert fingerprint is not None
+        _check_state_weights(run, state, fingerprint, ckpt)
+    if need_qwt and not (state and state.has_qwt):
+        n_blocks = _n_blocks(model)
+        if run.start_block >= n_blocks:
+            raise ExperimentError(f"--start-block {run.start_block}: the backbone of {name} has {n_blocks} Swin "
+                                  f"blocks (0..{n_blocks - 1}); nothing would be compensated")
+    coco_eval = Evaluator(cfg, work_dir, run.launcher)
+
+    def evaluate(net: nn.Module, tag: str) -> tuple[dict[str, float], int, float]:
+        try:
+            return coco_eval(net, tag)
+        except Exception as e:  # noqa: BLE001 - only a bad image is turned into a message, the rest re-raised
+            path = unreadable_image(e)
+            if path is None:
+                raise
+            raise ExperimentError(f"cannot read val image {path}; remove or replace the file (records of the "
+                                  "methods already evaluated are kept)") from None
+
+    split_images, categories = _split_info(cfg)
+    dataset = dataset_entry("coco", cfg.get("data_root"), "test", split_images, categories)
     base_config = {
         "detector": name, "config_file": str(config_path), "checkpoint": str(ckpt),
         "checkpoint_format": ck_info["format"], "data_root": str(cfg.get("data_root")),
@@ -288,7 +383,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         "qwt_calibration": f"{run.qwt_size} train images, {run.qwt_img_size}x{run.qwt_img_size}, keep_ratio False, no flip, seeded sample of the images the training dataset keeps (filter_cfg {train_filter_cfg(cfg)})",
         "patch_embed_a_bits": 8, "attn_scale": "q * scale before matmul1 (mmdet/RepQ-ViT)",
         "window_pad": run.window_pad,  # zero: the reference; exact: padding after the reparameterized norm1 is -b
-        "methods": list(run.methods), "launcher": run.launcher,
+        "methods": list(run.methods), "launcher": run.launcher, "device": run.device,
+        "weights_fingerprint": fingerprint,
     }
     records: list[dict[str, Any]] = []
     probes = probe_inputs(cfg, model, run.feature_probe) if run.feature_probe > 0 else []
@@ -306,7 +402,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         rec = make_record(
             suite="coco", model=name, method=method, w_bits=None if fp else run.w_bits,
             a_bits=None if fp else run.a_bits, metrics=metrics, images=images,
-            partial=run.val_limit is not None and (full is None or images < full), seed=run.seed,
+            partial=run.val_limit is not None and (split_images is None or images < split_images),
+            dataset=dataset, seed=run.seed,
             config={**base_config, **extra_cfg, **({} if fp else {"w_bits": run.w_bits, "a_bits": run.a_bits})},
             times=times, blocks=blocks, model_size=size, command=run.command, device=run.device,
             world_size=world, metrics_absent=absent, coco_raw={k: v for k, v in metrics_raw.items()})
@@ -316,6 +413,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
             print(f"[{name}] {method}: box AP {metrics['bbox_mAP']:.1f} / mask AP {metrics['segm_mAP']:.1f} "
                   f"({images} images) -> {path}", flush=True)
 
+    state_meta = {"detector": name, "w_bits": run.w_bits, "a_bits": run.a_bits, "checkpoint": str(ckpt),
+                  "weights_fingerprint": fingerprint, "window_pad": run.window_pad}
     if "fp" in run.methods:
         m, n_img, t = evaluate(model, f"{name}_fp")
         record("fp", m, n_img, {"eval_s": t}, [], model_size(model).to_dict(), {})
@@ -329,7 +428,10 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     blocks: list[dict] = []
     has_qwt = False
     if run.load_state:
-        meta = load_state(model, run.load_state, map_location=run.device)
+        try:
+            meta = load_state(model, run.load_state, map_location=run.device)
+        except ValueError as e:
+            raise ExperimentError(" ".join(str(e).split())[:300]) from None
         has_qwt = bool(meta.get("qwt"))
         blocks = list(meta.get("blocks", []))
         print(f"[{name}] loaded calibrated state {run.load_state} (qwt={has_qwt})", flush=True)
@@ -349,8 +451,7 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         record("repq", m, n_img, {"calibration_s": t_cal, "eval_s": t}, [], size, {})
     if not need_qwt:
         if run.save_state and rank == 0:
-            save_state(model, run.save_state, {"detector": name, "qwt": False, "blocks": [],
-                                               "w_bits": run.w_bits, "a_bits": run.a_bits})
+            save_state(model, run.save_state, {**state_meta, "qwt": False, "blocks": []})
         return records
 
     # --- QwT on the Swin backbone blocks ---------------------------------------------------------
@@ -380,8 +481,7 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         blocks = [r.to_dict() for r in reports]
     t_qwt = time.time() - t0
     if run.save_state and rank == 0:
-        save_state(model, run.save_state, {"detector": name, "qwt": True, "blocks": blocks,
-                                           "w_bits": run.w_bits, "a_bits": run.a_bits})
+        save_state(model, run.save_state, {**state_meta, "qwt": True, "blocks": blocks})
     m, n_img, t = evaluate(model, f"{name}_repq_qwt_w{run.w_bits}a{run.a_bits}")
     record("repq+qwt", m, n_img, {"calibration_s": t_cal, "qwt_s": t_qwt, "eval_s": t}, blocks,
            model_size(model).to_dict(), {"qwt_state_loaded": has_qwt})

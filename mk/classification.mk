@@ -1,15 +1,15 @@
 # ImageNet classification (RepQ-ViT + QwT): one target per (model, bits), see docs/classification.md.
 #   make imagenet-deit_small-w4a4 IMAGENET=/data/imagenet           # fp, repq, repq+qwt records
 #   make imagenet-resnet50-w4a4 IMAGENET=/data/imagenet CKPT_DIR=/ckpt  # fp, percentile, percentile+qwt
+#                                                               # (default CKPT_DIR: checkpoints/)
 #   make imagenet-resnet50-strict-w4a4 ...                          # conv inputs at 4 bits too
 #   make imagenet-all                                               # the whole QwT table
 # Any bits 2..8 work (imagenet-deit_tiny-w3a5). CLS_ARGS passes extra CLI options
 # (e.g. CLS_ARGS="--val-limit 1000"); CLS_TABLES=0 skips regenerating the tables.
 # GPUS=N (N > 1) runs N processes under torchrun (python -m torch.distributed.run --standalone):
 #   make imagenet-deit_small-w4a4 IMAGENET=/data/imagenet DEVICE=cuda GPUS=8   # see docs/distributed.md
+# CKPT_DIR (default checkpoints/) and DEVICE (default: cuda when torch sees a GPU) come from the Makefile.
 IMAGENET   ?= data/imagenet
-CKPT_DIR   ?= pretrained_weights
-DEVICE     ?= cpu
 CLS_ARGS   ?=
 CLS_TABLES ?= 1
 cls_comma  := ,

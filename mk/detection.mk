@@ -1,11 +1,11 @@
 # COCO detection: RepQ-ViT and QwT on the five Swin detectors of the QwT COCO table (mmdet 3.3).
 #   make coco-cascade_mask_rcnn_swin_t-w4a4 COCO=/data/coco [CKPT_DIR=checkpoints] [DEVICE=cuda] [GPUS=1]
-#   make coco-all COCO=/data/coco DEVICE=cuda        # every row: W4A4 and W6A6 (+ FP once)
-# Release checkpoints (Swin-Transformer-Object-Detection, see docs/detection.md) go in CKPT_DIR.
+#   make coco-all COCO=/data/coco                    # every row: W4A4 and W6A6 (+ FP once)
+# Release checkpoints (Swin-Transformer-Object-Detection, see docs/detection.md) go in CKPT_DIR
+# (default checkpoints/, set in the Makefile with DEVICE: cuda when torch sees a GPU, else cpu).
 # COCO_METHODS picks the methods (default fp,repq,repq+qwt); COCO_ARGS passes extra CLI options
 # (e.g. COCO_ARGS="--val-limit 500").
 COCO         ?= data/coco
-CKPT_DIR     ?= checkpoints
 COCO_METHODS ?= fp,repq,repq+qwt
 COCO_ARGS    ?=
 COCO_DETECTORS := mask_rcnn_swin_t mask_rcnn_swin_s cascade_mask_rcnn_swin_t cascade_mask_rcnn_swin_s cascade_mask_rcnn_swin_b

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,6 +22,46 @@ from torch import nn
 from .qwt.compensation import CompensatedBlock, build_compensation
 
 FORMAT = "qwt-state/1"
+
+
+class StateFileError(ValueError):
+    """A calibrated-state file that cannot be used; the message names the file, in one line."""
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    """What a calibrated-state file says about itself, read before a model is built."""
+
+    meta: dict[str, Any]  # what save_state was given (model / detector, method, bits, fingerprint, ...)
+    compensated: tuple[str, ...]  # names of the blocks that carry QwT compensation
+
+    @property
+    def has_qwt(self) -> bool:
+        return bool(self.compensated)
+
+
+def read_state_info(path: str | os.PathLike[str], what: str = "--load-state") -> StateInfo:
+    """Open a state written by :func:`save_state` without a model: its meta and compensated blocks.
+
+    Raises :class:`StateFileError` (one line naming the file) for a missing, truncated or foreign
+    file. The file is read with ``weights_only=True`` (tensors, dicts, lists, numbers, strings),
+    so reading a foreign pickle runs no code."""
+    path = Path(path)
+    if not path.is_file():
+        raise StateFileError(f"{what} {path}: "
+                             + ("is a folder, not a state file" if path.is_dir() else "does not exist"))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile,
+            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
+        reason = (" ".join(str(e).split()).split(". ")[0] or type(e).__name__)[:120]
+        raise StateFileError(f"{what} {path}: not a readable calibrated state written by --save-state "
+                             f"(truncated or another kind of file: {type(e).__name__}: {reason})") from None
+    if (not isinstance(payload, dict) or payload.get("format") != FORMAT
+            or not isinstance(payload.get("compensated"), dict) or not isinstance(payload.get("meta", {}), dict)):
+        raise StateFileError(f"{what} {path}: not a calibrated state written by --save-state "
+                             f"(expected format {FORMAT})")
+    return StateInfo(dict(payload.get("meta") or {}), tuple(payload["compensated"]))
 
 
 def state_dict_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
@@ -72,8 +115,11 @@ def save_state(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, A
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed save leaves no partial file behind
 
 
 def load_state(model: nn.Module, path: str | os.PathLike[str],

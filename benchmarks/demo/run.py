@@ -4,7 +4,9 @@ For each demo model, bit width and calibration seed, one invocation of the suite
 (``classification.pipeline`` / ``detection.pipeline``, the code paths of the paper tables) runs
 FP, the quantized baseline (RepQ-ViT; "Percentile" for the ResNet) and the baseline + QwT, and
 writes one record per method under ``results/records/demo/``. Then ``results/demo.md`` is
-rendered from the records by :func:`benchmarks.demo_table.render_demo` (mean ± std over seeds).
+rendered from the records by :func:`benchmarks.demo_table.render_demo` (mean ± std over seeds, and
+the seed-by-seed comparison of each method + QwT with its baseline, also printed at the end). The demo
+runs on the CPU (``device="cpu"``), as documented, whatever GPU the machine has.
 
 Records of a (model, method, bits, seed) that this run produces replace the older ones, so the
 table always describes one consistent run per seed (a partial ``--test-limit`` record never
@@ -122,7 +124,7 @@ def run_classifier(job: Job, s: Settings, records_root: Path, command: str) -> l
 
     cfg = ExperimentConfig(
         model=job.model, data_dir=str(data.DEFAULT_ROOT), w_bits=job.bits, a_bits=job.bits,
-        methods=job.methods, checkpoint=str(s.checkpoints / f"{job.model}.pth"), workers=0,
+        methods=job.methods, checkpoint=str(s.checkpoints / f"{job.model}.pth"), workers=0, device="cpu",
         seed=job.seed, calib_size=s.calib_size, qwt_size=s.qwt_size, val_limit=s.test_limit,
         results_dir=str(records_root), suite=SUITE, command=command, progress=False)
     return [Path(r["_path"]) for r in run_experiment(cfg)]
@@ -140,7 +142,7 @@ def run_detector(job: Job, s: Settings, records_root: Path, command: str) -> lis
         run = DetectionRun(
             config=str(DETECTOR_CONFIG), data_root=str(detection_data.DEFAULT_ROOT),
             checkpoint=str(s.checkpoints / f"{DETECTOR}.pth"), w_bits=job.bits, a_bits=job.bits,
-            methods=job.methods, seed=job.seed, qwt_size=s.det_qwt_size, qwt_img_size=s.det_qwt_img_size,
+            methods=job.methods, seed=job.seed, device="cpu", qwt_size=s.det_qwt_size, qwt_img_size=s.det_qwt_img_size,
             qwt_batch_size=16, val_limit=s.test_limit, results_dir=tmp, workers=0, log_interval=10**6,
             work_dir=str(Path(tmp) / "work_dir"), command=command,
             cfg_options={"log_level": "WARNING"})
@@ -164,32 +166,6 @@ def summary(paths: list[Path]) -> str:
             text = f"box {m.get('bbox_mAP', float('nan')):.1f} mask {m.get('segm_mAP', float('nan')):.1f}"
         parts.append(f"{rec['method']} {text}")
     return " | ".join(parts)
-
-
-def qwt_effect(records: list[dict[str, Any]]) -> list[str]:
-    """Seed-by-seed comparison of baseline + QwT with its baseline, per model and bits: the
-    relative change of KL(FP || Q) (classifiers) or the change of box / mask AP (detector)."""
-    by_key = {(r["model"], r["method"], r["w_bits"], r["seed"]): r["metrics"] for r in records}
-    lines = []
-    for (model, method, bits, _) in sorted({k[:3] + (0,) for k in by_key if k[1].endswith("+qwt")}):
-        base = method.removesuffix("+qwt")
-        pairs = [(by_key[(model, base, bits, s)], m) for (mo, me, b, s), m in sorted(by_key.items())
-                 if (mo, me, b) == (model, method, bits) and (model, base, bits, s) in by_key]
-        if not pairs:
-            continue
-        if "kl_fp" in pairs[0][1]:
-            rel = [100 * (q["kl_fp"] - b["kl_fp"]) / b["kl_fp"] for b, q in pairs if b["kl_fp"] > 0]
-            d1 = [q["top1"] - b["top1"] for b, q in pairs]
-            lines.append(f"{model} W{bits}A{bits}: KL(FP||Q) {method} vs {base}: "
-                         + ", ".join(f"{r:+.0f}%" for r in rel)
-                         + f" (lower in {sum(r < 0 for r in rel)}/{len(rel)} seeds); top-1 "
-                         + ", ".join(f"{d:+.2f}" for d in d1))
-        else:
-            db = [q["bbox_mAP"] - b["bbox_mAP"] for b, q in pairs]
-            dm = [q["segm_mAP"] - b["segm_mAP"] for b, q in pairs]
-            lines.append(f"{model} W{bits}A{bits}: {method} vs {base}: box AP "
-                         + ", ".join(f"{d:+.1f}" for d in db) + "; mask AP " + ", ".join(f"{d:+.1f}" for d in dm))
-    return lines
 
 
 def _ints(text: str) -> list[int]:
@@ -237,12 +213,12 @@ def main(argv: list[str] | None = None) -> int:
             replace_older(records_root, paths)
             written += paths
             bar.write(f"[demo] {job.label}: " + summary(paths))
-    from benchmarks.demo_table import render_demo
+    from benchmarks.demo_table import qwt_effect, render_demo
 
     out = render_demo(records_root, args.out, plots=True)
     print(f"[demo] {len(written)} records in {records_root / SUITE}, table {out} "
           f"({time.time() - t0:.0f}s)")
-    for line in qwt_effect(load_records(records_root, SUITE)):
+    for line in qwt_effect(load_records(records_root, SUITE)):  # the same lines as in the table
         print("[demo] seed by seed:", line)
     return 0
 

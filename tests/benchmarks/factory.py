@@ -5,18 +5,28 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.records import SCHEMA, validate, write_record
+from benchmarks.records import BENCHMARK_SPLITS, SCHEMA, dataset_entry, validate, write_record
 
 
 def record(suite: str, model: str, method: str, bits: int | None, metrics: dict[str, float], *,
            images: int = 50000, partial: bool = False, seed: int = 0,
            date: str = "2026-11-20T10:00:00+00:00", commit: str = "abc1234def5678",
-           command: str = "make imagenet-x-w4a4", blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+           command: str = "make imagenet-x-w4a4", blocks: list[dict[str, Any]] | None = None,
+           split_images: int | None = None, classes: int | None = None, class_subset: bool = False,
+           config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A record of ``images`` evaluated images. The split defaults to the suite's benchmark split
+    when ``images`` is its size (or the run is partial), else to a custom set of ``images`` images."""
+    bench = BENCHMARK_SPLITS.get(suite)
+    if split_images is None:
+        split_images = bench.images if bench and (partial or images == bench.images) else images
+    if classes is None and bench is not None and split_images == bench.images:
+        classes = bench.classes
     rec = {"schema": SCHEMA, "suite": suite, "model": model, "method": method, "w_bits": bits,
            "a_bits": bits, "metrics": metrics, "images": images, "partial": partial, "seed": seed,
-           "model_size": None, "times": {}, "blocks": blocks or [], "config": {},
+           "dataset": dataset_entry(suite, f"/data/{suite}", "val", split_images, classes, class_subset),
+           "model_size": None, "times": {}, "blocks": blocks or [], "config": config or {},
            "provenance": {"date": date, "git_commit": commit, "git_dirty": False, "command": command,
-                          "versions": {"python": "3.11"}, "device": "cpu", "world_size": 1}}
+                          "versions": {"python": "3.11"}, "device": "cpu", "world_size": 1}, **extra}
     return validate(rec)
 
 

@@ -12,6 +12,7 @@ from benchmarks import tables
 from benchmarks.demo_table import render_demo
 from benchmarks.plots import PLOT_DIR
 from benchmarks.records import RecordError
+from benchmarks.render import load_suite
 
 from .factory import blocks, record, write, write_raw
 
@@ -63,26 +64,30 @@ def recs(tmp_path: Path) -> Path:
 def test_cells_full_partial_duplicate_missing(recs: Path) -> None:
     md = tables.render_markdown(recs)
     imagenet = md["imagenet.md"]
+    paper, rest = imagenet.split("## Every run")
     # full: value, footnote, Δ against the paper (71.32 - 71.5)
     r = cols(row(imagenet, "DeiT-S"))
     assert r[0] == "DeiT-S" and r[1] == "79.9" and r[2].startswith("79.9 [") and r[3] == "+0.0"
     qwt = cols([l for l in imagenet.splitlines() if "71.3 [" in l][0])
     assert qwt[4] == "RepQ-ViT + QwT" and qwt[6] == "71.5" and qwt[7] == "-0.2"
-    # partial only: italic, marked, no Δ, never a plain value
-    assert r[4] == "RepQ-ViT" and r[5].startswith("*partial: 68.0 on 1000 images*") and r[7] == "— (partial)"
-    assert "| 68.0 [" not in imagenet
-    # duplicates: newest full wins over the older full and the newer partial; the count is shown
+    # partial only: the cell stays "not run" and points to the partial run, listed apart, never compared
+    assert r[4] == "RepQ-ViT" and r[5] == "not run: `make imagenet-deit_small-w4a4` (1 partial/custom run below)"
+    assert r[7] == "—" and "68.0" not in paper
+    custom = rest.split("## Partial and custom runs")[1]
+    assert re.search(r"\| deit_small \| repq \| W4/A4 \| partial \(1000 of 50000 images\) \| 68\.00 .*\| 1000 \|", custom)
+    # duplicates: the newest full run wins; the newer partial run does not hide it and is listed apart
     tiny = cols([l for l in imagenet.splitlines() if "61.0 [" in l][0])
-    assert "(newest full of 3 runs, 1 partial)" in tiny[5] and tiny[7] == "-0.4"
-    assert "99.0" not in imagenet.split("## Every run")[0]
+    assert "(newest of 2 runs)" in tiny[5] and tiny[7] == "-0.4"
+    assert "99.0" not in paper
+    assert re.search(r"\| deit_tiny \| repq\+qwt \| W4/A4 \| partial \(500 of 50000 images\) \| 99\.00 ", custom)
     # missing: not run + the target
     assert cols(row(imagenet, "DeiT-B"))[5] == "not run: `make imagenet-deit_base-w4a4`"
     assert cols(row(imagenet, "DeiT-S"))[8] == "not run: `make imagenet-deit_small-w6a6`"
     assert "Percentile (strict)" in imagenet and "not run: `make imagenet-resnet18-strict-w4a4`" in imagenet
-    # every run, including the one outside the paper table
-    every = imagenet.split("## Every run")[1]
+    # every run (paper-cell runs), including the one outside the paper table
+    every = rest.split("## Partial and custom runs")[0]
     assert re.search(r"\| deit_small \| repq \| W3/A3 \| 20\.00 .*\| no \|", every)
-    assert re.search(r"\| deit_tiny \| repq\+qwt \| W4/A4 \| 61\.04 .*\| 3 \(1 partial\) \|", every)
+    assert re.search(r"\| deit_tiny \| repq\+qwt \| W4/A4 \| 61\.04 .*\| 2 \| yes \|", every)
     # provenance footnotes: images, date, commit, command; one note per invocation
     prov = imagenet.split("## Provenance")[1]
     assert re.search(r"- \[\d\] 50000 images; 2026-11-20; commit `abc1234`; `make imagenet-deit_small-w4a4`", prov)
@@ -95,6 +100,27 @@ def test_cells_full_partial_duplicate_missing(recs: Path) -> None:
     assert "RepQ-ViT: 44.2 / 40.2" in coco and "APHQ-ViT: 38.9 / 38.1" in coco
     # plots are linked
     assert f"({PLOT_DIR}/imagenet__deit_small__repq_plus_qwt__w4a4.png)" in imagenet
+
+
+def test_tiny_folder_run_is_never_a_paper_cell(tmp_path: Path) -> None:
+    """The issue's probe: a 16-image, 4-class folder with random weights, no --val-limit. Its record
+    says what it evaluated; it is listed as a custom run and neither hides nor is hidden by the real one."""
+    root = tmp_path / "records"
+    cmd = "qwt-classify --model deit_tiny --random-init --data-dir tiny"
+    write(root, record("imagenet", "deit_tiny", "fp", None, {"top1": 0.0, "top5": 25.0}, images=16, classes=4,
+                       config={"pretrained": False}, command=cmd, date=D3))
+    md = tables.render_markdown(root)["imagenet.md"]
+    paper, rest = md.split("## Partial and custom runs")
+    fp_cell = cols(row(md, "DeiT-T"))[2]
+    assert fp_cell == "not run: `make imagenet-deit_tiny-w4a4` (1 partial/custom run below)" and "-72.2" not in md
+    assert re.search(r"\| deit_tiny \| fp \| FP \| custom data \(16 images, 4 classes; not ImageNet val\); "
+                     r"pretrained=False \| 0\.00 \| 25\.00 \| 16 \| 4 \| 1 \|", rest)
+    # a later (or earlier) real run fills the cell; the custom run stays listed
+    write(root, record("imagenet", "deit_tiny", "fp", None, {"top1": 72.14, "top5": 91.1}, date=D1,
+                       command="make imagenet-deit_tiny-w4a4"))
+    md = tables.render_markdown(root)["imagenet.md"]
+    assert cols(row(md, "DeiT-T"))[2].startswith("72.1 [") and cols(row(md, "DeiT-T"))[3] == "-0.1"
+    assert "| deit_tiny | fp | FP | custom data (16 images, 4 classes" in md.split("## Partial and custom runs")[1]
 
 
 def test_demo_mean_std_over_seeds(recs: Path, tmp_path: Path) -> None:
@@ -111,17 +137,56 @@ def test_demo_partial_and_detection_metrics(tmp_path: Path) -> None:
     root = tmp_path / "records"
     for seed in (0, 1):
         write(root, record("demo", "demo_mask_rcnn_swin", "repq+qwt", 3,
-                           {"bbox_mAP": 40.0 + seed, "segm_mAP": 30.0, "feature_err": 0.5, "extra_metric": 1.0},
+                           {"bbox_mAP": 40.0 + seed, "segm_mAP": 30.0, "feature_err": 0.5, "bbox_mAP_l": 0.0,
+                            "bbox_mAP_50": 70.0},
                            seed=seed, images=20, partial=True, command="make demo DEMO_ARGS=--test-limit 20",
-                           blocks=blocks(2)))
+                           blocks=blocks(2), metrics_absent=["bbox_mAP_l"]))
     out = render_demo(root, tmp_path / "out" / "demo.md")
     md = out.read_text()
     header = cols(row(md, "Method"))
-    assert header == ["Method", "Bits", "seeds", "bbox_mAP", "segm_mAP", "feature_err", "extra_metric", "note"]
+    # the columns a reader compares; AP50 and the size buckets stay in the records
+    assert header == ["Method", "Bits", "seeds", "bbox_mAP", "segm_mAP", "feature_err", "note"]
     r = cols(row(md, "RepQ-ViT + QwT"))
     assert r[1:5] == ["W3/A3", "2 (partial)", "*40.50 ± 0.71*", "*30.00 ± 0.00*"]
     assert "**partial run** (`--val-limit`): 20 images" in md
     assert (tmp_path / "out" / PLOT_DIR / "demo__demo_mask_rcnn_swin__repq_plus_qwt__w3a3.png").exists()
+
+
+def test_demo_absent_metric_is_absent_not_zero(tmp_path: Path) -> None:
+    from benchmarks.demo_table import demo_table
+    from benchmarks.render import Footnotes
+
+    recs = [record("demo", "demo_det", "fp", None, {"bbox_mAP": 60.0, "segm_mAP": 0.0, "feature_err": 0.1},
+                   seed=s, images=100, metrics_absent=["segm_mAP"]) for s in (0, 1)]
+    table = demo_table(recs, "demo_det", Footnotes())
+    assert table.loc[0, "segm_mAP"] == "absent" and table.loc[0, "bbox_mAP"] == "60.00 ± 0.00"
+    # one seed absent, one present: the mean is over the seeds that have it
+    recs[1] = record("demo", "demo_det", "fp", None, {"bbox_mAP": 60.0, "segm_mAP": 50.0, "feature_err": 0.1},
+                     seed=1, images=100)
+    assert demo_table(recs, "demo_det", Footnotes()).loc[0, "segm_mAP"] == "50.00"
+
+
+def test_demo_seed_by_seed_verdict_and_plots_follow_the_table(tmp_path: Path) -> None:
+    """The seed-by-seed comparison printed by `make demo` is in results/demo.md, from the same
+    records the table averages; the plot averages the same seeds (an older run of a seed is not drawn)."""
+    from benchmarks.demo_table import qwt_effect
+    from benchmarks.plots import plot_jobs
+
+    root = tmp_path / "records"
+    for seed, (kl_b, kl_q) in enumerate(((0.10, 0.05), (0.20, 0.30))):
+        write(root, record("demo", "demo_vit", "repq", 4, {"top1": 90.0, "kl_fp": kl_b}, seed=seed, images=60))
+        write(root, record("demo", "demo_vit", "repq+qwt", 4, {"top1": 91.0 + seed, "kl_fp": kl_q}, seed=seed,
+                           images=60, blocks=blocks(3)))
+    write(root, record("demo", "demo_vit", "repq+qwt", 4, {"top1": 10.0, "kl_fp": 9.0}, seed=0, images=60,
+                       date="2026-11-01T00:00:00+00:00", blocks=blocks(5)))  # superseded run of seed 0
+    lines = qwt_effect(load_suite(root, "demo"))
+    assert lines == ["demo_vit W4/A4, RepQ-ViT + QwT vs RepQ-ViT (seeds 0, 1): KL(FP‖Q) -50 %, +50 % "
+                     "(lower in 1 of 2 seeds); top-1 +1.00, +2.00"]
+    md = render_demo(root, tmp_path / "out" / "demo.md").read_text()
+    assert "## QwT against its baseline, seed by seed" in md and f"- {lines[0]}" in md
+    (job,) = plot_jobs("demo", load_suite(root, "demo"))
+    assert sorted(r["seed"] for r in job.records) == [0, 1] and all(len(r["blocks"]) == 3 for r in job.records)
+    assert "seeds 0, 1" in job.label and f"]({PLOT_DIR}/{job.name})" in md
 
 
 def test_empty_records_render_not_run(tmp_path: Path) -> None:

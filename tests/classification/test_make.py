@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.records import load_records
+from qwt_core.records import load_records
 
 from .conftest import FAST_ARGS
 
@@ -54,3 +54,29 @@ def test_make_lists_the_whole_table(tmp_path) -> None:
     targets = proc.stdout.split()
     assert len(targets) == 13 * 2 + 3 * 2
     assert "imagenet-vit_base-w6a6" in targets and "imagenet-resnet101-strict-w4a4" in targets
+
+
+def test_make_defaults_device_and_checkpoint_folder(tmp_path) -> None:
+    """DEVICE defaults to what torch sees (cuda on a GPU machine), CKPT_DIR to checkpoints/ for both
+    suites (the CLIs' default too)."""
+    gpu_python = tmp_path / "python"
+    gpu_python.write_text("#!/bin/sh\necho cuda\n")  # stands in for a python whose torch sees a GPU
+    gpu_python.chmod(0o755)
+    (tmp_path / "stamp").touch()
+
+    def dry(target: str, *extra: str) -> str:
+        proc = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), target, f"STAMP={tmp_path / 'stamp'}",
+                               "CLS_TABLES=0", *extra], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return " ".join(proc.stdout.split())
+
+    for target, ckpt in (("imagenet-deit_tiny-w4a4", "--checkpoint-dir checkpoints"),
+                         ("coco-mask_rcnn_swin_t-w4a4", "--ckpt-dir checkpoints")):
+        assert "--device cuda" in dry(target, f"PY={gpu_python}") and ckpt in dry(target, f"PY={gpu_python}")
+        here = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+        assert f"--device {here}" in dry(target, f"PY={sys.executable}")
+        assert "--device cpu" in dry(target, f"PY={gpu_python}", "DEVICE=cpu")
+        assert "/ckpt" in dry(target, f"PY={gpu_python}", "CKPT_DIR=/ckpt")
+    from classification.build import DEFAULT_CHECKPOINT_DIR
+    from detection.pipeline import DEFAULT_CKPT_DIR
+    assert DEFAULT_CHECKPOINT_DIR == DEFAULT_CKPT_DIR == "checkpoints"

@@ -68,3 +68,34 @@ def test_weights_fingerprint_tells_weights_apart() -> None:
     with torch.no_grad():
         next(b.parameters()).view(-1)[0] += 1e-6  # one weight, one ulp-scale change
     assert weights_fingerprint(a) != weights_fingerprint(b)
+
+
+def test_read_state_info_without_a_model_and_one_line_errors(tmp_path) -> None:
+    from qwt_core.state_io import StateFileError, read_state_info
+
+    torch.manual_seed(3)
+    path = tmp_path / "state.pt"
+    save_state(_calibrated(), path, meta={"model": "toy", "weights_fingerprint": "abc"})
+    info = read_state_info(path)
+    assert info.meta == {"model": "toy", "weights_fingerprint": "abc"} and info.has_qwt
+    (tmp_path / "text.pt").write_text("not a state\n")
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:300])
+    torch.save({"a": torch.zeros(2)}, tmp_path / "other.pt")
+    for name, needle in (("text.pt", "not a readable calibrated state"), ("cut.pt", "not a readable calibrated state"),
+                         ("other.pt", "expected format qwt-state/1"), ("missing.pt", "does not exist"), ("", "is a folder")):
+        with pytest.raises(StateFileError, match=needle) as e:
+            read_state_info(tmp_path / name)
+        assert "\n" not in str(e.value)
+
+
+def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    import qwt_core.state_io as state_io
+
+    def save_then_fail(obj, f) -> None:  # noqa: ANN001 - writes part of the file, then the disk is full
+        open(f, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state_io.torch, "save", save_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        save_state(TinyTransformer().eval(), tmp_path / "state.pt")
+    assert list(tmp_path.iterdir()) == []

@@ -40,7 +40,7 @@ def runs(odd_imagenet, tmp_path_factory) -> dict[int, tuple[dict[str, dict], Pat
     one = base / "one"
     one.mkdir()
     proc = launch("classification", ["--model", "deit_tiny", "--w-bits", "4", "--a-bits", "4", "--data-dir",
-                                     str(odd_imagenet), "--checkpoint-dir", "pretrained_weights", *ARGS, "--results-dir", str(one / "rec"),
+                                     str(odd_imagenet), "--checkpoint-dir", "checkpoints", *ARGS, "--results-dir", str(one / "rec"),
                                      "--save-state", str(one / "state.pt")], 0, one)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out[1] = (_records(one / "rec"), one / "state.pt")
@@ -105,9 +105,10 @@ def test_records_equal_one_process(runs) -> None:
     assert one["repq+qwt"]["blocks"][0]["samples"] == 16 * 17  # all 16 images x 17 tokens, summed over ranks
 
 
-def test_failing_worker_fails_the_run_and_writes_nothing(odd_imagenet, tmp_path) -> None:
+def test_failing_worker_fails_the_run_and_keeps_finished_records(odd_imagenet, tmp_path) -> None:
     """Rank 1 raises when QwT starts (after fp and repq were evaluated, while rank 0 waits in the
-    first all-reduce): the launcher exits non-zero with rank 1's error; no record, no state."""
+    first all-reduce): the launcher exits non-zero with rank 1's error; the fp and repq records,
+    complete and written by rank 0 as each finished, are kept; no repq+qwt record, no state."""
     proc = launch("classification", ["--model", "deit_tiny", "--data-dir", str(odd_imagenet), *ARGS,
                                      "--results-dir", str(tmp_path / "rec"), "--save-state",
                                      str(tmp_path / "state.pt")], 2, tmp_path,
@@ -116,7 +117,8 @@ def test_failing_worker_fails_the_run_and_writes_nothing(odd_imagenet, tmp_path)
     assert proc.returncode != 0, out
     assert "InjectedFailure: injected failure on rank 1 at stage 'qwt'" in out, out
     assert "deit_tiny repq w4a4: top1" in out  # it failed after two methods were evaluated...
-    assert not list(tmp_path.rglob("*.json")) and not (tmp_path / "state.pt").exists()  # ...and left nothing
+    assert sorted(_records(tmp_path / "rec")) == ["fp", "repq"]  # ...whose records are kept
+    assert not (tmp_path / "state.pt").exists() and not list(tmp_path.rglob("*.tmp"))
 
 
 def test_bad_input_fails_every_process_before_the_group(tmp_path) -> None:

@@ -1,0 +1,92 @@
+"""Which records fill a paper cell (benchmarks.paper_cell) and what schema-1 records become."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.paper_cell import deviations, fills_paper_cell, label
+from benchmarks.records import SCHEMA, load_records, upgrade, validate
+
+from .factory import record
+
+IMAGENET_QWT = {"calib_size": 32, "calib_augment": True, "qwt_size": 512, "start_block": 0, "kernel_size": 1,
+                "factor": 64, "tiny": False, "pretrained": True, "model_overrides": {},
+                "qwt": {"solver": "reference", "half_arith": "native"}}
+COCO_QWT = {"window_pad": "zero", "qwt_size": 512, "qwt_img_size": 224, "start_block": 0}
+
+
+def _imagenet(config: dict, **kw) -> dict:
+    return record("imagenet", "deit_small", "repq+qwt", 4, {"top1": 71.0}, config=config, **kw)
+
+
+def test_reference_full_split_fills_the_cell() -> None:
+    assert deviations(_imagenet(IMAGENET_QWT)) == [] and fills_paper_cell(_imagenet(IMAGENET_QWT))
+    coco = record("coco", "mask_rcnn_swin_t", "repq+qwt", 4, {"bbox_mAP": 1.0, "segm_mAP": 1.0}, images=5000,
+                  config=COCO_QWT)
+    assert fills_paper_cell(coco) and label(coco) == "reference"
+    demo = record("demo", "demo_vit", "repq+qwt", 4, {"top1": 1.0}, images=600, config=IMAGENET_QWT)
+    assert not fills_paper_cell(demo)  # the demo has no paper cells
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"qwt": {"solver": "lstsq", "half_arith": "native"}}, "qwt.solver=lstsq"),
+    ({"qwt": {"solver": "reference", "half_arith": "emulated"}}, "qwt.half_arith=emulated"),
+    ({"tiny": True}, "tiny=True"),
+    ({"pretrained": False}, "pretrained=False"),
+    ({"model_overrides": {"depth": 2}}, "model_overrides={'depth': 2}"),
+    ({"qwt_size": 256}, "qwt_size=256"),
+    ({"calib_augment": False}, "calib_augment=False"),
+    ({"start_block": 3}, "start_block=3"),
+])
+def test_named_deviations_make_a_custom_row(change: dict, expected: str) -> None:
+    rec = _imagenet({**IMAGENET_QWT, **change})
+    assert deviations(rec) == [expected] and not fills_paper_cell(rec)
+
+
+def test_window_pad_other_than_the_reference_is_custom() -> None:
+    rec = record("coco", "mask_rcnn_swin_t", "repq", 4, {"bbox_mAP": 1.0, "segm_mAP": 1.0}, images=5000,
+                 config={**COCO_QWT, "window_pad": "exact"})
+    assert deviations(rec) == ["window_pad=exact"]
+    fp = record("coco", "mask_rcnn_swin_t", "fp", None, {"bbox_mAP": 1.0, "segm_mAP": 1.0}, images=5000,
+                config={**COCO_QWT, "window_pad": "exact"})
+    assert fills_paper_cell(fp)  # FP does not depend on the window padding of the quantized model
+
+
+def test_settings_apply_to_their_methods_only() -> None:
+    fp = record("imagenet", "deit_small", "fp", None, {"top1": 79.9}, config={**IMAGENET_QWT, "qwt_size": 16,
+                                                                               "calib_size": 8})
+    assert fills_paper_cell(fp)
+    repq = record("imagenet", "deit_small", "repq", 4, {"top1": 69.0}, config={**IMAGENET_QWT, "qwt_size": 16})
+    assert fills_paper_cell(repq)  # RepQ-ViT alone never saw the QwT images
+
+
+def test_data_other_than_the_benchmark_split() -> None:
+    assert deviations(_imagenet(IMAGENET_QWT, images=16, classes=4)) == [
+        "custom data (16 images, 4 classes; not ImageNet val)"]
+    assert deviations(_imagenet(IMAGENET_QWT, images=1000, partial=True)) == ["partial (1000 of 50000 images)"]
+    subset = _imagenet(IMAGENET_QWT, images=250, classes=5, class_subset=True)
+    assert deviations(subset) == ["custom data (250 images, 5 classes; not ImageNet val)", "class subset"]
+    # 50,000 images of another class count are not ImageNet val either
+    assert not fills_paper_cell(_imagenet(IMAGENET_QWT, classes=100))
+
+
+def test_schema_1_records_are_read_and_judged_by_their_image_count(tmp_path: Path) -> None:
+    v1 = {k: v for k, v in _imagenet(IMAGENET_QWT).items() if k != "dataset"}
+    v1["schema"] = "qwt-record/1"
+    up = upgrade(v1)
+    assert up["schema"] == SCHEMA and up["dataset"]["benchmark"] == "ImageNet val" and up["dataset"]["inferred"]
+    assert fills_paper_cell(validate(v1))
+    tiny = {**v1, "images": 16}
+    assert validate(tiny)["dataset"]["benchmark"] is None and not fills_paper_cell(validate(tiny))
+    (tmp_path / "imagenet").mkdir()
+    (tmp_path / "imagenet" / "old.json").write_text(json.dumps(tiny))
+    (rec,) = load_records(tmp_path, "imagenet")
+    assert rec["schema_read"] == "qwt-record/1" and deviations(rec)[0].startswith("custom data (16 images")
+
+
+def test_committed_records_still_load() -> None:
+    root = Path(__file__).resolve().parents[2] / "results" / "records"
+    records = load_records(root)
+    assert records and all(r["schema"] == SCHEMA for r in records)
