@@ -238,6 +238,15 @@ def _wb(fit: BlockFit, weight: Tensor, bias: Tensor) -> float:
     return max(rel_fro(fit.weight, weight), rel_fro(fit.bias, bias))
 
 
+def _exact(fit: BlockFit, ref: dict[str, Any]) -> str:
+    """How far the suite's and the reference's W, b are from the float64 solution of the same rows."""
+    if fit.exact_weight is None or fit.exact_bias is None:
+        return "no float64 solution"
+    suite = max(rel_fro(fit.weight, fit.exact_weight), rel_fro(fit.bias, fit.exact_bias))
+    theirs = max(rel_fro(ref["weight"], fit.exact_weight), rel_fro(ref["bias"], fit.exact_bias))
+    return f"from the float64 solution of the same rows: suite {fmt(suite)}, reference {fmt(theirs)}"
+
+
 def teacher_forced_rows(ref: Sequence[dict[str, Any]], fits: Sequence[BlockFit], start_block: int) -> list[Row]:
     rows = []
     blocks = list(zip(ref, fits))
@@ -265,7 +274,8 @@ def teacher_forced_rows(ref: Sequence[dict[str, Any]], fits: Sequence[BlockFit],
     bad = [(k, e, c) for k, e, c in dec if e > TOL["qwt_wb"]]
     rows.append(Row(f"QwT teacher-forced: W,b (kept, cond < {COND_WB:.0e})", max((e for _, e, _ in dec), default=0.0),
                     f"fro rel <= {TOL['qwt_wb']:.0e}", verdict(not bad),
-                    (f"first outside tolerance: block {bad[0][0]} ({fmt(bad[0][1])}, cond {bad[0][2]:.0e}); " if bad else "")
+                    (f"first outside tolerance: block {bad[0][0]} ({fmt(bad[0][1])}, cond {bad[0][2]:.0e}; "
+                     f"{_exact(blocks[bad[0][0]][1], blocks[bad[0][0]][0])}); " if bad else "")
                     + f"{len(dec)} blocks" + (": " + " ".join(f"{k}:{fmt(e)}" for k, e, _ in dec) if dec else "")
                     + " | cond " + " ".join(f"{k}:{f.cond or 0:.0e}" for k, (_, f) in enumerate(blocks))))
     ill = [(k, _wb(f, r["weight"], r["bias"]), f.cond) for k, r, f in kept if (f.cond or 0.0) >= COND_WB]

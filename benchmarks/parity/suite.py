@@ -62,6 +62,8 @@ class BlockFit:
     rows_bias: Tensor | None = None
     rows_r2: float | None = None  # the reference's R² formula on those rows and that solution
     cond: float | None = None  # condition number of the matrix the reference inverts (float64)
+    exact_weight: Tensor | None = None  # the same system solved in float64 (to explain a W, b difference)
+    exact_bias: Tensor | None = None
     groups: int | None = None
 
 
@@ -251,6 +253,25 @@ def reference_solve(xs: Sequence[Tensor], ys: Sequence[Tensor], kernel_size: int
     return W, torch.cat(bs), float(r2), max(conds)
 
 
+@torch.no_grad()
+def exact_solve(xs: Sequence[Tensor], ys: Sequence[Tensor], kernel_size: int) -> tuple[Tensor, Tensor]:
+    """The system :func:`reference_solve` inverts, solved in float64 (same ridge, same layout): how
+    far the reference's fp32 inverse is from the exact solution where XᵀX is ill-conditioned."""
+    X, Y = torch.cat(list(xs)).double(), torch.cat(list(ys)).double()
+    if X.dim() == 2:
+        X, Y = X[:, None], Y[:, None]
+    n, G, D = X.shape
+    Xa = torch.cat([X, torch.ones(n, G, 1, dtype=X.dtype)], dim=-1).transpose(0, 1)  # (G, n, D + 1)
+    A = Xa.transpose(1, 2) @ Xa
+    if xs[0].dim() == 3:  # grouped conv: the reference adds its ridge
+        A = A + REFERENCE_CONV_RIDGE * torch.eye(D + 1, dtype=A.dtype)
+    W = torch.linalg.lstsq(A, Xa.transpose(1, 2) @ Y.transpose(0, 1)).solution  # (G, D + 1, o)
+    if xs[0].dim() == 2:
+        return W[0, :-1].float(), W[0, -1].float()
+    weight = W[:, :-1].transpose(1, 2).reshape(G * Y.shape[2], D // kernel_size**2, kernel_size, kernel_size)
+    return weight.float(), W[:, -1].reshape(-1).float()
+
+
 def reference_compensation(x: Tensor, out: Tensor, weight: Tensor, bias: Tensor, groups: int | None) -> Tensor:
     """out + c(x) as the reference's ``CompensationBlock`` computes it while QwT is fitted (a fresh
     module is in training mode: fp32): ``(out + x @ W) + b``; ResNet ``out + conv2d(x, W, b)``."""
@@ -310,6 +331,7 @@ def teacher_forced(model: nn.Module, embed: Callable[[Tensor], Tensor], steps: S
         if len(systems) != 1:
             raise RuntimeError(f"fit_qwt solved {len(systems)} systems for the one block {step.name}")
         fit.rows_weight, fit.rows_bias, fit.rows_r2, fit.cond = reference_solve(*systems[0], cfg.kernel_size, n_images)
+        fit.exact_weight, fit.exact_bias = exact_solve(*systems[0], cfg.kernel_size)
         fits.append(fit)
         weight, bias, groups = reference_comp(k, fit)
         nxt = []
