@@ -13,6 +13,7 @@ help:
 	@echo "make imagenet-<model>-w<b>a<b> IMAGENET=DIR [CKPT_DIR=DIR DEVICE=cuda GPUS=N]   (make imagenet-list)"
 	@echo "make imagenet-<resnet>-strict-w<b>a<b>   ResNet with conv inputs at the requested bits"
 	@echo "make coco-<detector>-w<b>a<b> COCO=DIR CKPT_DIR=DIR [DEVICE=cuda GPUS=N]"
+	@echo "make parity REF=<QwT-cls-RepQ-ViT>   the released reference vs this suite, stage by stage"
 	@echo "make imagenet-all | coco-all | tables | tables-check | plots | bench | demo-train"
 
 install: $(STAMP)

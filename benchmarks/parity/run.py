@@ -209,7 +209,14 @@ def write_json(path: str, a: argparse.Namespace, results: list[ModelResult], ref
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
+    threads = torch.get_num_threads()
+    try:
+        return _main(parse_args(argv))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     torch.set_num_threads(a.threads)
     ref = side = None

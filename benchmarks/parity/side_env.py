@@ -49,6 +49,7 @@ def ensure(path: Path | None = None, python: str = sys.executable) -> Path:
     if version is not None or (path.exists() and any(path.iterdir())):
         raise SideEnvError(f"{path} exists but does not hold {TIMM} (found timm {version or 'none'}): "
                            "remove it or pass --side-env with another folder")
+    print(f"[parity] installing {TIMM} into {path}", file=sys.stderr, flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
     cmd = [python, "-m", "pip", "install", "--no-deps", "--no-input", "--disable-pip-version-check",

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from benchmarks.parity import run as parity_run
-from benchmarks.parity.compare import compare
+from benchmarks.parity.compare import compare, rel_fro
 from benchmarks.parity.side_env import SideEnvError, ensure
 from benchmarks.parity.suite import NameMap, map_state_dict, run_on_dump
 from benchmarks.parity.suite_dump import suite_dump
@@ -160,6 +160,19 @@ def test_suite_dump_passes_every_deciding_row(model, tmp_path) -> None:
     assert kept and f"{len(kept)} blocks:" in wb.detail  # the W,b row compared every kept block
     assert [b["kept"] for b in dump["qwt"]][:SELF_DUMPS[model].get("start_block", 0)] == \
         [False] * SELF_DUMPS[model].get("start_block", 0)
+
+
+def test_wb_failure_at_moderate_cond_is_the_reference_fp32_inverse(tmp_path) -> None:
+    """Why the Swin self-dump above starts at block 2: the tiny Swin's block 1 has cond(XᵀX) ~ 2e6,
+    inside the deciding range (< 1e7), where the reference's fp32 inverse is ~1e-2 off the exact
+    solution; the row fails and its detail says which side is off."""
+    ref, run, with_ref = run_on_dump(suite_dump("swin_tiny"), tmp_path)
+    row = next(r for r in compare(ref, run, with_ref) if r.stage.startswith("QwT teacher-forced: W,b (kept, cond <"))
+    fit, theirs = run.teacher_forced[1], ref["qwt"][1]
+    assert row.verdict == "FAIL" and row.detail.startswith("first outside tolerance: block 1 ")
+    assert 1e5 < fit.cond < 1e7
+    assert rel_fro(fit.weight, fit.exact_weight) < 1e-6 < 1e-2 < rel_fro(theirs["weight"], fit.exact_weight)
+    assert "from the float64 solution of the same rows: suite " in row.detail
 
 
 def perturb_delta(d: dict) -> None:
