@@ -61,7 +61,7 @@ class BlockFit:
     rows_weight: Tensor | None = None  # the suite's regression rows, solved as the reference solves
     rows_bias: Tensor | None = None
     rows_r2: float | None = None  # the reference's R² formula on those rows and that solution
-    cond: float | None = None  # condition number of the matrix the reference inverts (float64)
+    cond: float | None = None  # cond of the matrix the reference inverts, from the rows in float64
     exact_weight: Tensor | None = None  # the same system solved in float64 (to explain a W, b difference)
     exact_bias: Tensor | None = None
     groups: int | None = None
@@ -204,11 +204,6 @@ def recording_rows() -> Iterator[list[tuple[list[Tensor], list[Tensor]]]]:
         driver.NormalEquations = base
 
 
-def _cond(a: Tensor) -> float:
-    ev = torch.linalg.eigvalsh(a.double())
-    return float(ev[-1] / ev[0].abs().clamp_min(1e-300))
-
-
 def _inverse(a: Tensor) -> Tensor:
     try:
         return torch.inverse(a)
@@ -218,13 +213,13 @@ def _inverse(a: Tensor) -> Tensor:
 
 @torch.no_grad()
 def reference_solve(xs: Sequence[Tensor], ys: Sequence[Tensor], kernel_size: int,
-                    n_images: int) -> tuple[Tensor, Tensor, float, float]:
+                    n_images: int) -> tuple[Tensor, Tensor, float]:
     """Regression rows solved with the reference's arithmetic (fp32, its operation order).
 
     Tokens, x (n, D), y (n, O): W_aug = inverse(X_augᵀ X_aug) @ X_augᵀ @ Y, R² = 1 - SS_res / SS_tot
     around the column means. Grouped conv, x (n, G, D), y (n, G, o): per group with XᵀX + 1e-3 I,
     W (G·o, D / k², k, k), R² with SS_tot around the per-position means over the images (the
-    reference takes ``Y.mean(dim=0)`` of (B, C, H, W)). Returns W, b, R², cond of what is inverted.
+    reference takes ``Y.mean(dim=0)`` of (B, C, H, W)). Returns W, b, R².
     """
     X, Y = torch.cat(list(xs)).float(), torch.cat(list(ys)).float()
     if X.dim() == 2:
@@ -234,9 +229,9 @@ def reference_solve(xs: Sequence[Tensor], ys: Sequence[Tensor], kernel_size: int
         W_all = _inverse(A) @ XaT @ Y
         W, b = W_all[:-1], W_all[-1]
         r2 = 1 - torch.sum((Y - (X @ W + b)).pow(2)) / torch.sum((Y - Y.mean(dim=0)).pow(2))
-        return W, b, float(r2), _cond(A)
+        return W, b, float(r2)
     n, G, D = X.shape
-    Ws, bs, preds, conds = [], [], [], []
+    Ws, bs, preds = [], [], []
     for g in range(G):
         Xg = torch.cat([X[:, g], torch.ones(n, 1)], dim=1)
         A = Xg.T @ Xg
@@ -245,18 +240,18 @@ def reference_solve(xs: Sequence[Tensor], ys: Sequence[Tensor], kernel_size: int
         Ws.append(Wg[:-1, :].T)
         bs.append(Wg[-1, :])
         preds.append(X[:, g] @ Wg[:-1] + Wg[-1])
-        conds.append(_cond(A_reg))
     W = torch.cat(Ws).reshape(G * Y.shape[2], D // kernel_size**2, kernel_size, kernel_size)
     Yn = Y.reshape(n_images, n // n_images, -1)  # (B, H'W', C) of the (B, C, H', W') output
     Pn = torch.stack(preds, 1).reshape(n_images, n // n_images, -1)
     r2 = 1 - torch.sum((Yn - Pn).pow(2)) / torch.sum((Yn - Yn.mean(dim=0)).pow(2))
-    return W, torch.cat(bs), float(r2), max(conds)
+    return W, torch.cat(bs), float(r2)
 
 
 @torch.no_grad()
-def exact_solve(xs: Sequence[Tensor], ys: Sequence[Tensor], kernel_size: int) -> tuple[Tensor, Tensor]:
-    """The system :func:`reference_solve` inverts, solved in float64 (same ridge, same layout): how
-    far the reference's fp32 inverse is from the exact solution where XᵀX is ill-conditioned."""
+def exact_solve(xs: Sequence[Tensor], ys: Sequence[Tensor], kernel_size: int) -> tuple[Tensor, Tensor, float]:
+    """The system :func:`reference_solve` inverts, in float64 (same ridge, same layout): its exact
+    solution W, b (how far the reference's fp32 inverse is from it where XᵀX is ill-conditioned) and
+    its condition number (largest over the groups), from the float64 Gram matrix of the rows."""
     X, Y = torch.cat(list(xs)).double(), torch.cat(list(ys)).double()
     if X.dim() == 2:
         X, Y = X[:, None], Y[:, None]
@@ -265,11 +260,13 @@ def exact_solve(xs: Sequence[Tensor], ys: Sequence[Tensor], kernel_size: int) ->
     A = Xa.transpose(1, 2) @ Xa
     if xs[0].dim() == 3:  # grouped conv: the reference adds its ridge
         A = A + REFERENCE_CONV_RIDGE * torch.eye(D + 1, dtype=A.dtype)
+    ev = torch.linalg.eigvalsh(A)  # (G, D + 1), ascending
+    cond = float((ev[:, -1] / ev[:, 0].abs().clamp_min(1e-300)).max())
     W = torch.linalg.lstsq(A, Xa.transpose(1, 2) @ Y.transpose(0, 1)).solution  # (G, D + 1, o)
     if xs[0].dim() == 2:
-        return W[0, :-1].float(), W[0, -1].float()
+        return W[0, :-1].float(), W[0, -1].float(), cond
     weight = W[:, :-1].transpose(1, 2).reshape(G * Y.shape[2], D // kernel_size**2, kernel_size, kernel_size)
-    return weight.float(), W[:, -1].reshape(-1).float()
+    return weight.float(), W[:, -1].reshape(-1).float(), cond
 
 
 def reference_compensation(x: Tensor, out: Tensor, weight: Tensor, bias: Tensor, groups: int | None) -> Tensor:
@@ -330,8 +327,8 @@ def teacher_forced(model: nn.Module, embed: Callable[[Tensor], Tensor], steps: S
         model.set_submodule(step.name, block)  # unwrap: later blocks see the reference's compensation
         if len(systems) != 1:
             raise RuntimeError(f"fit_qwt solved {len(systems)} systems for the one block {step.name}")
-        fit.rows_weight, fit.rows_bias, fit.rows_r2, fit.cond = reference_solve(*systems[0], cfg.kernel_size, n_images)
-        fit.exact_weight, fit.exact_bias = exact_solve(*systems[0], cfg.kernel_size)
+        fit.rows_weight, fit.rows_bias, fit.rows_r2 = reference_solve(*systems[0], cfg.kernel_size, n_images)
+        fit.exact_weight, fit.exact_bias, fit.cond = exact_solve(*systems[0], cfg.kernel_size)
         fits.append(fit)
         weight, bias, groups = reference_comp(k, fit)
         nxt = []
