@@ -17,6 +17,7 @@ help:
 	@echo "make imagenet-<resnet>-strict-w<b>a<b>   ResNet with conv inputs at the requested bits"
 	@echo "make coco-<detector>-w<b>a<b> COCO=DIR [CKPT_DIR=checkpoints DEVICE=cuda|cpu GPUS=N]"
 	@echo "  DEVICE defaults to cuda when torch sees a GPU, else cpu"
+	@echo "make parity REF=<QwT-cls-RepQ-ViT>   the released reference vs this suite, stage by stage"
 	@echo "make imagenet-all | coco-all | tables | tables-check | plots | bench | demo-train"
 
 install: $(STAMP)
