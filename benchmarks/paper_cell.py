@@ -58,6 +58,7 @@ REFERENCE: dict[str, tuple[Reference, ...]] = {
     "coco": (
         Reference("window_pad", "zero", _quantized),
         Reference("qwt_size", 512, _qwt), Reference("qwt_img_size", 224, _qwt), Reference("start_block", 0, _qwt),
+        Reference("qwt_solver", "reference", _qwt),
     ),
 }
 

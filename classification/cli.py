@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="QwT: first compensated block (0 .. number of blocks - 1; default 0)")
     p.add_argument("--kernel-size", type=int, default=1, help="QwT ResNet: grouped-conv kernel size")
     p.add_argument("--factor", type=int, default=64, help="QwT ResNet: channels per group")
+    p.add_argument("--qwt-solver", choices=("reference", "streaming", "lstsq"), default="reference",
+                   help="QwT regression: reference (default: the released fp32 solve on all rows of a block, bit for bit; memory grows with the images), streaming (float64 normal equations, constant memory; keep/zero by the R² of an fp32 inverse) or lstsq (streaming, float64 R²: also compensates numerically singular blocks)")
+    p.add_argument("--half-arith", choices=("native", "emulated"), default="native",
+                   help="fp16 QwT compensation at evaluation: native fp16 (default, the reference's results bit "
+                        "for bit) or emulated (fp16 operands and result, fp32 product: much faster on CPUs, "
+                        "not bit-identical)")
     p.add_argument("--save-state", default=None,
                    help="write the calibrated state to this file (with a fingerprint of the FP weights)")
     p.add_argument("--load-state", default=None,
@@ -130,7 +136,7 @@ def config_from_args(args: argparse.Namespace, command: str) -> ExperimentConfig
         **({} if args.workers is None else {"workers": args.workers}),
         calib_size=args.calib_size, qwt_size=args.qwt_size, calib_augment=not args.no_calib_augment,
         val_limit=args.val_limit, start_block=args.start_block, kernel_size=args.kernel_size,
-        factor=args.factor, save_state=args.save_state, load_state=args.load_state,
+        factor=args.factor, qwt_solver=args.qwt_solver, half_arith=args.half_arith, save_state=args.save_state, load_state=args.load_state,
         results_dir=args.results_dir, command=command, progress=not args.no_progress)
 
 

@@ -84,6 +84,8 @@ class ExperimentConfig:
     start_block: int = 0  # QwT: blocks before this keep zero compensation
     kernel_size: int = 1  # QwT ResNet: grouped-conv kernel
     factor: int = 64  # QwT ResNet: groups = C_in // factor
+    qwt_solver: str = "reference"  # QwTConfig.solver: reference | streaming | lstsq (named options)
+    half_arith: str = "native"  # QwTConfig.half_arith: fp16 compensation at eval, native | emulated
     save_state: str | None = None  # write the calibrated state here
     load_state: str | None = None  # skip calibration: load this state
     results_dir: str | None = str(RECORDS_DIR)  # None: do not write records
@@ -107,6 +109,12 @@ class Plan:
     methods: list[str]
     variants: list[str]  # base quantization methods, in order
     device: str  # resolved and checked ("cpu", "cuda", "cuda:1")
+
+
+def qwt_config(cfg: ExperimentConfig) -> QwTConfig:
+    """The QwT options of an experiment (raises ValueError on a bad value)."""
+    return QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor,
+                     solver=cfg.qwt_solver, half_arith=cfg.half_arith)  # type: ignore[arg-type]
 
 
 def plan_experiment(cfg: ExperimentConfig) -> Plan:
@@ -151,7 +159,7 @@ def plan_experiment(cfg: ExperimentConfig) -> Plan:
         raise ClassificationError(f"--qwt-size {cfg.qwt_size} is smaller than the number of processes "
                                   f"({world}): every process needs at least one QwT image")
     try:
-        QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor)
+        qwt_config(cfg)
     except ValueError as e:
         raise ClassificationError(f"QwT options: {e}") from None
     if cfg.model_kwargs:
@@ -387,7 +395,7 @@ def _run(cfg: ExperimentConfig, plan: Plan, state: StateInfo | None, needs_qwt_f
         fp_ref = res.logprobs
         emit("fp", res, {}, model_size(model).to_dict())
 
-    qwt_cfg = QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor)
+    qwt_cfg = qwt_config(cfg)
     for i, variant in enumerate(plan.variants):
         qmodel = model if i == len(plan.variants) - 1 else copy.deepcopy(model)
         layer_plan = adapter.plan(qmodel, cfg.w_bits, cfg.a_bits, variant)

@@ -64,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--qwt-batch-size", type=int, default=8)
     p.add_argument("--qwt-store", choices=("device", "cpu", "disk"), default="device",
                    help="where the QwT block inputs live between blocks")
+    p.add_argument("--qwt-solver", choices=("reference", "streaming", "lstsq"), default="reference",
+                   help="QwT regression: reference (default: the released fp32 solve on all rows of a block, bit for bit; memory grows with the images), streaming (float64 normal equations, constant memory; keep/zero by the R² of an fp32 inverse) or lstsq (streaming, float64 R²: also compensates numerically singular blocks)")
     p.add_argument("--val-limit", type=int, default=None,
                    help="evaluate only the first N >= 1 val images (recorded as partial; default: all)")
     p.add_argument("--seed", type=int, default=0, help="QwT image sampling seed, >= 0")
@@ -132,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint=args.checkpoint, ckpt_dir=args.ckpt_dir, w_bits=args.w_bits, a_bits=args.a_bits,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), device=args.device,
         qwt_size=args.qwt_size, qwt_img_size=args.qwt_img_size, qwt_batch_size=args.qwt_batch_size,
-        qwt_store=args.qwt_store, val_limit=args.val_limit, seed=args.seed,
+        qwt_store=args.qwt_store, qwt_solver=args.qwt_solver, val_limit=args.val_limit, seed=args.seed,
         start_block=args.start_block, window_pad=args.window_pad, feature_probe=args.feature_probe,
         results_dir=Path(args.results_dir) if args.results_dir else RECORDS_DIR,
         save_state=args.save_state, load_state=args.load_state, work_dir=args.work_dir,

@@ -64,6 +64,7 @@ class DetectionRun:
     val_limit: int | None = None  # evaluate the first N test images only (recorded as partial)
     seed: int = 0
     start_block: int = 0  # QwT: blocks before this index keep zero compensation
+    qwt_solver: str = "reference"  # QwTConfig.solver: reference | streaming | lstsq (named options)
     window_pad: str = "zero"  # "zero": the reference (default); "exact": pad with -b after the reparameterized norm1
     results_dir: str | os.PathLike[str] = RECORDS_DIR
     save_state: str | None = None
@@ -102,6 +103,10 @@ def _validate(run: DetectionRun) -> None:
         raise ExperimentError("--qwt-size and --qwt-batch-size must be >= 1 and --qwt-img-size >= 32")
     if run.start_block < 0:
         raise ExperimentError(f"--start-block must be >= 0, got {run.start_block}")
+    try:
+        QwTConfig(solver=run.qwt_solver, store=run.qwt_store)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ExperimentError(f"QwT options: {e}") from None
     if run.feature_probe < 0:
         raise ExperimentError(f"--feature-probe must be >= 0, got {run.feature_probe}")
     try:
@@ -383,6 +388,7 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         "qwt_calibration": f"{run.qwt_size} train images, {run.qwt_img_size}x{run.qwt_img_size}, keep_ratio False, no flip, seeded sample of the images the training dataset keeps (filter_cfg {train_filter_cfg(cfg)})",
         "patch_embed_a_bits": 8, "attn_scale": "q * scale before matmul1 (mmdet/RepQ-ViT)",
         "window_pad": run.window_pad,  # zero: the reference; exact: padding after the reparameterized norm1 is -b
+        "qwt_solver": run.qwt_solver,
         "methods": list(run.methods), "launcher": run.launcher, "device": run.device,
         "weights_fingerprint": fingerprint,
     }
@@ -460,7 +466,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         from tqdm import tqdm
 
         adapter = SwinBackboneAdapter(model)
-        qcfg = QwTConfig(start_block=run.start_block, fp16_eval=False, store=run.qwt_store)  # type: ignore[arg-type]
+        qcfg = QwTConfig(start_block=run.start_block, fp16_eval=False, store=run.qwt_store,  # type: ignore[arg-type]
+                         solver=run.qwt_solver)  # type: ignore[arg-type]
         n_batches = math.ceil(len(range(rank, run.qwt_size, world)) / run.qwt_batch_size)
         batches = tqdm(qwt_batches(cfg, model, run.qwt_size, run.qwt_img_size, run.seed,
                                    run.qwt_batch_size, rank, world),

@@ -381,3 +381,20 @@ def test_defaults_device_and_workers() -> None:
     from classification.pipeline import plan_experiment
     assert plan_experiment(cfg).device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert "default: cuda when torch sees a GPU" in " ".join(build_parser().format_help().split())
+
+
+def test_qwt_named_options_reach_the_fit_and_the_record(imagenet_dir, tmp_path) -> None:
+    """--qwt-solver / --half-arith are named deviations: recorded in config.qwt, never a paper cell."""
+    from benchmarks.paper_cell import deviations
+    from classification.cli import main
+    from qwt_core.records import load_records
+    code = main(["--model", "deit_tiny", "--tiny", "--methods", "repq+qwt", "--data-dir", str(imagenet_dir),
+                 "--results-dir", str(tmp_path / "r"), "--qwt-solver", "streaming", "--half-arith", "emulated",
+                 "--calib-size", "8", "--qwt-size", "16", "--batch-size", "8", "--workers", "0", "--no-progress"])
+    assert code == 0
+    (rec,) = load_records(tmp_path / "r")
+    assert rec["config"]["qwt"]["solver"] == "streaming" and rec["config"]["qwt"]["half_arith"] == "emulated"
+    assert any("solver" in d for d in deviations(rec)) and any("half_arith" in d for d in deviations(rec))
+    with pytest.raises(SystemExit) as exc:  # argparse: one line, status 2
+        main(["--model", "deit_tiny", "--data-dir", str(imagenet_dir), "--qwt-solver", "fast"])
+    assert exc.value.code == 2
