@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "installed with pip when missing, reused when present)")
     p.add_argument("--keep-dumps", default=None, help="keep the reference's dumps in this folder (100-450 MB each)")
     p.add_argument("--dumps", nargs="+", default=None, help="compare these dumps instead of running the reference")
+    p.add_argument("--qwt-solver", choices=("reference", "streaming", "lstsq"), default="reference",
+                   help="the suite's QwT solver (default: its default, the reference's fp32 solve on all rows); "
+                        "streaming / lstsq show where those named options depart from the reference")
     p.add_argument("--json", default=None, help="write the rows and timings here")
     p.add_argument("--traceback", action="store_true", help="print the full traceback of a failed side")
     return p.parse_args(argv)
@@ -159,7 +162,7 @@ def compare_dump(dump_path: Path, a: argparse.Namespace, label: str) -> ModelRes
     try:
         dump = torch.load(dump_path, map_location="cpu", weights_only=False)
         with tempfile.TemporaryDirectory(prefix="qwt_parity_") as work:
-            ref, run, with_ref = run_on_dump(dump, Path(work))
+            ref, run, with_ref = run_on_dump(dump, Path(work), a.qwt_solver)
         rows = compare(ref, run, with_ref)
         return ModelResult(dump["settings"]["model"], rows, {"suite": time.perf_counter() - t0})
     except Exception as e:  # a crash of the suite's side is one FAIL row of that model

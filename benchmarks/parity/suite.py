@@ -377,8 +377,9 @@ def evaluate_with(run: SuiteRun, blocks: Sequence[tuple[Tensor, Tensor]], x: Ten
 
 # ------------------------------------------------------------------------------ the run
 def run_suite(fp_model: nn.Module, spec: ModelSpec, settings: dict[str, Any], calib: Tensor, qwt_inputs: Tensor,
-              test_inputs: Tensor, reference_comp: ReferenceComp) -> SuiteRun:
-    """Every stage of the suite on the given FP model and images (see the module docstring)."""
+              test_inputs: Tensor, reference_comp: ReferenceComp, solver: str = "reference") -> SuiteRun:
+    """Every stage of the suite on the given FP model and images (see the module docstring);
+    ``solver``: the suite's ``QwTConfig.solver`` (default: its default, the reference's)."""
     s, bs = settings, settings["batch_size"]
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -414,7 +415,8 @@ def run_suite(fp_model: nn.Module, spec: ModelSpec, settings: dict[str, Any], ca
     repq_logits = logits_of(qmodel, test_inputs, bs)
     seconds["repq"] = time.perf_counter() - t0
 
-    cfg = QwTConfig(start_block=s["start_block"], kernel_size=s["kernel_size"] or 1, factor=s["factor"] or 64)
+    cfg = QwTConfig(start_block=s["start_block"], kernel_size=s["kernel_size"] or 1, factor=s["factor"] or 64,
+                    solver=solver)  # type: ignore[arg-type]
     batches = [qwt_inputs[i:i + bs] for i in range(0, qwt_inputs.shape[0], bs)]
     blockwise = adapter.blockwise(qmodel)
     steps = list(blockwise.steps())
@@ -432,9 +434,10 @@ def run_suite(fp_model: nn.Module, spec: ModelSpec, settings: dict[str, Any], ca
                     free, free_logits, qmodel, steps, seconds)
 
 
-def run_on_dump(dump: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], SuiteRun, Tensor]:
+def run_on_dump(dump: dict[str, Any], workdir: Path, solver: str = "reference"
+                ) -> tuple[dict[str, Any], SuiteRun, Tensor]:
     """The suite on a dump: (the dump in the suite's names, the run, RepQ+QwT logits with the
-    reference's installed W, b in the suite's eval path)."""
+    reference's installed W, b in the suite's eval path); ``solver`` as in :func:`run_suite`."""
     fp_model, spec, names = load_fp_model(dump, workdir)
     ref = align(dump, names, fp_model)
     qwt = ref["qwt"]
@@ -447,7 +450,8 @@ def run_on_dump(dump: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], Su
         return qwt[k]["weight"], qwt[k]["bias"], qwt[k]["groups"]
 
     s = dump["settings"]
-    run = run_suite(fp_model, spec, s, dump["calib"], dump["qwt_inputs"], dump["test_inputs"], reference_comp)
+    run = run_suite(fp_model, spec, s, dump["calib"], dump["qwt_inputs"], dump["test_inputs"], reference_comp,
+                    solver)
     if len(run.steps) != len(qwt):
         raise ValueError(f"QwT walks {len(run.steps)} blocks in the suite, {len(qwt)} in the reference")
     t0 = time.perf_counter()
