@@ -1,0 +1,176 @@
+"""The fp16 products of QwT evaluation: ``(x.half() @ W.half()).float()`` and the grouped fp16
+convolution, in two named arithmetics (``QwTConfig.half_arith``).
+
+``"native"`` (default) is the device's own fp16 kernel, bit for bit: the reference's evaluation
+arithmetic. On a CUDA device that kernel is called. On a CPU without fp16 hardware (no AVX512-FP16
+/ AMX-FP16) PyTorch's fp16 GEMM -- used by ``mm`` and by the slow fp16 convolution -- is a scalar
+loop: every output is the dot product of fp16 operands whose products are exact in fp32, summed
+in fp32 into 4 interleaved partial sums (term l goes to sum l mod 4, a tail of D mod 4 terms to sum
+0), combined as ((s0 + s1) + s2) + s3 and rounded once to fp16 (``sum`` in ATen's
+``BlasKernel.cpp``). That loop runs at about 1 GFLOP/s. :func:`native_order_dot` performs exactly
+the same fp32 additions in the same order, vectorised across the outputs (one ``addcmul_`` per
+group of 4 terms), so it returns the same bits about ten times faster. It is used only after a
+probe of the same geometry has returned bit-identical results to the native kernel in this
+process (:func:`_verified`); otherwise (a CPU whose fp16 GEMM goes to oneDNN, another PyTorch) the
+native kernel itself runs.
+
+``"emulated"`` rounds both operands to fp16, multiplies in fp32 with the fast fp32 kernels (any
+summation order) and rounds the product to fp16: fp32 speed, but not the native kernel's bits
+(about 0.2 % of the outputs differ by one fp16 ulp on a CPU, and fake quantization downstream turns
+such last-bit differences into different logits).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+HALF_ARITHS = ("native", "emulated")
+ILP = 4  # partial sums of ATen's CPU dot product (BlasKernel.cpp ``sum``)
+CHUNK_ELEMENTS = 1 << 19  # partial sums kept per chunk of outputs (4 x 2^19 fp32 = 8 MiB at most)
+MKLDNN_MIN_WORK = 16 * 16 * 16  # ATen sends fp16 GEMMs above this many MACs to oneDNN where it can
+
+
+def _check(arith: str) -> None:
+    if arith not in HALF_ARITHS:
+        raise ValueError(f"half_arith must be one of {HALF_ARITHS}, got {arith!r}")
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The ordered dot product is a chain of short elementwise passes; on a shared CPU every
+    parallel region waits for all threads, so it runs on one (results do not depend on it)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def native_order_dot(x: Tensor, w: Tensor) -> Tensor:
+    """out[b, g, o, l] = Σ_d w[g, o, d] x[b, g, d, l], summed in fp32 in the order of ATen's CPU
+    fp16 dot product, then rounded to fp16 (returned as fp32).
+
+    x: (B, G, D, L) and w: (G, O, D), fp16-valued (any float dtype holding fp16 values: the
+    product of two fp16 numbers is exact in fp32, so only the additions round). Returns
+    (B, G, O, L) float32. Works on chunks of images and columns so that the partial sums
+    (4 per output) stay within a few MiB.
+    """
+    B, G, D, L = x.shape
+    O = w.shape[1]
+    J = D // ILP  # full groups of ILP terms; terms J*ILP .. D-1 are the tail (added to sum 0)
+    x = x.float().contiguous()
+    w = w.float()
+    wj = w[:, :, :J * ILP].unflatten(-1, (J, ILP)).permute(2, 0, 3, 1).unsqueeze(-1)  # (J, G, ILP, O, 1)
+    wt = w[:, :, J * ILP:].permute(2, 0, 1).unsqueeze(-1)  # tail (D - J*ILP, G, O, 1)
+    xj = x[:, :, :J * ILP].unflatten(2, (J, ILP)).unsqueeze(-2)  # (B, G, J, ILP, 1, L)
+    per_image = G * ILP * O * L
+    bc = max(1, CHUNK_ELEMENTS // per_image)  # images per chunk
+    lc = L if bc > 1 else max(1, min(L, CHUNK_ELEMENTS // (G * ILP * O)))  # columns per chunk
+    out = torch.empty(B, G, O, L, dtype=torch.float32, device=x.device)
+    for b0 in range(0, B, bc):
+        b1 = min(B, b0 + bc)
+        for l0 in range(0, L, lc):
+            l1 = min(L, l0 + lc)
+            p = torch.zeros(b1 - b0, G, ILP, O, l1 - l0, dtype=torch.float32, device=x.device)  # partial sums
+            for j in range(J):
+                p.addcmul_(xj[b0:b1, :, j, :, :, l0:l1], wj[j])
+            p0 = p[:, :, 0]
+            for t in range(D - J * ILP):  # tail terms go to partial sum 0, in order
+                p0.addcmul_(x[b0:b1, :, J * ILP + t, None, l0:l1], wt[t])
+            acc = p0
+            for k in range(1, ILP):
+                acc = acc + p[:, :, k]
+            out[b0:b1, :, :, l0:l1] = acc
+    return out.half().float()
+
+
+def _bits_equal(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+_VERIFIED: dict[tuple, bool] = {}
+
+
+def _probe_values(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    """fp16 values over a wide range of magnitudes (so that summation order shows in the bits)."""
+    mag = torch.exp2(torch.randint(-6, 7, shape, generator=gen).float())
+    return (torch.randn(shape, generator=gen) * mag).half()
+
+
+def _verified(key: tuple, native: Callable[[Tensor, Tensor], Tensor],
+              ordered: Callable[[Tensor, Tensor], Tensor], x_shape: tuple[int, ...],
+              w_shape: tuple[int, ...]) -> bool:
+    """Whether :func:`native_order_dot` reproduces the native CPU kernel on probe data of this
+    geometry, bit for bit (checked once per geometry and process)."""
+    full = key + (torch.__version__, torch.backends.mkldnn.is_available(), torch._C._get_mkldnn_enabled())
+    if full not in _VERIFIED:
+        gen = torch.Generator().manual_seed(0)
+        x, w = _probe_values(x_shape, gen), _probe_values(w_shape, gen)
+        with _one_thread():
+            _VERIFIED[full] = _bits_equal(native(x, w), ordered(x, w).half())
+    return _VERIFIED[full]
+
+
+def half_matmul(x: Tensor, w: Tensor, arith: str = "native") -> Tensor:
+    """``(x.half() @ w.half()).float()``; x (..., D), w (D, O) -> (..., O) float32."""
+    _check(arith)
+    if arith == "emulated":
+        return (x.half().float() @ w.half().float()).half().float()
+    x16, w16 = x.half(), w.half()
+    D, O = w.shape
+    rows = x16.numel() // max(D, 1)
+    if x.device.type != "cpu" or rows * D * O <= MKLDNN_MIN_WORK or D == 0:
+        return (x16 @ w16).float()
+    probe_rows = max(64, MKLDNN_MIN_WORK // max(D * O, 1) + 1)
+
+    def ordered(a: Tensor, b: Tensor) -> Tensor:  # a (n, D), b (D, O) -> (n, O)
+        return native_order_dot(a.reshape(1, 1, -1, D).transpose(-1, -2), b.t()[None])[0, 0].t()
+
+    if not _verified(("mm", D, O), torch.matmul, ordered, (probe_rows, D), (D, O)):
+        return (x16 @ w16).float()
+    with _one_thread():
+        out = ordered(x16, w16)  # (n, O)
+    return out.reshape(*x.shape[:-1], O)
+
+
+def half_conv2d(x: Tensor, w: Tensor, stride: int, padding: int, groups: int, arith: str = "native") -> Tensor:
+    """``conv2d(x.half(), w.half(), None, stride, padding, 1, groups).float()``;
+    x (B, C, H, W), w (O, C/groups, k, k) -> (B, O, H', W') float32."""
+    _check(arith)
+
+    def conv(a: Tensor, b: Tensor) -> Tensor:
+        return F.conv2d(a, b, None, stride, padding, 1, groups)
+
+    if arith == "emulated":
+        return conv(x.half().float(), w.half().float()).half().float()
+    x16, w16 = x.half(), w.half()
+    O, cg, kh, kw = w.shape
+    B, C, H, W = x.shape
+    Ho, Wo = (H + 2 * padding - kh) // stride + 1, (W + 2 * padding - kw) // stride + 1
+    D = cg * kh * kw
+    if x.device.type != "cpu" or Ho <= 0 or Wo <= 0 or B * Ho * Wo * D * (O // groups) <= MKLDNN_MIN_WORK:
+        return conv(x16, w16).float()
+
+    def ordered(a: Tensor, b: Tensor) -> Tensor:
+        n = a.shape[0]
+        if kh == kw == 1 and padding == 0:
+            cols = a[:, :, ::stride, ::stride]  # (n, C, H', W'): the 1x1 patches
+        else:  # (n, C*k*k, L), per group in the (c, ky, kx) order of the weight
+            cols = F.unfold(a, (kh, kw), padding=padding, stride=stride)
+        ho, wo = (a.shape[2] + 2 * padding - kh) // stride + 1, (a.shape[3] + 2 * padding - kw) // stride + 1
+        cols = cols.reshape(n, groups, D, ho * wo)  # (n, G, D, L)
+        out = native_order_dot(cols, b.reshape(groups, O // groups, D))  # (n, G, O/G, L)
+        return out.reshape(n, O, ho, wo)
+
+    side = max(2 * stride + kh, 4)
+    probe_batch = max(2, MKLDNN_MIN_WORK // max(D * (O // groups), 1) + 1)
+    key = ("conv", C, O, kh, kw, stride, padding, groups)
+    if not _verified(key, conv, ordered, (probe_batch, C, side, side), tuple(w.shape)):
+        return conv(x16, w16).float()
+    with _one_thread():
+        return ordered(x16, w16)
