@@ -14,6 +14,15 @@ from .halfdot import HALF_ARITHS, half_conv2d, half_matmul  # noqa: F401 (HALF_A
 HalfArith = Literal["native", "emulated"]  # see :mod:`qwt_core.qwt.halfdot`
 
 
+def _add_into(fresh: Tensor, out: Tensor) -> Tensor:
+    """``out + fresh``, written into ``fresh`` (a temporary this module just computed) when the
+    shapes and dtypes allow: IEEE addition commutes, so the bits are those of ``out + fresh``,
+    without allocating another full-size tensor."""
+    if fresh.shape == out.shape and fresh.dtype == out.dtype and fresh.device == out.device:
+        return fresh.add_(out)
+    return out + fresh
+
+
 class LinearCompensation(nn.Module):
     """c(x) = x @ W + b on tokens x (..., D) -> (..., O); W (D, O), b (O,).
 
@@ -54,8 +63,10 @@ class LinearCompensation(nn.Module):
         """out + c(x) as the reference adds it: (out + x @ W) + b; ``fp32=True`` forces the fp32
         product (the reference propagates features in fp32 while fitting)."""
         if self._half() and not fp32:
-            return (out + half_matmul(x, self.weight, self.half_arith).to(out.dtype)) + self.bias
-        return (out + x @ self.weight) + self.bias
+            p = half_matmul(x, self.weight, self.half_arith).to(out.dtype)
+        else:
+            p = x @ self.weight
+        return _add_into(p, out).add_(self.bias)
 
 
 class ConvCompensation(nn.Module):
@@ -106,7 +117,10 @@ class ConvCompensation(nn.Module):
     def add_to(self, out: Tensor, x: Tensor, fp32: bool = False) -> Tensor:
         """out + c(x) as the reference adds it; ``fp32=True`` forces the fp32 convolution."""
         if fp32:
-            return out + self._conv(x, self.weight, self.bias)
+            return _add_into(self._conv(x, self.weight, self.bias), out)
+        if self.fp16_eval and not self.training:
+            c = half_conv2d(x, self.weight, self.stride, self.kernel_size // 2, self.groups, self.half_arith)
+            return _add_into(c.to(x.dtype).add_(self.bias[:, None, None]), out)
         return out + self(x)
 
 

@@ -57,9 +57,9 @@ def test_ordered_dot_is_used_only_where_the_probe_matched(monkeypatch: pytest.Mo
     calls = []
     real = halfdot.native_order_dot
 
-    def wrong(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # a different summation order
-        calls.append(1)
-        return (b.float() @ a.float()).half().float() if a.dim() == 2 else real(a.flip(-2), b.flip(-1))
+    def wrong(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        calls.append(1)  # the same terms summed in reverse order
+        return real(a.flip(2), b.flip(-1), out)
 
     monkeypatch.setattr(halfdot, "_VERIFIED", {})
     monkeypatch.setattr(halfdot, "native_order_dot", wrong)
