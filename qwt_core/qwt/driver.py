@@ -25,7 +25,7 @@ from .accumulator import NormalEquations, ReduceFn, all_reduce_sum
 from .compensation import (CompensatedBlock, ConvCompensation, LinearCompensation, conv_rows,
                            unfold_groups)
 from .config import QwTConfig
-from .store import FeatureStore
+from .store import FeatureStore, Recycler
 
 
 def call_block(block: nn.Module, x: Tensor) -> Tensor:
@@ -146,10 +146,14 @@ class Propagated:
         self.inputs, self.quantized, self.comp, self.after = inputs, quantized, comp, after
 
     def drain(self) -> Iterator[Tensor]:
-        for x, q in zip(self.inputs.drain(), self.quantized.drain()):
+        xs, qs = self.inputs.drain(), self.quantized.drain()
+        for x in xs:
+            q = next(qs)
             out = self.comp.add_to(q, x, fp32=True)
             del x, q
             yield self.after(out) if self.after is not None else out
+        for _ in qs:  # (runs the quantized outputs' drain to its end: its last buffer goes back)
+            pass
 
     def close(self) -> None:
         self.inputs.close()
@@ -164,8 +168,9 @@ def fit_block(block: nn.Module, step: BlockStep, inputs: Inputs, cfg: QwTConfig,
     """Fit the compensation of one block. Reads (and consumes) ``inputs`` once; with ``keep``
     also returns the block inputs and quantized outputs, from which :class:`Propagated` makes the
     next block's inputs once the compensation is known."""
-    where, dev = cfg.store, inputs.inputs.device if isinstance(inputs, Propagated) else inputs.device
-    kept = (FeatureStore(where, dev), FeatureStore(where, dev)) if keep else None
+    src = inputs.inputs if isinstance(inputs, Propagated) else inputs
+    where, dev = cfg.store, src.device
+    kept = (FeatureStore(where, dev, src.recycler), FeatureStore(where, dev, src.recycler)) if keep else None
     acc: NormalEquations | None = None
     positions = PositionSums() if step.kind == "conv" else None
     geom: dict = {}
@@ -238,8 +243,9 @@ def fit_qwt(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwTConfig
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     reports: list[BlockReport] = []
     steps = list(adapter.steps())
+    recycler = Recycler()  # spare host tensors and feature files, shared by the stores of this fit
     with quant_state(model, weight=True, act=True):
-        first = FeatureStore(cfg.store, dev)
+        first = FeatureStore(cfg.store, dev, recycler)
         for images in batches:
             first.append(adapter.embed(images.to(dev)))
         inputs: Inputs = first
@@ -258,4 +264,5 @@ def fit_qwt(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwTConfig
                     on_block(report)
         finally:
             inputs.close()
+            recycler.close()
     return reports
