@@ -44,6 +44,19 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def process_clock(device: torch.device | str) -> Callable[[], float]:
+    """The clock of :func:`clock_for` as a function: process CPU seconds on the CPU,
+    synchronised wall seconds on a GPU."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return time.process_time
+
+    def wall() -> float:
+        torch.cuda.synchronize(dev)
+        return time.perf_counter()
+    return wall
+
+
 def clock_for(device: torch.device | str) -> str:
     """'wall' on a GPU, 'cpu' (process CPU time) on the CPU."""
     return "wall" if torch.device(device).type == "cuda" else "cpu"
