@@ -10,6 +10,7 @@ reports). The wrappers cost a clock read per call, a few hundred calls per fit.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import Counter
 from typing import Any, Callable, Iterator
@@ -26,6 +27,7 @@ class FitProfile:
     def __init__(self, adapter: Any, clock: Callable[[], float] = time.process_time) -> None:
         self.adapter, self.clock = adapter, clock
         self.seconds: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # "store bytes written", "normal-equation MACs"
         self._fp = False
 
     def _timed(self, label: str | Callable[[], str], fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -36,6 +38,24 @@ class FitProfile:
             finally:
                 self.seconds[label() if callable(label) else label] += self.clock() - t0
         return wrapper
+
+    def _counted(self, count: Callable[..., None], fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            count(*args)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def _ne_macs(self, columns: bool) -> Callable[..., None]:
+        """float64 multiply-adds of one update: rows x G x (D+1) x (D+1+O) (rows: x (n, G, D) for
+        ``update``, x (B, G, D, *S) -> B * prod(S) for ``update_columns``)."""
+        def count(acc: Any, x: Any, y: Any) -> None:
+            rows = x.shape[0] * (math.prod(x.shape[3:]) if columns else 1)
+            self.counts["normal-equation MACs"] += rows * acc.groups * (acc.in_dim + 1) * (acc.in_dim + 1 + acc.out_dim)
+        return count
+
+    def _store_bytes(self, store_: Any, t: Any) -> None:
+        if store_.where == "disk":
+            self.counts["store bytes written"] += t.numel() * t.element_size()
 
     @contextlib.contextmanager
     def _full_precision(self, module: Any) -> Iterator[Any]:
@@ -56,14 +76,16 @@ class FitProfile:
 
         ne = accumulator.NormalEquations
         for name in ("update", "update_columns"):
-            patch(ne, name, self._timed("normal equations (float64)", ne.__dict__[name]))
+            patch(ne, name, self._counted(self._ne_macs(name == "update_columns"),
+                                          self._timed("normal equations (float64)", ne.__dict__[name])))
         for name in ("solve", "residual"):
             patch(ne, name, self._timed("solve", ne.__dict__[name]))
         for cls in (compensation.LinearCompensation, compensation.ConvCompensation):
             patch(cls, "add_to", self._timed("propagation (fp32 compensation)", cls.__dict__["add_to"]))
         fs = store.FeatureStore
         for name in ("_put", "_read", "_forget"):  # writes, reads (and moves between devices), deletions
-            patch(fs, name, self._timed("feature store", fs.__dict__[name]))
+            fn = self._timed("feature store", fs.__dict__[name])
+            patch(fs, name, self._counted(self._store_bytes, fn) if name == "_put" else fn)
         self._orig_fp = driver.full_precision
         patch(driver, "full_precision", self._full_precision)
         patch(self.adapter, "embed", self._timed("embed", self.adapter.embed))

@@ -133,32 +133,50 @@ def _why(rec: dict[str, Any]) -> list[str]:
                 f"{_in_fp(prof, fp, 'feature store'):.2f} + solves {_in_fp(prof, fp, 'solve'):.2f} + rest "
                 f"{_in_fp(prof, fp, 'the rest'):.2f}; the standalone quantized forward costs "
                 f"{s['quant_forward'] / fp:.2f}, so the work beyond the two passes is {extra:.2f}")
+        counts = []
+        for case in fit_missed:
+            c, ne_s = raw.get("fit_counts", {}).get(case, {}), profs.get(case, {}).get("normal equations (float64)", 0.0)
+            if c.get("normal-equation MACs") and c.get("fp_forward_flop"):
+                macs = c["normal-equation MACs"]
+                counts.append(
+                    f"{case}: the sums take {macs / 1e9:.1f} G float64 multiply-adds, "
+                    f"{macs / (c['fp_forward_flop'] / 2):.2f}x the FP forward's {c['fp_forward_flop'] / 2e9:.0f} G fp32 "
+                    f"ones (matmul/conv, torch's FlopCounterMode), done at {macs / max(ne_s, 1e-9) / 1e9:.1f} G/s "
+                    f"including the float64 copies; the store wrote {c.get('store bytes written', 0) / 2**30:.2f} GiB "
+                    f"in {profs[case].get('feature store', 0.0):.2f} s with the reads")
+        slow_fp = [f"{case} {_in_fp(profs[case], secs[case]['fp_forward'], 'FP block passes'):.2f}"
+                   for case in fit_missed if case in profs
+                   and _in_fp(profs[case], secs[case]['fp_forward'], 'FP block passes') > 1.0]
+        sdpa = ("" if not slow_fp else
+                " The FP block passes alone cost more than the whole FP forward (" + ", ".join(slow_fp) + "): "
+                "they run the quantized model's blocks with the quantizers off, so attention is computed "
+                "explicitly (q·kᵀ, softmax, ·v, as the reference computes it in both passes), where timm's "
+                "full-precision model calls the fused scaled-dot-product kernel.")
         out.append(
             "**Figure 1 (fit time), in FP forwards, from the profile of the fit** (`benchmarks/perf/profile.py`). "
-            + "; ".join(parts) + ". The two block passes are the floor that no fit avoids; the fake-quantized "
+            + "; ".join(parts) + "." + sdpa + " The two block passes are the floor that no fit avoids; the fake-quantized "
             "pass costs more than the FP pass by the elementwise quantization of every activation (memory-bound "
             "work beside GEMM-bound layers). Beyond them, the float64 normal equations are the largest "
-            "cost: X_augᵀX_aug and X_augᵀY take 2(D+1)·O float64 multiply-adds per token (D = O = the "
-            "block width), against about 12·D² fp32 ones in the block itself, and float64 GEMMs run at "
-            "half the fp32 rate, so they cost about a third of an FP pass for a ViT block and more for "
-            "ResNet's grouped fit (D = 64 per group against blocks whose FP cost per position is a few "
-            "hundred multiply-adds per channel); float64 is what parity needs (the reference's R² and "
-            "W depend on it). Propagation is one fp32 GEMM (or grouped convolution) per token, as the "
-            "reference computes it; the feature store writes and reads each block's inputs and "
-            "quantized outputs once (`store='disk'`, what keeps memory flat).")
+            "cost: X_augᵀX_aug and X_augᵀY take (D+1)(D+1+O) float64 multiply-adds per token (about 2·D² for "
+            "a ViT block, D = O = its width), against about 12·D² fp32 ones in the block itself, and float64 GEMMs run at "
+            "half the fp32 rate; counted in this run: " + "; ".join(counts) + ". float64 is what parity "
+            "needs (the reference's R² and W depend on it). Propagation is one fp32 GEMM (or grouped "
+            "convolution) per token, as the reference computes it; the feature store writes and reads each "
+            "block's inputs and quantized outputs once (`store='disk'`, what keeps memory flat).")
     if any(k.startswith("fit_over_ref_time/") for k in missed):
         rt = raw.get("reference_time", {})
         t = rt.get("seconds", {})
         prof = rt.get("profile", {})
         bound = ""
-        if prof:
+        if prof and t.get("reference"):
             e, f, q = prof.get("embed", 0.0), prof.get("FP block passes", 0.0), prof.get("quantized block passes", 0.0)
-            if e + f + 2 * q > 0:
-                bound = (f" Our fit's own profile gives the floor of this ratio: embedding {e:.2f} s + FP passes "
-                         f"{f:.2f} s + quantized passes {q:.2f} s are work both fits do, and the reference runs the "
-                         f"quantized block a third time, so even with every other cost of ours at zero and every "
-                         f"other cost of the reference's at zero the ratio is (E + F + Q) / (E + F + 2Q) = "
-                         f"{(e + f + q) / (e + f + 2 * q):.2f}.")
+            bound = (f" What bounds it, from our fit's profile: the embedding ({e:.2f} s), the FP block passes "
+                     f"({f:.2f} s) and the quantized block passes ({q:.2f} s) are work both fits do with the same "
+                     f"code, so even if everything else our fit does cost nothing the ratio would be "
+                     f"(E + F + Q) / reference = {(e + f + q) / t['reference']:.2f}; the reference's third pass "
+                     f"costs about another Q, (E + F + Q) / (E + F + 2Q) = {(e + f + q) / max(e + f + 2 * q, 1e-12):.2f}. "
+                     f"On this cut-down model the 8-bit patch embedding is {e / max(e + f + q, 1e-12):.0%} of that "
+                     "shared work.")
         out.append(
             f"**Figure 2, time** ({'; '.join(f'{k}: {v:.2f}' for k, v in m.items() if k.startswith('fit_over_ref_time/'))}; "
             f"ours {t.get('ours', float('nan')):.2f} s, reference-style {t.get('reference', float('nan')):.2f} s at "
@@ -179,6 +197,10 @@ def _why(rec: dict[str, Any]) -> list[str]:
             parts.append(f"{case}: RepQ-ViT {s['quant_forward'] / fp:.2f}, + fp16 compensation "
                          f"{(s['qwt_forward'] - s['quant_forward']) / fp:.2f} native / "
                          f"{(s.get('qwt_forward_emulated', float('nan')) - s['quant_forward']) / fp:.2f} emulated")
+        kern = raw.get("half_kernels", {})
+        rates = "".join(f"; {k.split(' (')[0]}: {v['macs'] / v['seconds']['native'] / 1e9:.1f} G multiply-adds/s "
+                        f"against {v['macs'] / v['seconds']['torch fp16 kernel'] / 1e9:.1f} for PyTorch's kernel"
+                        for k, v in kern.items() if v.get("macs"))
         out.append(
             "**Figure 4 (evaluation time / FP), in FP forwards.** " + "; ".join(parts) + ". Quantized weights "
             "are cached and activations fake-quantized in place (bit-identical); what remains for RepQ-ViT "
@@ -186,9 +208,9 @@ def _why(rec: dict[str, Any]) -> list[str]:
             "attention map). The compensation is the reference's fp16 product: on this "
             f"{dev} the default `half_arith='native'` returns the native fp16 kernel's bits, computed as "
             "that kernel's own fp32 summation order with vectorised passes (one pass over all outputs per "
-            "4 terms of the dot product: elementwise work, about 8 GFLOP/s on one core) where PyTorch's "
-            "kernel is a scalar loop; `'emulated'` uses the fp32 GEMM and rounds once, faster, but not "
-            "the reference's bits (see the fp16 product table).")
+            "4 terms of the dot product: elementwise work" + rates + ") where PyTorch's kernel is a scalar "
+            "loop; `'emulated'` uses the fp32 GEMM and rounds once, faster, but not the reference's bits "
+            "(see the fp16 product table).")
     if any(k.startswith("init_speedup/") for k in missed):
         init = raw.get("init", {})
         parts = [f"{k}: {v['loop_s'] / v['vectorized_s']:.1f}x" for k, v in init.items()]
@@ -225,7 +247,12 @@ def render_markdown(rec: dict[str, Any]) -> str:
         + (" On a CPU the timed work runs on one torch thread: process CPU seconds of several threads on a "
            "shared machine also count the OpenMP threads' spin-waits at every parallel region (with 2 threads "
            "and a load average of 4-6 the same FP forward took 1.4x the CPU seconds of one thread, the "
-           "fake-quantized forward 1.7x)." if mach["device"] == "cpu" and threads == 1 else ""),
+           "fake-quantized forward 1.7x)." if mach["device"] == "cpu" and threads == 1 else "")
+        + (" glibc's allocator keeps freed memory in the process (`mallopt(M_MMAP_MAX, 0)`, "
+           "`mallopt(M_TRIM_THRESHOLD, -1)`; `--malloc default` leaves it alone): with its defaults every tensor "
+           "above 32 MiB is a fresh mapping faulted in page by page, 35-40 % of a ResNet-50 forward's CPU "
+           "seconds on this VM, in amounts that depend on what ran before in the process."
+           if raw.get("malloc", {}).get("applied") else ""),
         "",
         "Models: the real architectures with random weights, W4A4 RepQ-ViT (calibrated on "
         f"{plan['calib_images']} synthetic images), synthetic N(0, 1) images: "

@@ -23,6 +23,7 @@ import argparse
 import copy
 import os
 import platform
+import resource
 import shlex
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.records import RECORDS_DIR, make_record, write_record
 from qwt_core import QwTConfig, fit_qwt, quant_state, save_state
@@ -40,7 +42,7 @@ from qwt_core.qwt.compensation import ConvCompensation, LinearCompensation
 
 from . import report
 from .cases import Batches, Built, Case, Plan, build, mmdet_available, plan_for
-from .measure import MiB, clock_for, interleaved_min, probe, process_clock
+from .measure import MiB, clock_for, interleaved_min, keep_freed_memory, probe, process_clock
 from .profile import FitProfile
 from .reference_fit import reference_fit
 from .targets import target_of
@@ -101,7 +103,7 @@ def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
             reports = fit_qwt(adapter, images, cfg, device=device)
             total = clock() - c0
         if total < fitted.get("fit_s", float("inf")):  # the profile of the fastest fit
-            fitted["fit_s"], fitted["profile"] = total, prof.breakdown(total)
+            fitted["fit_s"], fitted["profile"], fitted["counts"] = total, prof.breakdown(total), dict(prof.counts)
         fitted["model"] = m
         raw.setdefault("r2_ours", {})[case.key] = [round(r.r2, 6) for r in reports]
 
@@ -120,7 +122,9 @@ def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
                 _forward_all(built, m, images)
         return run
 
-    _forward_all(built, built.fp, images[:1])  # warm-up (allocator, kernels)
+    with FlopCounterMode(display=False) as flops:  # also the warm-up (allocator, kernels)
+        _forward_all(built, built.fp, images[:1])
+    fp_flop = flops.get_total_flops() * plan.images / images[0].shape[0]  # matmul/conv FLOPs (2 per MAC)
     with quant_state(built.quant):
         _forward_all(built, built.quant, images[:1])
     qm = built.quant
@@ -144,6 +148,7 @@ def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
         "qwt_forward_emulated": t["qwt_emulated"], "fit": t["fit"], "repq_calibration": calib_s,
         "case_total": time.perf_counter() - t0}
     raw.setdefault("fit_profile", {})[case.key] = fitted["profile"]
+    raw.setdefault("fit_counts", {})[case.key] = {**fitted["counts"], "fp_forward_flop": fp_flop}
     metrics[f"fit_over_floor/{case.key}"] = t["fit"] / (fp_s + t["quant"])
     metrics[f"fit_over_fp/{case.key}"] = t["fit"] / fp_s
     metrics[f"eval_slowdown/{case.key}"] = t["quant"] / fp_s
@@ -225,7 +230,9 @@ def half_kernels(plan: Plan, device: torch.device, raw: dict[str, Any]) -> None:
                             1, device)
         same = bool(torch.equal(res["torch"].view(torch.int32), res["native"].view(torch.int32)))
         differ = float((res["torch"] != res["emulated"]).float().mean())
-        out[name] = {"seconds": t, "native_bits_equal_torch": same, "emulated_fraction_differing": differ}
+        macs = res["torch"].numel() * (w.shape[0] if groups is None else w.shape[1] * w.shape[2] * w.shape[3])
+        out[name] = {"seconds": t, "native_bits_equal_torch": same, "emulated_fraction_differing": differ,
+                     "macs": macs}
         _say(f"[fp16 product] {name}: PyTorch fp16 kernel {t['torch fp16 kernel']:.3f}s, half_arith='native' "
              f"{t['native']:.3f}s (bit-identical: {same}), 'emulated' {t['emulated']:.3f}s "
              f"({differ:.3%} of outputs differ from the fp16 kernel)")
@@ -379,7 +386,7 @@ PARTS = ("init", "kernels", "time", "reference", "memory", "detector")
 
 
 def run(mode: str, device_name: str, results_dir: str | None, out: str | None, command: str | None = None,
-        skip: tuple[str, ...] = (), threads: int | None = None) -> dict[str, Any]:
+        skip: tuple[str, ...] = (), threads: int | None = None, malloc: str = "keep") -> dict[str, Any]:
     device = torch.device(device_name)
     plan = plan_for(mode, device_name)
     if threads is not None:
@@ -391,9 +398,13 @@ def run(mode: str, device_name: str, results_dir: str | None, out: str | None, c
         raise ValueError(f"--skip: unknown part(s) {sorted(unknown)}; parts: {', '.join(PARTS)}")
     metrics: dict[str, float] = {}
     raw: dict[str, Any] = {"load_before": list(os.getloadavg()), "clock": clock_for(device)}
+    if device.type == "cpu" and malloc == "keep":
+        raw["malloc"] = keep_freed_memory()
+    else:
+        raw["malloc"] = {"applied": False, "why": "GPU run" if device.type != "cpu" else "--malloc default"}
     t0 = time.perf_counter()
     _say(f"perf benchmark, mode {plan.mode}, device {device} ({torch.get_num_threads()} threads, "
-         f"load average {raw['load_before'][0]:.1f})")
+         f"load average {raw['load_before'][0]:.1f}, freed memory kept: {raw['malloc']['applied']})")
     with tempfile.TemporaryDirectory(prefix="qwt-perf-") as tmp:
         state_dir = Path(tmp)
         if "init" not in skip:
@@ -410,6 +421,7 @@ def run(mode: str, device_name: str, results_dir: str | None, out: str | None, c
         if "detector" not in skip:
             detector_memory(plan, device, state_dir, metrics, raw)
     raw["load_after"] = list(os.getloadavg())
+    raw["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (Linux: KiB)
     total = time.perf_counter() - t0
     config = {"mode": plan.mode, "plan": report.plan_dict(plan), "machine": machine(device),
               "store": flat_store(device), "raw": raw}
@@ -439,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: 1 on CPU, where CPU seconds of several threads on a shared "
                          "machine count their spin-waits; torch's default on GPU)")
+    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                    help="CPU: 'keep' tells glibc to keep freed memory for reuse (measure the computation, not "
+                         "page faults; see benchmarks/perf/measure.py), 'default' leaves glibc as it is")
     ap.add_argument("--render-only", action="store_true", help="only re-render --out from the newest record")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -450,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = " ".join(["python -m benchmarks.perf.run", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
     run(args.mode or "default", args.device, args.results_dir, args.out, command,
-        tuple(s for s in args.skip.split(",") if s), args.threads)
+        tuple(s for s in args.skip.split(",") if s), args.threads, args.malloc)
     return 0
 
 
