@@ -109,7 +109,7 @@ def plan_for(mode: str, device: str) -> Plan:
                     mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, ref_images=512,
                     mem_images=512, det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True,
                     init_repeats=3, threads=1)
-    return Plan("default", CLS_CASES, images=64, batch=32, calib_images=4, repeats=2, forward_rounds=1,
+    return Plan("default", CLS_CASES, images=64, batch=32, calib_images=4, repeats=3, forward_rounds=1,
                 mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, ref_images=512, mem_images=512,
                 det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True, init_repeats=2, threads=1)
 

@@ -346,7 +346,8 @@ def spread(rec: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
     def workload(r: dict[str, Any]) -> tuple[Any, ...]:
         plan = r["config"].get("plan", {})
         return (r["config"].get("mode"), r["provenance"].get("device"), plan.get("images"), plan.get("batch"),
-                r["config"].get("machine", {}).get("torch_threads"))
+                r["config"].get("machine", {}).get("torch_threads"),
+                bool(r["config"].get("raw", {}).get("malloc", {}).get("applied")))
 
     key = workload(rec)
     same = [r for r in records if workload(r) == key]
@@ -361,7 +362,8 @@ def spread(rec: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
                       for r in sorted(same, key=lambda r: (_date(r), r["_path"])))
     return ["## Run-to-run spread", "",
             f"Every `{key[0]}` record on `{key[1]}` with this run's workload ({key[2]} images, batch {key[3]}, "
-            f"{key[4]} thread(s)) in results/records/perf/ (record time, run duration): {dates}. "
+            f"{key[4]} thread(s), freed memory {'kept' if key[5] else 'returned (glibc defaults)'}) in "
+            f"results/records/perf/ (record time, run duration): {dates}. "
             "On this shared machine single figures moved by several times between runs (another job's "
             "load on the two cores changes which of the interleaved contenders it slows): read the "
             "figures together with this range.", "",
