@@ -1,6 +1,7 @@
 # Calibration speed and memory (docs/perf.md): every ratio with its target -> results/perf.md + a
-# suite "perf" record. Runs on the CPU (about 15 minutes on 2 cores) or on a GPU when present.
-#   make bench                       default counts (CPU: 16 images at 224 px; GPU: 256)
+# suite "perf" record. Runs on the CPU (about 15 minutes on 2 cores, one torch thread) or on a GPU
+# when present.
+#   make bench                       default counts (CPU: 64 QwT images at 224 px; GPU: 512, as the reference)
 #   make bench BENCH_ARGS=--quick    fewer images, one repeat
 #   make bench BENCH_ARGS=--full     more images and repeats
 #   make bench BENCH_DEVICE=cpu      force the CPU on a GPU machine

@@ -46,21 +46,24 @@ class Plan:
     """Image counts and repeats of one benchmark mode."""
 
     mode: str
-    cases: tuple[Case, ...]  # figures 1, 2 (time and memory), 4
-    images: int  # calibration images of figures 1, 2 and 4
-    batch: int  # batch size of every fit and forward
+    cases: tuple[Case, ...]  # figures 1 and 4
+    images: int  # calibration images of figures 1 and 4
+    batch: int  # batch size of every fit and forward of figures 1 and 4
     calib_images: int  # RepQ-ViT calibration batch
-    repeats: int  # timed repeats (min of N, interleaved)
-    mem_case: Case  # figure 3
+    repeats: int  # timed repeats of the fits (min of N, interleaved)
+    forward_rounds: int  # extra interleaved rounds of the forward passes (cheap next to the fits)
+    mem_case: Case  # figures 2 and 3: the cut-down model
     mem_counts: tuple[int, ...]  # figure 3 image counts
     mem_batch: int
-    mem_images: int  # figure 2's memory probe: images per fit
+    ref_images: int  # figure 2 (time): images of our fit and the reference-style fit on mem_case
+    mem_images: int  # figure 2 (memory) of the real models (GPU / --full): images per fit
     det_case: Case | None  # detector backbone memory row
     det_images: int
     det_batch: int
     det_reference: bool  # also probe the reference-style fit on the detector (minutes on a CPU)
     init_repeats: int  # figure 5
     init_scale: float = 1.0  # figure 5 tensor sizes (1.0 = ViT-B fc1 as in bench_quantizer_init)
+    threads: int = 0  # torch threads (0: torch's default); CPU runs use 1 (see docs/perf.md)
 
 
 CLS_CASES = (Case("deit_small", "deit_small", (224, 224)), Case("swin_tiny", "swin_tiny", (224, 224)),
@@ -79,32 +82,36 @@ TINY_CASES = (Case("deit_small_tiny", "deit_small", (32, 32), tiny=True, label="
 
 
 def plan_for(mode: str, device: str) -> Plan:
-    """'tiny' (smoke test), 'quick', 'default' or 'full'; GPU plans use the real counts."""
+    """'tiny' (smoke test), 'quick', 'default' or 'full'. The reference fits 512 images in batches
+    of 32: GPU plans use that; the CPU default fits 64 (the most that keeps ``make bench`` within
+    20 minutes on 2 cores) in batches of 32, on one torch thread."""
     gpu = device.startswith("cuda")
     if mode == "tiny":
-        return Plan("tiny", TINY_CASES, images=8, batch=4, calib_images=4, repeats=1,
-                    mem_case=TINY_CASES[0], mem_counts=(8, 32), mem_batch=8, mem_images=16,
+        return Plan("tiny", TINY_CASES, images=8, batch=4, calib_images=4, repeats=1, forward_rounds=0,
+                    mem_case=TINY_CASES[0], mem_counts=(8, 32), mem_batch=8, ref_images=16, mem_images=16,
                     det_case=None, det_images=0, det_batch=1, det_reference=False, init_repeats=1,
-                    init_scale=0.05)
-    if gpu:
-        full = mode == "full"
-        return Plan(mode, CLS_CASES, images=512 if full else 256, batch=64, calib_images=32,
-                    repeats=3, mem_case=CLS_CASES[0], mem_counts=(128, 512, 1024), mem_batch=64,
-                    mem_images=512 if full else 256, det_case=DET_CASE, det_images=8, det_batch=2,
-                    det_reference=True, init_repeats=3)
-    if mode == "quick":
-        return Plan("quick", CLS_CASES, images=4, batch=4, calib_images=1, repeats=1,
-                    mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, mem_images=256,
-                    det_case=None, det_images=1, det_batch=1, det_reference=False, init_repeats=1)
-    if mode == "full":
-        return Plan("full", CLS_CASES, images=32, batch=16, calib_images=8, repeats=3,
-                    mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, mem_images=512,
-                    det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True, init_repeats=3)
-    if mode != "default":
+                    init_scale=0.05, threads=0 if gpu else 1)
+    if mode not in ("quick", "default", "full"):
         raise ValueError(f"unknown mode {mode!r} (expected tiny, quick, default or full)")
-    return Plan("default", CLS_CASES, images=4, batch=4, calib_images=1, repeats=2,
-                mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, mem_images=512,
-                det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True, init_repeats=2)
+    if gpu:
+        return Plan(mode, CLS_CASES, images=1024 if mode == "full" else 512, batch=32, calib_images=32,
+                    repeats=1 if mode == "quick" else 3, forward_rounds=0 if mode == "quick" else 2,
+                    mem_case=CLS_CASES[0], mem_counts=(128, 512, 1024), mem_batch=32, ref_images=512,
+                    mem_images=512, det_case=DET_CASE, det_images=8, det_batch=2, det_reference=True,
+                    init_repeats=3)
+    if mode == "quick":
+        return Plan("quick", CLS_CASES, images=32, batch=32, calib_images=4, repeats=1, forward_rounds=0,
+                    mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, ref_images=512,
+                    mem_images=256, det_case=None, det_images=1, det_batch=1, det_reference=False,
+                    init_repeats=1, threads=1)
+    if mode == "full":
+        return Plan("full", CLS_CASES, images=128, batch=32, calib_images=8, repeats=3, forward_rounds=2,
+                    mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, ref_images=512,
+                    mem_images=512, det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True,
+                    init_repeats=3, threads=1)
+    return Plan("default", CLS_CASES, images=64, batch=32, calib_images=4, repeats=3, forward_rounds=1,
+                mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, ref_images=512, mem_images=512,
+                det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True, init_repeats=2, threads=1)
 
 
 def synthetic_batches(n: int, batch: int, size: tuple[int, int], seed: int = 0) -> Iterator[Tensor]:

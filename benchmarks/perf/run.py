@@ -1,6 +1,6 @@
 """Calibration speed and memory of QwT, measured against the floor and a reference-style fit.
 
-    python -m benchmarks.perf.run [--quick | --full | --tiny] [--device cpu|cuda]
+    python -m benchmarks.perf.run [--quick | --full | --tiny] [--device cpu|cuda] [--threads N]
                                   [--results-dir results/records] [--out results/perf.md]
 
 Every figure is a ratio of two measurements taken in this run (the machine may be shared: timings
@@ -8,11 +8,14 @@ are min-of-N with the contenders interleaved; peak memory comes from one fresh s
 measurement). Prints each ratio with its target, writes a suite "perf" record and renders
 ``results/perf.md`` from the newest perf record (see :mod:`benchmarks.perf.report`).
 
-1. QwT fit time / one full-precision forward over the same calibration images (floor ~2-3);
-2. our fit / a reference-style fit (all features concatenated, inverse(XᵀX)): time, peak memory;
+1. QwT fit time / (FP forward + fake-quantized forward) and / one FP forward, same images;
+2. our fit / the reference-style fit (:mod:`benchmarks.perf.reference_fit`): time on the cut-down
+   model at 512 images, peak memory;
 3. peak memory of our fit at 128, 512, 1024 calibration images (flat);
-4. FP throughput / fake-quantized throughput, RepQ-ViT and RepQ-ViT + QwT;
+4. fake-quantized / FP evaluation time: RepQ-ViT, RepQ-ViT + QwT in both fp16 arithmetics;
 5. quantizer initialisation, per-channel loop / vectorized.
+Plus, not a target: where the fit's time goes (:mod:`benchmarks.perf.profile`) and the fp16
+product's kernels on this device (:func:`half_kernels`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import argparse
 import copy
 import os
 import platform
+import resource
 import shlex
 import sys
 import tempfile
@@ -28,18 +32,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.records import RECORDS_DIR, make_record, write_record
 from qwt_core import QwTConfig, fit_qwt, quant_state, save_state
 from qwt_core.quant.primitives import per_channel_loop_search, search_uniform_range
+from qwt_core.qwt import halfdot
+from qwt_core.qwt.compensation import ConvCompensation, LinearCompensation
 
 from . import report
 from .cases import Batches, Built, Case, Plan, build, mmdet_available, plan_for
-from .measure import MiB, clock_for, interleaved_min, probe
+from .measure import MiB, clock_for, interleaved_min, keep_freed_memory, probe, process_clock
+from .profile import FitProfile
 from .reference_fit import reference_fit
 from .targets import target_of
 
 OUT = Path(__file__).resolve().parents[2] / "results" / "perf.md"
+
+
+#: the solver of "our fit" in every figure: float64 normal equations, memory independent of the image
+#: count. The default (``solver="reference"``) keeps every row of a block, as the released code does:
+#: its memory grows with the images like the reference-style fit's.
+OUR_SOLVER = "streaming"
 
 
 def flat_store(device: torch.device) -> str:
@@ -65,9 +79,16 @@ def _forward_all(built: Built, model: torch.nn.Module, images: list[torch.Tensor
         built.forward(model, x)
 
 
+def set_half_arith(model: torch.nn.Module, arith: str) -> None:
+    """Evaluate every installed compensation of ``model`` with this fp16 arithmetic."""
+    for m in model.modules():
+        if isinstance(m, (LinearCompensation, ConvCompensation)):
+            m.half_arith = arith
+
+
 def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
               metrics: dict[str, float], raw: dict[str, Any]) -> None:
-    """Figures 1, 2 (time) and 4 for one model."""
+    """Figures 1 and 4 for one model, and the profile of its fit."""
     t0 = time.perf_counter()
     built = build(case, device)
     calib = next(iter(Batches(plan.calib_images, plan.calib_images, case.size, seed=1, device=device)))
@@ -77,20 +98,20 @@ def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
     save_state(built.quant, state_dir / f"{case.key}.pt")
     images = list(Batches(plan.images, plan.batch, case.size, seed=2, device=device))
     store = flat_store(device)
-    cfg = QwTConfig(store=store)
-    fitted: dict[str, torch.nn.Module] = {}
-
-    def fresh() -> torch.nn.Module:
-        return copy.deepcopy(built.quant)
+    cfg = QwTConfig(store=store, solver=OUR_SOLVER)
+    fitted: dict[str, Any] = {}
+    clock = process_clock(device)
 
     def ours(m: torch.nn.Module) -> None:
-        reports = fit_qwt(built.blockwise(m), images, cfg, device=device)
-        fitted["ours"] = m
+        adapter = built.blockwise(m)
+        with FitProfile(adapter, clock) as prof:
+            c0 = clock()
+            reports = fit_qwt(adapter, images, cfg, device=device)
+            total = clock() - c0
+        if total < fitted.get("fit_s", float("inf")):  # the profile of the fastest fit
+            fitted["fit_s"], fitted["profile"], fitted["counts"] = total, prof.breakdown(total), dict(prof.counts)
+        fitted["model"] = m
         raw.setdefault("r2_ours", {})[case.key] = [round(r.r2, 6) for r in reports]
-
-    def reference(m: torch.nn.Module) -> None:
-        r2 = reference_fit(built.blockwise(m), images, cfg, batch_size=plan.batch)
-        raw.setdefault("r2_reference", {})[case.key] = [round(v, 6) for v in r2]
 
     def fp(_: Any) -> None:
         _forward_all(built, built.fp, images)
@@ -99,50 +120,129 @@ def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
         with quant_state(m):
             _forward_all(built, m, images)
 
-    def qwt_eval(_: Any) -> None:
-        with quant_state(fitted["ours"]):
-            _forward_all(built, fitted["ours"], images)
+    def qwt_eval(arith: str) -> Any:
+        def run(_: Any) -> None:
+            m = fitted["model"]
+            set_half_arith(m, arith)
+            with quant_state(m):
+                _forward_all(built, m, images)
+        return run
 
-    _forward_all(built, built.fp, images[:1])  # warm-up (allocator, kernels)
+    with FlopCounterMode(display=False) as flops:  # also the warm-up (allocator, kernels)
+        _forward_all(built, built.fp, images[:1])
+    fp_flop = flops.get_total_flops() * plan.images / images[0].shape[0]  # matmul/conv FLOPs (2 per MAC)
     with quant_state(built.quant):
         _forward_all(built, built.quant, images[:1])
     qm = built.quant
     both: dict[str, dict[str, float]] = {}
-    # qwt_eval times the model that the (earlier) "fit" contender produced; the reversed second
-    # round runs it before "fit" again, on the model of round one
-    t = interleaved_min([("fp", lambda: None, fp), ("quant", lambda: qm, quant), ("fit", fresh, ours),
-                         ("qwt_eval", lambda: None, qwt_eval), ("reference", fresh, reference)],
-                        plan.repeats, device, both)
-    # the forwards are cheap next to the fits: two more interleaved rounds of them, so that their
-    # minimum (the denominator of every ratio) is less exposed to another job's load
-    more: dict[str, dict[str, float]] = {}
-    extra = interleaved_min([("fp", lambda: None, fp), ("quant", lambda: qm, quant),
-                             ("qwt_eval", lambda: None, qwt_eval)], 2, device, more)
-    for name, sec in extra.items():
-        t[name] = min(t[name], sec)
-        both[name] = {c: min(both[name][c], more[name][c]) for c in ("wall", "cpu")}
+    forwards = [("fp", lambda: None, fp), ("quant", lambda: qm, quant),
+                ("qwt_native", lambda: None, qwt_eval("native")), ("qwt_emulated", lambda: None, qwt_eval("emulated"))]
+    # the evaluations time the model that the (earlier) "fit" contender produced; the reversed
+    # second round runs them before "fit" again, on the model of round one
+    t = interleaved_min([("fit", lambda: copy.deepcopy(built.quant), ours)] + forwards, plan.repeats, device, both)
+    if plan.forward_rounds:  # the forwards are cheap next to the fit: more interleaved rounds of them
+        more: dict[str, dict[str, float]] = {}
+        extra = interleaved_min(forwards, plan.forward_rounds, device, more)
+        for name, sec in extra.items():
+            t[name] = min(t[name], sec)
+            both[name] = {c: min(both[name][c], more[name][c]) for c in ("wall", "cpu")}
     raw.setdefault("wall_and_cpu_seconds", {})[case.key] = both
-    raw["forward_extra_repeats"] = 2
+    raw["forward_extra_repeats"] = plan.forward_rounds
     fp_s = t["fp"]
-    r2o, r2r = raw["r2_ours"][case.key], raw["r2_reference"][case.key]
     raw.setdefault("seconds", {})[case.key] = {
-        "fp_forward": fp_s, "quant_forward": t["quant"], "qwt_forward": t["qwt_eval"], "fit": t["fit"],
-        "reference_fit": t["reference"], "repq_calibration": calib_s, "case_total": time.perf_counter() - t0}
-    raw.setdefault("max_abs_r2_diff", {})[case.key] = max(abs(a - b) for a, b in zip(r2o, r2r))
+        "fp_forward": fp_s, "quant_forward": t["quant"], "qwt_forward": t["qwt_native"],
+        "qwt_forward_emulated": t["qwt_emulated"], "fit": t["fit"], "repq_calibration": calib_s,
+        "case_total": time.perf_counter() - t0}
+    raw.setdefault("fit_profile", {})[case.key] = fitted["profile"]
+    raw.setdefault("fit_counts", {})[case.key] = {**fitted["counts"], "fp_forward_flop": fp_flop}
+    metrics[f"fit_over_floor/{case.key}"] = t["fit"] / (fp_s + t["quant"])
     metrics[f"fit_over_fp/{case.key}"] = t["fit"] / fp_s
-    metrics[f"floor_over_fp/{case.key}"] = (fp_s + t["quant"]) / fp_s
-    metrics[f"fit_over_ref_time/{case.key}"] = t["fit"] / t["reference"]
     metrics[f"eval_slowdown/{case.key}"] = t["quant"] / fp_s
-    metrics[f"eval_slowdown_qwt/{case.key}"] = t["qwt_eval"] / fp_s
+    metrics[f"eval_slowdown_qwt/{case.key}"] = t["qwt_native"] / fp_s
+    metrics[f"eval_slowdown_qwt_emulated/{case.key}"] = t["qwt_emulated"] / fp_s
     _say(f"[{case.key}] {plan.images} images of {case.size[0]}x{case.size[1]}, batch {plan.batch}, "
          f"store={store}: FP forward {fp_s:.2f}s, quantized forward {t['quant']:.2f}s, fit {t['fit']:.2f}s, "
-         f"reference-style fit {t['reference']:.2f}s (RepQ-ViT calibration {calib_s:.1f}s)")
-    _show(f"fit_over_fp/{case.key}", metrics[f"fit_over_fp/{case.key}"],
-          f"(measured floor FP+Q = {metrics[f'floor_over_fp/{case.key}']:.2f})")
-    _show(f"fit_over_ref_time/{case.key}", metrics[f"fit_over_ref_time/{case.key}"],
-          f"(max |R² ours - reference| = {raw['max_abs_r2_diff'][case.key]:.1e})")
-    _show(f"eval_slowdown/{case.key}", metrics[f"eval_slowdown/{case.key}"])
-    _show(f"eval_slowdown_qwt/{case.key}", metrics[f"eval_slowdown_qwt/{case.key}"])
+         f"RepQ+QwT forward {t['qwt_native']:.2f}s native / {t['qwt_emulated']:.2f}s emulated "
+         f"(RepQ-ViT calibration {calib_s:.1f}s)")
+    _say("  fit profile: " + ", ".join(f"{k} {v:.2f}s" for k, v in fitted["profile"].items()))
+    for name in ("fit_over_floor", "fit_over_fp", "eval_slowdown", "eval_slowdown_qwt", "eval_slowdown_qwt_emulated"):
+        _show(f"{name}/{case.key}", metrics[f"{name}/{case.key}"])
+
+
+def reference_time(plan: Plan, device: torch.device, metrics: dict[str, float], raw: dict[str, Any]) -> None:
+    """Figure 2 (time): our fit vs the reference-style fit on the cut-down model at
+    ``plan.ref_images`` images (images generated before timing; contenders interleaved)."""
+    case = plan.mem_case
+    built = build(case, device)
+    calib = next(iter(Batches(plan.calib_images, plan.calib_images, case.size, seed=1, device=device)))
+    built.calibrate(built.quant, calib)
+    images = list(Batches(plan.ref_images, plan.mem_batch, case.size, seed=2, device=device))
+    cfg = QwTConfig(store=flat_store(device), solver=OUR_SOLVER)
+    r2: dict[str, list[float]] = {}
+    clock = process_clock(device)
+    best: dict[str, Any] = {}
+
+    def ours(m: torch.nn.Module) -> None:
+        adapter = built.blockwise(m)
+        with FitProfile(adapter, clock) as prof:
+            c0 = clock()
+            r2["ours"] = [r.r2 for r in fit_qwt(adapter, images, cfg, device=device)]
+            total = clock() - c0
+        if total < best.get("s", float("inf")):
+            best["s"], best["profile"] = total, prof.breakdown(total)
+
+    def reference(m: torch.nn.Module) -> None:
+        r2["reference"] = reference_fit(built.blockwise(m), images, cfg, batch_size=plan.mem_batch)
+
+    fresh = lambda: copy.deepcopy(built.quant)  # noqa: E731
+    both: dict[str, dict[str, float]] = {}
+    t = interleaved_min([("ours", fresh, ours), ("reference", fresh, reference)], max(plan.repeats, 2), device, both)
+    key = f"{case.key}@{plan.ref_images}"
+    metrics[f"fit_over_ref_time/{key}"] = t["ours"] / t["reference"]
+    diff = max(abs(a - b) for a, b in zip(r2["ours"], r2["reference"]))
+    raw["reference_time"] = {"case": case.key, "images": plan.ref_images, "batch": plan.mem_batch,
+                             "seconds": t, "wall_and_cpu_seconds": both, "r2_ours": r2["ours"],
+                             "r2_reference": r2["reference"], "max_abs_r2_diff": diff, "profile": best["profile"]}
+    _say(f"[{case.key}] {plan.ref_images} images, batch {plan.mem_batch}: our fit {t['ours']:.2f}s, "
+         f"reference-style fit {t['reference']:.2f}s (max |R² ours - reference| = {diff:.1e})")
+    _show(f"fit_over_ref_time/{key}", metrics[f"fit_over_ref_time/{key}"])
+
+
+def half_kernels(plan: Plan, device: torch.device, raw: dict[str, Any]) -> None:
+    """Not a target: the fp16 compensation product of one block on this device, three ways:
+    PyTorch's native fp16 kernel, ``half_arith='native'`` as computed here (on a CPU the ordered
+    fp32 re-implementation of that kernel, checked bit for bit) and ``'emulated'``."""
+    if device.type != "cpu" or plan.mode == "tiny":
+        return
+    g = torch.Generator().manual_seed(0)
+    rows = plan.images * 197  # deit_small tokens of the calibration images
+    cases = {"linear (deit_small block, %d tokens x 384 -> 384)" % rows:
+             (torch.randn(rows, 384, generator=g), torch.randn(384, 384, generator=g) * 0.05, None),
+             "grouped 1x1 conv (resnet50 stage 1, %d x 256 x 56 x 56, 4 groups)" % plan.batch:
+             (torch.randn(plan.batch, 256, 56, 56, generator=g), torch.randn(256, 64, 1, 1, generator=g) * 0.05, 4)}
+    out = {}
+    for name, (x, w, groups) in cases.items():
+        if groups is None:
+            torch_native = lambda: (x.half() @ w.half()).float()  # noqa: E731
+            ours = {a: (lambda a=a: halfdot.half_matmul(x, w, a)) for a in halfdot.HALF_ARITHS}
+        else:
+            torch_native = lambda: torch.nn.functional.conv2d(x.half(), w.half(), None, 1, 0, 1, groups).float()  # noqa: E731
+            ours = {a: (lambda a=a: halfdot.half_conv2d(x, w, 1, 0, groups, a)) for a in halfdot.HALF_ARITHS}
+        ours["native"]()  # the per-geometry probe runs outside the timing
+        res: dict[str, Any] = {}
+        t = interleaved_min([("torch fp16 kernel", lambda: None, lambda _: res.__setitem__("torch", torch_native())),
+                             ("native", lambda: None, lambda _: res.__setitem__("native", ours["native"]())),
+                             ("emulated", lambda: None, lambda _: res.__setitem__("emulated", ours["emulated"]()))],
+                            1, device)
+        same = bool(torch.equal(res["torch"].view(torch.int32), res["native"].view(torch.int32)))
+        differ = float((res["torch"] != res["emulated"]).float().mean())
+        macs = res["torch"].numel() * (w.shape[0] if groups is None else w.shape[1] * w.shape[2] * w.shape[3])
+        out[name] = {"seconds": t, "native_bits_equal_torch": same, "emulated_fraction_differing": differ,
+                     "macs": macs}
+        _say(f"[fp16 product] {name}: PyTorch fp16 kernel {t['torch fp16 kernel']:.3f}s, half_arith='native' "
+             f"{t['native']:.3f}s (bit-identical: {same}), 'emulated' {t['emulated']:.3f}s "
+             f"({differ:.3%} of outputs differ from the fp16 kernel)")
+    raw["half_kernels"] = out
 
 
 def _calibrated_state(case: Case, plan: Plan, device: torch.device, state_dir: Path) -> Path:
@@ -159,7 +259,7 @@ def _calibrated_state(case: Case, plan: Plan, device: torch.device, state_dir: P
 def _probe(case: Case, state: Path, fit: str, images: int, batch: int, store: str, device: torch.device,
            raw: dict[str, Any]) -> float | None:
     res = probe({"case": case.key, "state": str(state), "fit": fit, "images": images, "batch": batch,
-                 "store": store, "device": str(device)})
+                 "store": store, "device": str(device), "threads": torch.get_num_threads()})
     key = f"{case.key}/{fit}/{images}"
     raw.setdefault("memory", {})[key] = res
     if "error" in res:
@@ -288,30 +388,49 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
+PARTS = ("init", "kernels", "time", "reference", "memory", "detector")
+
+
 def run(mode: str, device_name: str, results_dir: str | None, out: str | None, command: str | None = None,
-        skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        skip: tuple[str, ...] = (), threads: int | None = None, malloc: str = "keep") -> dict[str, Any]:
     device = torch.device(device_name)
     plan = plan_for(mode, device_name)
+    if threads is not None:
+        plan = dataclass_replace(plan, threads=threads)
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
+    unknown = set(skip) - set(PARTS)
+    if unknown:
+        raise ValueError(f"--skip: unknown part(s) {sorted(unknown)}; parts: {', '.join(PARTS)}")
     metrics: dict[str, float] = {}
     raw: dict[str, Any] = {"load_before": list(os.getloadavg()), "clock": clock_for(device)}
+    if device.type == "cpu" and malloc == "keep":
+        raw["malloc"] = keep_freed_memory()
+    else:
+        raw["malloc"] = {"applied": False, "why": "GPU run" if device.type != "cpu" else "--malloc default"}
     t0 = time.perf_counter()
     _say(f"perf benchmark, mode {plan.mode}, device {device} ({torch.get_num_threads()} threads, "
-         f"load average {raw['load_before'][0]:.1f})")
+         f"load average {raw['load_before'][0]:.1f}, freed memory kept: {raw['malloc']['applied']})")
     with tempfile.TemporaryDirectory(prefix="qwt-perf-") as tmp:
         state_dir = Path(tmp)
         if "init" not in skip:
             init_figure(plan, device, metrics, raw)
+        if "kernels" not in skip:
+            half_kernels(plan, device, raw)
         if "time" not in skip:
             for case in plan.cases:
                 time_case(case, plan, device, state_dir, metrics, raw)
+        if "reference" not in skip:
+            reference_time(plan, device, metrics, raw)
         if "memory" not in skip:
             memory_figures(plan, device, state_dir, metrics, raw)
         if "detector" not in skip:
             detector_memory(plan, device, state_dir, metrics, raw)
     raw["load_after"] = list(os.getloadavg())
+    raw["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (Linux: KiB)
     total = time.perf_counter() - t0
     config = {"mode": plan.mode, "plan": report.plan_dict(plan), "machine": machine(device),
-              "store": flat_store(device), "raw": raw}
+              "store": flat_store(device), "solver": OUR_SOLVER, "raw": raw}
     rec = make_record(suite="perf", model="perf", method="bench", w_bits=4, a_bits=4, metrics=metrics,
                       images=plan.images, partial=plan.mode in ("tiny", "quick"), seed=0, config=config,
                       times={"total_s": total}, command=command, device=str(device))
@@ -334,7 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--results-dir", default=str(RECORDS_DIR), help="records root (written to <dir>/perf/)")
     ap.add_argument("--out", default=str(OUT), help="the rendered table")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: init,time,memory,detector")
+    ap.add_argument("--skip", default="", help=f"comma-separated parts to skip: {','.join(PARTS)}")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: 1 on CPU, where CPU seconds of several threads on a shared "
+                         "machine count their spin-waits; torch's default on GPU)")
+    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                    help="CPU: 'keep' tells glibc to keep freed memory for reuse (measure the computation, not "
+                         "page faults; see benchmarks/perf/measure.py), 'default' leaves glibc as it is")
     ap.add_argument("--render-only", action="store_true", help="only re-render --out from the newest record")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -346,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = " ".join(["python -m benchmarks.perf.run", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
     run(args.mode or "default", args.device, args.results_dir, args.out, command,
-        tuple(s for s in args.skip.split(",") if s))
+        tuple(s for s in args.skip.split(",") if s), args.threads, args.malloc)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The five figures of the perf benchmark, their targets, and why a miss can happen."""
+"""The five figures of the perf benchmark and their targets."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,12 +33,16 @@ class Target:
 
 
 TARGETS: tuple[Target, ...] = (
-    Target(1, "fit_over_fp", "QwT fit time / one FP forward over the same images", "<=", 3.0),
-    Target(2, "fit_over_ref_time", "our fit / reference-style fit: time", "<=", 0.5),
+    Target(1, "fit_over_floor", "QwT fit / (FP forward + fake-quantized forward) over the same images", "<=", 1.5),
+    Target(1, "fit_over_fp", "QwT fit / one FP forward over the same images", "<=", 3.0),
+    Target(2, "fit_over_ref_time", "our fit / reference-style fit: time (cut-down model)", "<=", 0.5),
     Target(2, "fit_over_ref_mem", "our fit / reference-style fit: peak memory", "info", 0.0),
     Target(3, "mem_growth", "peak memory growth of our fit, 128 -> 1024 images", "<=", 0.10, unit=""),
-    Target(4, "eval_slowdown", "FP throughput / fake-quantized throughput (RepQ-ViT)", "<=", 2.0),
-    Target(4, "eval_slowdown_qwt", "FP throughput / fake-quantized throughput (RepQ-ViT + QwT)", "<=", 2.0),
+    Target(4, "eval_slowdown", "fake-quantized / FP evaluation time (RepQ-ViT)", "<=", 2.0),
+    Target(4, "eval_slowdown_qwt", "fake-quantized / FP evaluation time (RepQ-ViT + QwT, half_arith='native', default)",
+           "<=", 2.0),
+    Target(4, "eval_slowdown_qwt_emulated", "fake-quantized / FP evaluation time (RepQ-ViT + QwT, half_arith='emulated')",
+           "<=", 2.0),
     Target(5, "init_speedup", "quantizer initialisation: per-channel loop / vectorized", ">=", 10.0),
 )
 

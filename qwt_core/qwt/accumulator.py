@@ -33,6 +33,7 @@ ReduceFn = Callable[[Tensor], None]
 R2_FROM = ("fp32", "float64")  # whose R² decides keep / zero (see NormalEquations.solve)
 SINGULAR_RTOL = 1e-12  # eigenvalue ratio of XᵀX below which a direction counts as absent
 SINGLE_THREAD_MAX_DIM = 4096  # CPU factorizations up to this size run on one thread (see _lapack_threads)
+BUFFER_BYTES = 16 << 20  # float64 copy of one update chunk (x and y each; below glibc's 32 MiB mmap ceiling)
 
 
 @contextlib.contextmanager
@@ -86,13 +87,16 @@ class NormalEquations:
         self.keep_rows = keep_rows
         self._kept: list[tuple[Tensor, Tensor]] = []  # (x, y) rows of each update, keep_rows only
         self.rows: tuple[Tensor, Tensor] | None = None  # (X (n, G, D), Y (n, G, O)) once combined
-        # rows converted to float64 at a time: the temporaries of one update stay below ~32 MiB
-        # whatever the batch size (the sums are the same up to float64 rounding order)
-        self.chunk_rows = max(256, (32 << 20) // (8 * groups * (in_dim + out_dim + 1)))
+        # rows converted to float64 at a time: the float64 copies of one chunk stay below
+        # BUFFER_BYTES each whatever the batch size (the sums are the same up to float64 rounding
+        # order); the copies go to buffers kept between updates (a fresh allocation of that size
+        # costs more in page faults than the conversion itself)
+        self.chunk_rows = max(256, BUFFER_BYTES // (8 * groups * max(in_dim + 1, out_dim)))
         size = 0 if keep_rows else in_dim + 1
         self.A = torch.zeros(groups, size, size, dtype=torch.float64, device=device)
         self.B = torch.zeros(groups, size, out_dim, dtype=torch.float64, device=device)
         self.yy = torch.zeros(groups, out_dim, dtype=torch.float64, device=device)
+        self._buffers: dict[str, Tensor] = {}
 
     @property
     def count(self) -> int:
@@ -100,6 +104,18 @@ class NormalEquations:
         if self.keep_rows:
             return self.rows[0].shape[0] if self.rows is not None else sum(x.shape[0] for x, _ in self._kept)
         return int(round(float(self.A[0, -1, -1])))
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """A float64 work tensor of ``shape``, reused between updates (grown when too small)."""
+        n = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self._buffers[name] = torch.empty(n, dtype=torch.float64, device=self.A.device)
+        return buf[:n].view(shape)
+
+    def release(self) -> None:
+        """Drop the work buffers (the sums stay)."""
+        self._buffers.clear()
 
     @torch.no_grad()
     def update(self, x: Tensor, y: Tensor) -> None:
@@ -109,27 +125,64 @@ class NormalEquations:
         if x.shape[1:] != (self.groups, self.in_dim) or y.shape[1:] != (self.groups, self.out_dim):
             raise ValueError(f"expected x (n, {self.groups}, {self.in_dim}) and y (n, {self.groups}, "
                              f"{self.out_dim}), got {tuple(x.shape)} and {tuple(y.shape)}")
-        if self.keep_rows:
-            self._kept.append((x.float(), y.float()))
+        if self.keep_rows:  # own copies: the caller's buffers may be reused for the next batch
+            self._kept.append((x.float().clone(), y.float().clone()))
             return
-        for start in range(0, x.shape[0], self.chunk_rows):  # bounds the float64 temporaries
-            self._update(x[start:start + self.chunk_rows], y[start:start + self.chunk_rows])
+        n, G, D, O = x.shape[0], self.groups, self.in_dim, self.out_dim
+        step = math.ceil(n / math.ceil(n / self.chunk_rows)) if n else 1  # equal chunks
+        for start in range(0, n, step):  # bounds the float64 copies
+            xc, yc = x[start:start + step], y[start:start + step]
+            m = xc.shape[0]
+            xa = self._buffer("x", (m, G, D + 1))  # X_aug = [X, 1] in float64
+            xa[..., :D].copy_(xc)
+            xa[..., D].fill_(1.0)
+            yb = self._buffer("y", (m, G, O)).copy_(yc)
+            xt = xa.permute(1, 2, 0)  # (G, D+1, m)
+            # X_augᵀX_aug holds XᵀX, Σx and the count; X_augᵀY holds XᵀY and Σy
+            self._add(xt @ xa.transpose(0, 1), xt @ yb.transpose(0, 1), yb.pow(2).sum(0))
 
-    def _update(self, x: Tensor, y: Tensor) -> None:
-        x = x.to(self.A.device, torch.float64)
-        y = y.to(self.A.device, torch.float64)
-        xt = x.permute(1, 2, 0)  # (G, D, n)
-        xx = xt @ xt.transpose(1, 2)  # (G, D, D)
-        sx = x.sum(0)  # (G, D)
-        sy = y.sum(0)  # (G, O)
-        D = self.in_dim
-        self.A[:, :D, :D] += xx
-        self.A[:, :D, D] += sx
-        self.A[:, D, :D] += sx
-        self.A[:, D, D] += x.shape[0]
-        self.B[:, :D] += xt @ y.permute(1, 0, 2)  # (G, D, O)
-        self.B[:, D] += sy
-        self.yy += y.pow(2).sum(0)
+    @torch.no_grad()
+    def update_columns(self, x: Tensor, y: Tensor) -> Tensor:
+        """The same sums from column-major tensors: x (B, G, D, *S), y (B, G, O, *S), one regression
+        row per image and position of S (e.g. the output pixels of a grouped convolution, without
+        unfolding them into rows). Returns Σ over the images of y, (G, O, *S) float64 (what the
+        ResNet R² needs per position)."""
+        B, S = x.shape[0], tuple(x.shape[3:])
+        if (x.shape[1:3] != (self.groups, self.in_dim) or y.shape[:3] != (B, self.groups, self.out_dim)
+                or tuple(y.shape[3:]) != S):
+            raise ValueError(f"expected x (B, {self.groups}, {self.in_dim}, *S) and y (B, {self.groups}, "
+                             f"{self.out_dim}, *S), got {tuple(x.shape)} and {tuple(y.shape)}")
+        L = math.prod(S)
+        G, D, O = self.groups, self.in_dim, self.out_dim
+        if self.keep_rows:  # rows (b, *s) x (G, D) as the reference unfolds them, through update()
+            order = (0, *range(3, x.dim()), 1, 2)
+            self.update(x.permute(order).reshape(-1, G, D), y.permute(order).reshape(-1, G, O))
+            return y.to(torch.float64).sum(0)
+        per_image = 8 * G * max(D + 1, O) * max(L, 1)
+        step = max(1, min(B, BUFFER_BYTES // per_image))
+        step = math.ceil(B / math.ceil(B / step)) if B else 1  # equal chunks
+        sums = torch.zeros(G, O, *S, dtype=torch.float64, device=self.A.device)
+        for start in range(0, B, step):
+            xc, yc = x[start:start + step], y[start:start + step]
+            m = xc.shape[0]
+            # images next to positions in one contiguous float64 copy (one GEMM per group over
+            # m * L rows), with a row of ones: X_aug = [X; 1]
+            xa = self._buffer("xc", (G, D + 1, m) + S)
+            xa[:, :D].copy_(xc.movedim(0, 2))
+            xa[:, D].fill_(1.0)
+            xa = xa.view(G, D + 1, m * L)
+            yb = self._buffer("yc", (G, O, m) + S).copy_(yc.movedim(0, 2))
+            sums += yb.sum(2)
+            yb = yb.view(G, O, m * L)
+            sq = torch.mul(yb, yb, out=self._buffer("sq", (G, O, m * L)))
+            self._add(xa @ xa.transpose(1, 2), xa @ yb.transpose(1, 2), sq.sum(-1))
+        return sums
+
+    def _add(self, aa: Tensor, ab: Tensor, yy: Tensor) -> None:
+        """Add one chunk's sums: X_augᵀX_aug (G, D+1, D+1), X_augᵀY (G, D+1, O), Σy² (G, O)."""
+        self.A += aa
+        self.B += ab
+        self.yy += yy
 
     def all_reduce(self, reduce: ReduceFn = all_reduce_sum, gather: GatherFn = all_gather_rows) -> None:
         """Combine the statistics of all processes (call on every rank before ``solve``): sum the

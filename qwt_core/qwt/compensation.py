@@ -1,34 +1,26 @@
 """QwT compensation modules and the block wrapper ``out = block(x, ...) + compensation(x)``."""
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .accumulator import Solution
+from .halfdot import HALF_ARITHS, half_conv2d, half_matmul  # noqa: F401 (HALF_ARITHS re-exported)
 
 
-HalfArith = Literal["native", "emulated"]
-HALF_ARITHS = ("native", "emulated")
+HalfArith = Literal["native", "emulated"]  # see :mod:`qwt_core.qwt.halfdot`
 
 
-def half_product(op: Callable[[Tensor, Tensor], Tensor], x: Tensor, w: Tensor, arith: str) -> Tensor:
-    """``op(x.half(), w.half()).float()``: the reference's fp16 product.
-
-    ``"native"`` (default: the reference's arithmetic, bit for bit on the same device) runs ``op``
-    in fp16. ``"emulated"`` rounds both operands to fp16, runs ``op`` in fp32 and rounds the
-    result to fp16: the same operands and one final rounding, at fp32 speed on CPUs (whose fp16
-    GEMM / convolution is emulated slowly), but it differs from a native fp16 kernel where that
-    kernel accumulates in another order (one fp16 ulp on about 0.2 % of the elements on a CPU),
-    and fake quantization downstream turns such last-bit differences into different logits.
-    """
-    if arith == "native":
-        return op(x.half(), w.half()).float()
-    if arith == "emulated":
-        return op(x.half().float(), w.half().float()).half().float()
-    raise ValueError(f"half_arith must be one of {HALF_ARITHS}, got {arith!r}")
+def _add_into(fresh: Tensor, out: Tensor) -> Tensor:
+    """``out + fresh``, written into ``fresh`` (a temporary this module just computed) when the
+    shapes and dtypes allow: IEEE addition commutes, so the bits are those of ``out + fresh``,
+    without allocating another full-size tensor."""
+    if fresh.shape == out.shape and fresh.dtype == out.dtype and fresh.device == out.device:
+        return fresh.add_(out)
+    return out + fresh
 
 
 class LinearCompensation(nn.Module):
@@ -37,7 +29,7 @@ class LinearCompensation(nn.Module):
     Added to a block output ``out`` in the reference's order (:meth:`add_to`):
     ``(out + x @ W) + b`` in fp32, and with ``fp16_eval`` at evaluation (``not self.training``)
     ``(out + (x.half() @ W.half()).float()) + b``, the reference's setting for ViT/DeiT/Swin
-    classification; ``half_arith`` says how that fp16 product is computed (:func:`half_product`).
+    classification; ``half_arith`` says how that fp16 product is computed (:func:`.halfdot.half_matmul`).
     """
 
     def __init__(self, in_dim: int, out_dim: int, fp16_eval: bool = True, half_arith: HalfArith = "native") -> None:
@@ -64,15 +56,17 @@ class LinearCompensation(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """c(x) alone (the arithmetic of :meth:`add_to`, without the block output)."""
         if self._half():
-            return half_product(torch.matmul, x, self.weight, self.half_arith).to(x.dtype) + self.bias
+            return half_matmul(x, self.weight, self.half_arith).to(x.dtype) + self.bias
         return x @ self.weight + self.bias
 
     def add_to(self, out: Tensor, x: Tensor, fp32: bool = False) -> Tensor:
         """out + c(x) as the reference adds it: (out + x @ W) + b; ``fp32=True`` forces the fp32
         product (the reference propagates features in fp32 while fitting)."""
         if self._half() and not fp32:
-            return (out + half_product(torch.matmul, x, self.weight, self.half_arith).to(out.dtype)) + self.bias
-        return (out + x @ self.weight) + self.bias
+            p = half_matmul(x, self.weight, self.half_arith).to(out.dtype)
+        else:
+            p = x @ self.weight
+        return _add_into(p, out).add_(self.bias)
 
 
 class ConvCompensation(nn.Module):
@@ -116,13 +110,17 @@ class ConvCompensation(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """c(x) alone, in the arithmetic of :meth:`add_to`."""
         if self.fp16_eval and not self.training:
-            return half_product(self._conv, x, self.weight, self.half_arith).to(x.dtype) + self.bias[:, None, None]
+            return half_conv2d(x, self.weight, self.stride, self.kernel_size // 2, self.groups,
+                               self.half_arith).to(x.dtype) + self.bias[:, None, None]
         return self._conv(x, self.weight, self.bias)
 
     def add_to(self, out: Tensor, x: Tensor, fp32: bool = False) -> Tensor:
         """out + c(x) as the reference adds it; ``fp32=True`` forces the fp32 convolution."""
         if fp32:
-            return out + self._conv(x, self.weight, self.bias)
+            return _add_into(self._conv(x, self.weight, self.bias), out)
+        if self.fp16_eval and not self.training:
+            c = half_conv2d(x, self.weight, self.stride, self.kernel_size // 2, self.groups, self.half_arith)
+            return _add_into(c.to(x.dtype).add_(self.bias[:, None, None]), out)
         return out + self(x)
 
 

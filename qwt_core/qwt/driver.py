@@ -8,23 +8,24 @@ quantized-and-compensated blocks before it), accumulates Y = FP(X) - Q(X) ≈ X 
 installs ``CompensatedBlock``, and feeds Q(X) + c(X) (then ``after``) to block k + 1. As in the
 reference, the features passed on while fitting go through the compensation in fp32; only the
 installed wrapper at evaluation uses the fp16 product (``QwTConfig.fp16_eval``).
-Each block is run twice per calibration batch: once in full precision, once quantized.
+Each block is run twice per calibration batch: once in full precision, once quantized; the
+propagation to the next block reuses the stored quantized outputs (no third pass).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Literal, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..quant.state import full_precision, quant_state
 from .accumulator import NormalEquations, ReduceFn, all_reduce_sum
-from .compensation import (CompensatedBlock, ConvCompensation, LinearCompensation, conv_rows,
-                           unfold_groups)
+from .compensation import CompensatedBlock, ConvCompensation, LinearCompensation
 from .config import QwTConfig
 from .reference_solve import GatherFn, all_gather_rows
-from .store import FeatureStore
+from .store import FeatureStore, Recycler
 
 
 def call_block(block: nn.Module, x: Tensor) -> Tensor:
@@ -71,25 +72,30 @@ class BlockReport:
         return asdict(self)
 
 
-def _rows(kind: str, x: Tensor, y: Tensor, cfg: QwTConfig) -> tuple[Tensor, Tensor, dict]:
-    """Regression rows and the compensation geometry for one batch."""
-    if kind == "linear":
-        return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]), {}
+def _columns(x: Tensor, y: Tensor, cfg: QwTConfig) -> tuple[Tensor, Tensor, dict]:
+    """The grouped-conv regression in column layout (no rows unfolded): patches x (B, G, D, H', W')
+    (for kernel 1 a strided view of x) and targets y (B, G, O/G, H', W'), with the geometry."""
     if x.dim() != 4 or y.dim() != 4:
         raise ValueError(f"conv compensation needs (B, C, H, W) tensors, got {tuple(x.shape)} -> {tuple(y.shape)}")
     stride = x.shape[-1] // y.shape[-1]
     groups = cfg.conv_groups(x.shape[1], y.shape[1])
-    xr = unfold_groups(x, cfg.kernel_size, stride, groups)
-    yr = conv_rows(y, groups)
-    if xr.shape[0] != yr.shape[0]:
-        raise ValueError(f"stride {stride} with kernel {cfg.kernel_size} does not map "
-                         f"{tuple(x.shape)} onto {tuple(y.shape)}")
-    return xr, yr, {"stride": stride, "groups": groups, "in_channels": x.shape[1]}
+    k = cfg.kernel_size
+    B, C, H, W = x.shape
+    h, w = (H + 2 * (k // 2) - k) // max(stride, 1) + 1, (W + 2 * (k // 2) - k) // max(stride, 1) + 1
+    if stride < 1 or (h, w) != tuple(y.shape[-2:]):
+        raise ValueError(f"stride {stride} with kernel {k} does not map {tuple(x.shape)} onto {tuple(y.shape)}")
+    if k == 1:
+        cols = x[:, :, ::stride, ::stride]  # (B, C, h, w): the 1x1 patches, in place
+    else:  # (B, C*k*k, h*w), per group in the (c, ky, kx) order of the conv weight
+        cols = F.unfold(x, k, padding=k // 2, stride=stride).view(B, C * k * k, h, w)
+    xc = cols.unflatten(1, (groups, cols.shape[1] // groups))  # (B, G, D, h, w)
+    yc = y.unflatten(1, (groups, y.shape[1] // groups))  # (B, G, O/G, h, w)
+    return xc, yc, {"stride": stride, "groups": groups, "in_channels": C}
 
 
 class PositionSums:
     """Σ over images of Y (B, C, H, W) per (channel, y, x): the reference's ResNet R² takes
-    SS_tot around ``Y.mean(dim=0)``, one mean per output position over the images:
+    SS_tot around the mean of every output position over the images:
     SS_tot = Σ y² - Σ_{c,h,w} (Σ_b y)² / B."""
 
     def __init__(self) -> None:
@@ -97,9 +103,12 @@ class PositionSums:
         self.images = torch.zeros((), dtype=torch.float64)
 
     def update(self, y: Tensor) -> None:
-        s = y.to(torch.float64).sum(0)
-        self.sums = s if self.sums is None else self.sums + s
-        self.images = self.images.to(s.device) + y.shape[0]
+        self.add(y.to(torch.float64).sum(0), y.shape[0])
+
+    def add(self, sums: Tensor, images: int) -> None:
+        """Add Σ_b y of ``images`` images, (C, H, W) float64 (or any shape reshaping to it)."""
+        self.sums = sums if self.sums is None else self.sums + sums.view_as(self.sums)
+        self.images = self.images.to(sums.device) + images
 
     def all_reduce(self, reduce: ReduceFn) -> None:
         assert self.sums is not None
@@ -111,35 +120,75 @@ class PositionSums:
         return float(yy.sum() - self.sums.pow(2).sum() / self.images)
 
 
-def fit_block(block: nn.Module, step: BlockStep, inputs: FeatureStore, cfg: QwTConfig,
-              reduce: ReduceFn, index: int, gather: GatherFn = all_gather_rows
-              ) -> tuple[nn.Module, FeatureStore, BlockReport]:
-    """Fit and return the compensation of one block, and the quantized outputs (not yet compensated)."""
-    outs = FeatureStore(inputs.where, inputs.device)
+class Propagated:
+    """The next block's inputs, computed batch by batch when read: ``after(Q(x) + c(x))`` from the
+    stored block inputs x and quantized outputs Q(x), with the compensation in fp32 as the
+    reference propagates while fitting. Each stored pair is forgotten once used."""
+
+    def __init__(self, inputs: FeatureStore, quantized: FeatureStore, comp: nn.Module,
+                 after: Callable[[Tensor], Tensor] | None) -> None:
+        self.inputs, self.quantized, self.comp, self.after = inputs, quantized, comp, after
+
+    def drain(self) -> Iterator[Tensor]:
+        xs, qs = self.inputs.drain(), self.quantized.drain()
+        for x in xs:
+            q = next(qs)
+            out = self.comp.add_to(q, x, fp32=True)
+            del x, q
+            yield self.after(out) if self.after is not None else out
+        for _ in qs:  # (runs the quantized outputs' drain to its end: its last buffer goes back)
+            pass
+
+    def close(self) -> None:
+        self.inputs.close()
+        self.quantized.close()
+
+
+Inputs = Union[FeatureStore, Propagated]
+
+
+def fit_block(block: nn.Module, step: BlockStep, inputs: Inputs, cfg: QwTConfig, reduce: ReduceFn,
+              index: int, keep: bool = True, gather: GatherFn = all_gather_rows
+              ) -> tuple[nn.Module, tuple[FeatureStore, FeatureStore] | None, BlockReport]:
+    """Fit the compensation of one block. Reads (and consumes) ``inputs`` once; with ``keep``
+    also returns the block inputs and quantized outputs, from which :class:`Propagated` makes the
+    next block's inputs once the compensation is known."""
+    src = inputs.inputs if isinstance(inputs, Propagated) else inputs
+    where, dev = cfg.store, src.device
+    kept = (FeatureStore(where, dev, src.recycler), FeatureStore(where, dev, src.recycler)) if keep else None
     acc: NormalEquations | None = None
+    rows = cfg.solver == "reference"  # keep every row and solve as released (else float64 sums)
     positions = PositionSums() if step.kind == "conv" else None
     geom: dict = {}
-    for x in inputs:
+    ss_tot = None
+    for x in inputs.drain():
         with full_precision(block):
             fp = step.call(block, x)
         q = step.call(block, x)  # the caller holds the model in quant state
         # Y = FP(x) - Q(x), in fp's memory unless fp shares it with the block input or Q(x)
         own = fp.data_ptr() not in (x.data_ptr(), q.data_ptr()) and fp._base is None
         y = fp.sub_(q) if own else fp - q
-        xr, yr, geom = _rows(step.kind, x, y, cfg)
-        if acc is None:
-            ridge = cfg.linear_ridge if step.kind == "linear" else cfg.conv_ridge
-            acc = NormalEquations(xr.shape[-1], yr.shape[-1], xr.shape[1] if xr.dim() == 3 else 1,
-                                  ridge, device=x.device, keep_rows=cfg.solver == "reference")
-        acc.update(xr, yr)
-        if positions is not None:
-            positions.update(y)
-        outs.append(q)
-        del fp, y, xr, yr
+        if step.kind == "linear":
+            xr, yr = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+            if acc is None:
+                acc = NormalEquations(xr.shape[-1], yr.shape[-1], 1, cfg.linear_ridge, device=x.device,
+                                      keep_rows=rows)
+            acc.update(xr, yr)
+        else:
+            xc, yc, geom = _columns(x, y, cfg)
+            if acc is None:
+                acc = NormalEquations(xc.shape[2], yc.shape[2], xc.shape[1], cfg.conv_ridge, device=x.device,
+                                      keep_rows=rows)
+            assert positions is not None
+            positions.add(acc.update_columns(xc, yc), y.shape[0])
+        if kept is not None:
+            kept[0].append(x)
+            kept[1].append(q)
+        del fp, y, q, x
     if acc is None:
         raise ValueError("QwT needs at least one calibration batch")
+    acc.release()
     acc.all_reduce(reduce, gather)
-    ss_tot = None
     if positions is not None:
         positions.all_reduce(reduce)
         ss_tot = positions.ss_tot(acc.yy)
@@ -158,7 +207,7 @@ def fit_block(block: nn.Module, step: BlockStep, inputs: FeatureStore, cfg: QwTC
     report = BlockReport(index, step.name, sol.r2, applied, mse_before,
                          acc.residual(sol) / n_out if applied else mse_before, acc.count,
                          {k: v for k, v in geom.items() if k != "in_channels"})
-    return comp.to(inputs.device).eval(), outs, report
+    return comp.to(dev).eval(), kept, report
 
 
 @torch.no_grad()
@@ -167,6 +216,10 @@ def fit_qwt(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwTConfig
             on_block: Callable[[BlockReport], None] | None = None,
             gather: GatherFn = all_gather_rows) -> list[BlockReport]:
     """Fit and install QwT compensation on every block of ``adapter``, in order.
+
+    Block k + 1 reads its inputs ``after(Q(x) + c(x))`` batch by batch from block k's stored inputs
+    and quantized outputs (:class:`Propagated`): each stored batch is written once and read once,
+    and the last block stores nothing.
 
     Args:
         batches: calibration images (B, 3, H, W); with several processes each rank passes its own
@@ -181,23 +234,28 @@ def fit_qwt(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwTConfig
     model.eval()  # (mmdet modules may return None from train()/eval())
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     reports: list[BlockReport] = []
+    steps = list(adapter.steps())
+    recycler = Recycler()  # spare host tensors and feature files, shared by the stores of this fit
     with quant_state(model, weight=True, act=True):
-        feats = FeatureStore(cfg.store, dev)
+        first = FeatureStore(cfg.store, dev, recycler)
         for images in batches:
-            feats.append(adapter.embed(images.to(dev)))
-        for k, step in enumerate(adapter.steps()):
-            block = model.get_submodule(step.name)
-            if isinstance(block, CompensatedBlock):
-                raise ValueError(f"{step.name} is already compensated: build a fresh quantized model")
-            comp, outs, report = fit_block(block, step, feats, cfg, reduce, k, gather)
-            model.set_submodule(step.name, CompensatedBlock(block, comp))
-            for i in range(len(outs)):  # Q(x) + c(x) in fp32, as the reference propagates while fitting
-                out = comp.add_to(outs[i], feats[i], fp32=True)
-                outs[i] = step.after(out) if step.after is not None else out
-            feats.close()
-            feats = outs
-            reports.append(report)
-            if on_block is not None:
-                on_block(report)
-        feats.close()
+            first.append(adapter.embed(images.to(dev)))
+        inputs: Inputs = first
+        try:
+            for k, step in enumerate(steps):
+                block = model.get_submodule(step.name)
+                if isinstance(block, CompensatedBlock):
+                    raise ValueError(f"{step.name} is already compensated: build a fresh quantized model")
+                comp, kept, report = fit_block(block, step, inputs, cfg, reduce, k, keep=k + 1 < len(steps),
+                                                gather=gather)
+                model.set_submodule(step.name, CompensatedBlock(block, comp))
+                inputs.close()
+                if kept is not None:
+                    inputs = Propagated(kept[0], kept[1], comp, step.after)
+                reports.append(report)
+                if on_block is not None:
+                    on_block(report)
+        finally:
+            inputs.close()
+            recycler.close()
     return reports
