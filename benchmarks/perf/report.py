@@ -159,8 +159,9 @@ def _why(rec: dict[str, Any]) -> list[str]:
             "work beside GEMM-bound layers). Beyond them, the float64 normal equations are the largest "
             "cost: X_augᵀX_aug and X_augᵀY take (D+1)(D+1+O) float64 multiply-adds per token (about 2·D² for "
             "a ViT block, D = O = its width), against about 12·D² fp32 ones in the block itself, and float64 GEMMs run at "
-            "half the fp32 rate; counted in this run: " + "; ".join(counts) + ". float64 is what parity "
-            "needs (the reference's R² and W depend on it). Propagation is one fp32 GEMM (or grouped "
+            "half the fp32 rate; counted in this run: " + "; ".join(counts) + ". float64 is what a streaming solve "
+            "needs to stay within the reference's W and keep/zero decisions (fp32 sums over 10^5-10^6 rows lose "
+            "digits that an ill-conditioned XᵀX amplifies). Propagation is one fp32 GEMM (or grouped "
             "convolution) per token, as the reference computes it; the feature store writes and reads each "
             "block's inputs and quantized outputs once (`store='disk'`, what keeps memory flat).")
     if any(k.startswith("fit_over_ref_time/") for k in missed):
