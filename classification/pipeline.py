@@ -170,10 +170,7 @@ def plan_experiment(cfg: ExperimentConfig) -> Plan:
 def check_outputs(cfg: ExperimentConfig) -> None:
     """The record folder and the state file can be written (before any work; nothing is left)."""
     try:
-        if cfg.results_dir is not None:
-            preflight.writable_dir(cfg.results_dir, f"--results-dir {cfg.results_dir}")
-        if cfg.save_state:
-            preflight.state_file_target(cfg.save_state)
+        preflight.check_outputs(cfg.results_dir, cfg.save_state)
     except preflight.PreflightError as e:
         raise ClassificationError(str(e)) from None
 

@@ -113,10 +113,7 @@ def _validate(run: DetectionRun) -> None:
         preflight.check_seed(run.seed)
         preflight.check_workers(run.workers)
         run.device = preflight.parse_device(run.device if run.device is not None else preflight.default_device())
-        if run.results_dir is not None:
-            preflight.writable_dir(run.results_dir, f"--results-dir {run.results_dir}")
-        if run.save_state:
-            preflight.state_file_target(run.save_state)
+        preflight.check_outputs(run.results_dir, run.save_state)
     except preflight.PreflightError as e:
         raise ExperimentError(str(e)) from None
 

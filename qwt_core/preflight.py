@@ -65,6 +65,14 @@ def state_file_target(path: str | os.PathLike[str], what: str = "--save-state") 
     return path
 
 
+def check_outputs(results_dir: str | os.PathLike[str] | None, save_state: str | os.PathLike[str] | None) -> None:
+    """The record folder (when records are written) and the ``--save-state`` file can be written."""
+    if results_dir is not None:
+        writable_dir(results_dir, f"--results-dir {results_dir}")
+    if save_state:
+        state_file_target(save_state)
+
+
 def default_device() -> str:
     """``cuda`` when torch sees a GPU, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"

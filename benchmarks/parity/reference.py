@@ -204,7 +204,8 @@ def reparameterize(q_model: nn.Module, model: str, script: Path) -> dict[str, di
 
 @torch.no_grad()
 def logits(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """The reference's eval: ``_, output = model(input)`` in eval mode."""
+    """The reference's eval: ``_, output = model(input)`` in eval mode (the last output of a tuple);
+    the suite's side uses it too (``benchmarks.parity.suite``)."""
     model.eval()
     outs = []
     for i in range(0, x.shape[0], batch_size):

@@ -42,6 +42,8 @@ from qwt_core import (BlockStep, CompensatedBlock, LogSqrt2Quantizer, QuantConv2
                       QwTConfig, calibrate_repq, fit_qwt, quant_state, quantizers, set_quant_state)
 from qwt_core.qwt import driver
 
+from .reference import logits as logits_of
+
 REFERENCE_CONV_RIDGE = 1e-3  # the reference's grouped-conv lienar_regression: XᵀX + 1e-3 I
 
 # (W, b, groups) of the reference's installed compensation of block k, given the suite's fit of it
@@ -341,16 +343,6 @@ def teacher_forced(model: nn.Module, embed: Callable[[Tensor], Tensor], steps: S
 
 
 # ------------------------------------------------------------------------------ evaluation
-@torch.no_grad()
-def logits_of(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    model.eval()
-    outs = []
-    for i in range(0, x.shape[0], batch_size):
-        o = model(x[i:i + batch_size])
-        outs.append((o[-1] if isinstance(o, (tuple, list)) else o).detach().float().cpu())
-    return torch.cat(outs)
-
-
 @torch.no_grad()
 def evaluate_with(run: SuiteRun, blocks: Sequence[tuple[Tensor, Tensor]], x: Tensor, batch_size: int) -> Tensor:
     """Logits of the suite's compensated model with the given (W, b) per block written into the

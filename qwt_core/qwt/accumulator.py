@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .reference_solve import GatherFn, all_gather_rows, solve_rows
+from .threads import one_thread
 
 ReduceFn = Callable[[Tensor], None]
 R2_FROM = ("fp32", "float64")  # whose R² decides keep / zero (see NormalEquations.solve)
@@ -48,12 +49,8 @@ def _lapack_threads(A: Tensor) -> Iterator[None]:
     if A.device.type != "cpu" or A.shape[-1] > SINGLE_THREAD_MAX_DIM:
         yield
         return
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def all_reduce_sum(t: Tensor) -> None:

@@ -21,13 +21,14 @@ such last-bit differences into different logits).
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .threads import one_thread
 
 HALF_ARITHS = ("native", "emulated")
 ILP = 4  # partial sums of ATen's CPU dot product (BlasKernel.cpp ``sum``)
@@ -38,18 +39,6 @@ MKLDNN_MIN_WORK = 16 * 16 * 16  # ATen sends fp16 GEMMs above this many MACs to 
 def _check(arith: str) -> None:
     if arith not in HALF_ARITHS:
         raise ValueError(f"half_arith must be one of {HALF_ARITHS}, got {arith!r}")
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """The ordered dot product is a chain of short elementwise passes; on a shared CPU every
-    parallel region waits for all threads, so it runs on one (results do not depend on it)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def native_order_dot(x: Tensor, w: Tensor, out: Tensor | None = None) -> Tensor:
@@ -127,7 +116,7 @@ def _verified(key: tuple, native: Callable[[Tensor, Tensor], Tensor],
     if full not in _VERIFIED:
         gen = torch.Generator().manual_seed(0)
         x, w = _probe_values(x_shape, gen), _probe_values(w_shape, gen)
-        with _one_thread():
+        with one_thread():
             _VERIFIED[full] = _bits_equal(native(x, w), ordered(x, w).half())
     return _VERIFIED[full]
 
@@ -151,7 +140,7 @@ def half_matmul(x: Tensor, w: Tensor, arith: str = "native") -> Tensor:
 
     if not _verified(("mm", D, O), torch.matmul, ordered, (probe_rows, D), (D, O)):
         return (x.half() @ w.half()).float()
-    with _one_thread():
+    with one_thread():
         return ordered(x, w)
 
 
@@ -189,5 +178,5 @@ def half_conv2d(x: Tensor, w: Tensor, stride: int, padding: int, groups: int, ar
     key = ("conv", C, O, kh, kw, stride, padding, groups)
     if not _verified(key, conv, ordered, (probe_batch, C, side, side), tuple(w.shape)):
         return conv(x.half(), w.half()).float()
-    with _one_thread():
+    with one_thread():
         return ordered(x, w)
