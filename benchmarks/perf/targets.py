@@ -12,6 +12,7 @@ class Target:
     op: str  # "<=" or ">="
     value: float
     unit: str = "x"
+    info: str = "none (ours must stay flat: figure 3)"  # the target column of an "info" figure
 
     def passes(self, measured: float) -> bool:
         if self.op == "info":
@@ -20,7 +21,7 @@ class Target:
 
     def text(self) -> str:
         if self.op == "info":
-            return "none (ours must stay flat: figure 3)"
+            return self.info
         return f"{self.op} {self.value:g}{self.unit}"
 
     def miss_by(self, measured: float) -> str:
@@ -35,6 +36,8 @@ class Target:
 TARGETS: tuple[Target, ...] = (
     Target(1, "fit_over_floor", "QwT fit / (FP forward + fake-quantized forward) over the same images", "<=", 1.5),
     Target(1, "fit_over_fp", "QwT fit / one FP forward over the same images", "<=", 3.0),
+    Target(1, "fit_flat_over_floor", "QwT fit with the block inputs on the flat-memory store / (FP + fake-quantized "
+           "forward)", "info", 0.0, info="none (the memory option of figure 3)"),
     Target(2, "fit_over_ref_time", "our fit / reference-style fit: time (cut-down model)", "<=", 0.5),
     Target(2, "fit_over_ref_mem", "our fit / reference-style fit: peak memory", "info", 0.0),
     Target(3, "mem_growth", "peak memory growth of our fit, 128 -> 1024 images", "<=", 0.10, unit=""),
