@@ -10,9 +10,10 @@ in fp32 into 4 interleaved partial sums (term l goes to sum l mod 4, a tail of D
 ``BlasKernel.cpp``). That loop runs at about 1 GFLOP/s. :func:`native_order_dot` performs exactly
 the same fp32 additions in the same order, vectorised across the outputs (one ``addcmul_`` per
 group of 4 terms), so it returns the same bits about ten times faster. It is used only after a
-probe of the same geometry has returned bit-identical results to the native kernel in this
-process (:func:`_verified`); otherwise (a CPU whose fp16 GEMM goes to oneDNN, another PyTorch) the
-native kernel itself runs.
+probe of exactly the same shapes has returned bit-identical results to the native kernel in this
+process (:func:`_verified`); otherwise (a CPU whose fp16 GEMM goes to oneDNN, e.g. one with
+AVX512-FP16, another PyTorch) the native kernel itself runs. Either way the bits are the native
+kernel's of the machine it runs on: "native" is a same-machine promise.
 
 ``"emulated"`` rounds both operands to fp16, multiplies in fp32 with the fast fp32 kernels (any
 summation order) and rounds the product to fp16: fp32 speed, but not the native kernel's bits
@@ -22,6 +23,7 @@ such last-bit differences into different logits).
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
 
 import torch
@@ -101,23 +103,51 @@ def _bits_equal(a: Tensor, b: Tensor) -> bool:
 _VERIFIED: dict[tuple, bool] = {}
 
 
-def _probe_values(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
-    """fp16 values over a wide range of magnitudes (so that summation order shows in the bits)."""
-    mag = torch.exp2(torch.randint(-6, 7, shape, generator=gen).float())
+def _probe_values(shape: tuple[int, ...], gen: torch.Generator, span: int = 6) -> Tensor:
+    """fp16 values with magnitudes over 2^-span .. 2^span (so that summation order shows in the bits)."""
+    mag = torch.exp2(torch.randint(-span, span + 1, shape, generator=gen).float())
     return (torch.randn(shape, generator=gen) * mag).half()
+
+
+#: oneDNN ISA caps (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA) below its fp16 kernels
+_NO_FP16_ISA = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                "AVX512_CORE_BF16")
+
+
+def fp16_gemm_hardware() -> bool:
+    """Whether PyTorch's CPU fp16 GEMMs can run on fp16 hardware here (AVX512-FP16 or AMX-FP16,
+    not capped away by ``ONEDNN_MAX_CPU_ISA``): ATen then hands them to oneDNN, whose summation
+    order the ordered dot does not reproduce. Seen on a Xeon with AVX512-FP16: the reversed order
+    passed a random probe and still differed on other data, so there the ordered dot is never used."""
+    caps = torch.cpu.get_capabilities()
+    hardware = bool(caps.get("avx512_fp16") or caps.get("amx_fp16"))
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return hardware and cap not in _NO_FP16_ISA
 
 
 def _verified(key: tuple, native: Callable[[Tensor, Tensor], Tensor],
               ordered: Callable[[Tensor, Tensor], Tensor], x_shape: tuple[int, ...],
               w_shape: tuple[int, ...]) -> bool:
-    """Whether :func:`native_order_dot` reproduces the native CPU kernel on probe data of this
-    geometry, bit for bit (checked once per geometry and process)."""
-    full = key + (torch.__version__, torch.backends.mkldnn.is_available(), torch._C._get_mkldnn_enabled())
+    """Whether :func:`native_order_dot` reproduces the native CPU kernel on probe data of exactly
+    this call's shapes, bit for bit (checked once per shape, thread count and process).
+
+    The whole shape is probed, not a smaller stand-in: which kernel ATen / oneDNN run, and so their
+    summation order, can depend on every dimension (on an AVX512-FP16 CPU a 9x9 input took another
+    kernel than the 7x7 stand-in of the same convolution). The native kernel runs at the caller's
+    thread count, as it would in the call it stands for."""
+    full = key + (tuple(x_shape), torch.get_num_threads(), torch.__version__, torch.backends.mkldnn.is_available(),
+                  torch._C._get_mkldnn_enabled())
     if full not in _VERIFIED:
+        ok = not fp16_gemm_hardware()
         gen = torch.Generator().manual_seed(0)
-        x, w = _probe_values(x_shape, gen), _probe_values(w_shape, gen)
-        with one_thread():
-            _VERIFIED[full] = _bits_equal(native(x, w), ordered(x, w).half())
+        for span in (6, 2):  # two draws: wide and narrow magnitude ranges
+            if not ok:
+                break
+            x, w = _probe_values(x_shape, gen, span), _probe_values(w_shape, gen, span)
+            want = native(x, w)
+            with one_thread():
+                ok = _bits_equal(want, ordered(x, w).half())
+        _VERIFIED[full] = ok
     return _VERIFIED[full]
 
 
@@ -130,7 +160,6 @@ def half_matmul(x: Tensor, w: Tensor, arith: str = "native") -> Tensor:
     rows = x.numel() // max(D, 1)
     if x.device.type != "cpu" or rows * D * O <= MKLDNN_MIN_WORK or D == 0:
         return (x.half() @ w.half()).float()
-    probe_rows = max(64, MKLDNN_MIN_WORK // max(D * O, 1) + 1)
 
     def ordered(a: Tensor, b: Tensor) -> Tensor:  # a (..., D), b (D, O) -> (..., O) fp32
         a2 = a.reshape(-1, D)
@@ -138,7 +167,7 @@ def half_matmul(x: Tensor, w: Tensor, arith: str = "native") -> Tensor:
         native_order_dot(a2.t()[None, None], b.t()[None], res.t()[None, None])
         return res.view(*a.shape[:-1], O)
 
-    if not _verified(("mm", D, O), torch.matmul, ordered, (probe_rows, D), (D, O)):
+    if not _verified(("mm", D, O), torch.matmul, ordered, tuple(x.shape), (D, O)):
         return (x.half() @ w.half()).float()
     with one_thread():
         return ordered(x, w)
@@ -173,10 +202,8 @@ def half_conv2d(x: Tensor, w: Tensor, stride: int, padding: int, groups: int, ar
                          res.unflatten(1, (groups, O // groups)))
         return res
 
-    side = max(2 * stride + kh, 4)
-    probe_batch = max(2, MKLDNN_MIN_WORK // max(D * (O // groups), 1) + 1)
     key = ("conv", C, O, kh, kw, stride, padding, groups)
-    if not _verified(key, conv, ordered, (probe_batch, C, side, side), tuple(w.shape)):
+    if not _verified(key, conv, ordered, tuple(x.shape), tuple(w.shape)):
         return conv(x.half(), w.half()).float()
     with one_thread():
         return ordered(x, w)
