@@ -29,7 +29,8 @@ Schema ``qwt-record/2`` (``qwt-record/1`` files are still read, see :func:`upgra
       "blocks": [BlockReport.to_dict(), ...], # per-block QwT diagnostics ([] without QwT)
       "config": {...},                        # everything needed to re-run (bits, sizes, options)
       "provenance": {"date": ISO-8601, "git_commit": .., "git_dirty": bool, "command": "...",
-                     "versions": {"torch": .., ...}, "device": "cpu", "world_size": 1}
+                     "versions": {"torch": .., ...}, "device": "cpu", "world_size": 1,
+                     "machine": {"cpu": .., "torch_cpu_capability": "AVX512", "isa_caps": {..}, "gpu": ..}}
     }
 
 Only a record of a benchmark split (``dataset.benchmark``) evaluated in full can fill a cell of the
@@ -66,7 +67,7 @@ DATASET_REQUIRED: dict[str, type | tuple[type, ...]] = {
 PROVENANCE_REQUIRED = ("date", "git_commit", "command", "versions")
 REPO = Path(__file__).resolve().parent.parent
 RECORDS_DIR = REPO / "results" / "records"
-VERSIONED = ("torch", "torchvision", "timm", "mmdet", "mmcv", "mmengine", "numpy", "pandas")
+VERSIONED = ("torch", "torchvision", "timm", "mmdet", "mmcv", "mmengine", "numpy", "pandas", "opencv-python-headless")
 #: folders whose changes do not make a tree "dirty": what runs write (records, tables, plots)
 GENERATED_PATHS = ("results",)
 
@@ -120,13 +121,16 @@ def versions() -> dict[str, str]:
 
 
 def provenance(command: str | None = None, device: str = "cpu", world_size: int = 1) -> dict[str, Any]:
-    """Date, commit, command line, library versions, device."""
+    """Date, commit, command line, library versions, device, and the machine (CPU model, the ISA
+    its kernels use and any cap on it, GPU: :func:`qwt_core.machine.machine_info`)."""
+    from .machine import machine_info
+
     sha, dirty = git_info()
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": sha, "git_dirty": dirty,
         "command": command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "versions": versions(), "device": device, "world_size": world_size,
+        "versions": versions(), "device": device, "world_size": world_size, "machine": machine_info(),
     }
 
 

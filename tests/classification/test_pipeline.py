@@ -73,7 +73,9 @@ def test_custom_spec_with_checkpoint_val_limit_and_state(imagenet_dir, tmp_path)
 def test_singular_normal_equations_give_min_norm_solution() -> None:
     """Features that sum to a constant (a LayerNorm output, e.g. Swin's first block input) make XᵀX
     singular without linalg.solve raising: the float64 solution (solver "lstsq") must stay small
-    and fit; the reference's fp32 inverse does not, and its R² (the default keep/zero rule) is low."""
+    and fit. The reference's fp32 inverse of a singular matrix is rounding noise (its value moves with
+    the machine's LAPACK kernels), so of it only what holds everywhere is asserted: it cannot fit
+    better than the float64 least-squares solution, which is optimal on these rows."""
     torch.manual_seed(0)
     x = torch.randn(512, 16)
     x = x - x.mean(dim=1, keepdim=True)  # rows sum to 0: collinear with the ones column
@@ -82,7 +84,7 @@ def test_singular_normal_equations_give_min_norm_solution() -> None:
     acc = NormalEquations(16, 8)
     acc.update(x, y)
     sol = acc.solve("float64")
-    assert acc.solve("fp32").r2 < 0.5 < sol.r2
+    assert acc.solve("fp32").r2 <= sol.r2 + 1e-6
     assert sol.weight.abs().max() < 10 * w_true.abs().max()
     fit = x @ sol.weight[0] + sol.bias[0]
     assert float((y - fit).pow(2).mean()) < 2e-4 and sol.r2 > 0.9

@@ -109,14 +109,19 @@ def test_qwt_batches_resize_and_normalise(filtered_coco):
 REF_MEAN, REF_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
 
+@pytest.mark.machine_kernels
 @pytest.mark.parametrize("name", ["mask_rcnn_swin_t", "cascade_mask_rcnn_swin_b"])
-def test_input_normalisation_is_the_reference_normalize_bit_for_bit(name):
+def test_input_normalisation_is_the_reference_normalize_within_one_ulp(name):
     """The reference normalizes in its mmdet 2.11 pipeline: ``Normalize`` keeps mean / std as
     float32 arrays and calls mmcv's ``imnormalize`` (BGR->RGB, then cv2 ``x - mean`` and
-    ``x * (1 / std)``, the reciprocal in float64). mmdet 3's ``DetDataPreprocessor`` computes
-    ``(x - mean) / std`` in float32 torch. On every value 0..255 of every channel both give the
-    same float32. (With float64 mean / std, which the reference does not use, about 11 % of the
-    values would differ by one ulp: the check below can see such a difference.)"""
+    ``x * (1 / std)`` with the reciprocal in float64). mmdet 3's ``DetDataPreprocessor`` computes
+    ``(x - mean) / std`` in float32 torch: an IEEE division, the same bits on any machine.
+
+    How cv2 multiplies by the float64 reciprocal depends on the OpenCV build: in float64 (then the
+    result equals ours on every value 0..255 of every channel, measured with the development
+    machine's OpenCV) or in float32 with the reciprocal rounded to float32 (OpenCV 5.1: 27.9 % of
+    the values one float32 ulp away). The test holds either way: ours is the float32 quotient, the
+    reference's is one of those two formulas, and they are never more than one ulp apart."""
     import mmcv
     import torch
     from mmdet.registry import MODELS
@@ -132,10 +137,16 @@ def test_input_normalisation_is_the_reference_normalize_bit_for_bit(name):
     bgr = np.repeat(values[None, :, None], 3, axis=2)  # (1, 256, 3): every value in each channel
     ours = pp({"inputs": [torch.from_numpy(bgr).permute(2, 0, 1).contiguous()], "data_samples": None},
               False)["inputs"][0, :, :1, :256].permute(1, 2, 0).numpy()  # (1, 256, 3) RGB, unpadded
-    ref = mmcv.imnormalize(bgr, np.array(REF_MEAN, np.float32), np.array(REF_STD, np.float32), to_rgb=True)
-    assert ours.dtype == ref.dtype == np.float32
-    np.testing.assert_array_equal(ours, ref)
-    f64 = mmcv.imnormalize(bgr, np.array(REF_MEAN), np.array(REF_STD), to_rgb=True)
-    differ = ours != f64
-    assert 0.05 < differ.mean() < 0.2
-    assert np.all(np.abs(ours - f64)[differ] <= np.spacing(np.abs(ours))[differ])  # one ulp
+    mean, std = np.array(REF_MEAN, np.float32), np.array(REF_STD, np.float32)
+    centred = bgr[..., ::-1].astype(np.float32) - mean  # exact: integers minus float32 means
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, centred / std)  # the float32 quotient, bit for bit
+    double_product = (centred.astype(np.float64) * (1 / std.astype(np.float64))).astype(np.float32)
+    single_product = centred * (1 / std.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(ours, double_product)  # = imnormalize's formula in float64
+    ref = mmcv.imnormalize(bgr, mean, std, to_rgb=True)  # this machine's OpenCV
+    assert ref.dtype == np.float32
+    assert np.all((ref == double_product) | (ref == single_product))
+    differ = ours != ref
+    assert np.all(np.abs(ours - ref)[differ] <= np.spacing(np.abs(ours))[differ])  # at most one ulp
+    assert not np.array_equal(double_product, single_product)  # the check can see a one-ulp difference
