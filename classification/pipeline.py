@@ -406,7 +406,7 @@ def _run(cfg: ExperimentConfig, plan: Plan, state: StateInfo | None, needs_qwt_f
         if state is not None:
             assert cfg.load_state is not None
             try:
-                load_state(qmodel, cfg.load_state, map_location=device)
+                load_state(qmodel, cfg.load_state, half_arith=cfg.half_arith)  # on qmodel's device, the run's arithmetic
             except ValueError as e:
                 raise CheckpointError(str(e).splitlines()[0]) from e
             has_qwt = state.has_qwt

@@ -19,13 +19,14 @@ weights are loaded and before the FP evaluation: the state's weights fingerprint
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ from qwt_core import (QwTConfig, check_bits, fit_qwt, load_state, model_size, qu
                       set_quant_state, weights_fingerprint)
 from qwt_core import preflight
 from qwt_core.records import RECORDS_DIR, dataset_entry, make_record, write_record
-from qwt_core.state_io import StateFileError, StateInfo, read_state_info
+from qwt_core.state_io import StateFileError, StateInfo, module_device, read_state_info
 
 METHODS = ("fp", "repq", "repq+qwt")
 DEFAULT_CKPT_DIR = "checkpoints"
@@ -185,6 +186,23 @@ def build_detector(cfg, device: str, distributed: bool) -> nn.Module:  # noqa: A
     return model.to(device).eval()
 
 
+@contextlib.contextmanager
+def runner_keeps_device(model: nn.Module) -> Iterator[None]:
+    """While mmengine's Runner is built, its ``wrap_model`` puts the model on the device that
+    ``mmengine.device.get_device()`` chose at import (``"cuda"`` whenever torch sees a GPU): on a
+    GPU machine a CPU run (the Python API, the demo) would be moved to the GPU, a ``cuda:1`` run to
+    the current device. Here the Runner is told the device the model already lives on."""
+    import mmengine.runner.runner as runner_mod
+
+    where = str(module_device(model))
+    saved = runner_mod.get_device
+    runner_mod.get_device = lambda: where
+    try:
+        yield
+    finally:
+        runner_mod.get_device = saved
+
+
 class Evaluator:
     """mmengine Runner test loop (TestLoop + the config's CocoMetric) on one model object.
 
@@ -211,14 +229,15 @@ class Evaluator:
         if self.runner is None:
             cfg = self.cfg
             cfg.model_wrapper_cfg = self._wrapper(model)  # Runner.wrap_model reads it from cfg
-            self.runner = Runner(
-                model=model, work_dir=self.work_dir,
-                experiment_name=f"{tag}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}",
-                test_dataloader=cfg.test_dataloader, test_cfg=dict(type="TestLoop"),
-                test_evaluator=cfg.test_evaluator, default_hooks=cfg.default_hooks,
-                env_cfg=cfg.get("env_cfg", dict()), log_processor=cfg.get("log_processor"),
-                log_level=cfg.get("log_level", "INFO"), default_scope="mmdet", launcher=self.launcher,
-                randomness=dict(seed=None), cfg=cfg)
+            with runner_keeps_device(model):
+                self.runner = Runner(
+                    model=model, work_dir=self.work_dir,
+                    experiment_name=f"{tag}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}",
+                    test_dataloader=cfg.test_dataloader, test_cfg=dict(type="TestLoop"),
+                    test_evaluator=cfg.test_evaluator, default_hooks=cfg.default_hooks,
+                    env_cfg=cfg.get("env_cfg", dict()), log_processor=cfg.get("log_processor"),
+                    log_level=cfg.get("log_level", "INFO"), default_scope="mmdet", launcher=self.launcher,
+                    randomness=dict(seed=None), cfg=cfg)
             self.model = model
         elif model is not self.model:
             raise ValueError("an Evaluator serves the one model object it was first called with")
@@ -345,8 +364,10 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     assert run.device is not None  # resolved by _validate
     need_qwt = "repq+qwt" in run.methods
 
-    if run.launcher != "none":  # torchrun: backend by device (nccl on CUDA, gloo on CPU), cuda:LOCAL_RANK
-        init_from_env(run.device, force=True)  # (mmengine's init_dist assumes CUDA); the Runner reuses it
+    # the one place that binds the device: cuda:N made current in one process, cuda:LOCAL_RANK under
+    # torchrun (backend by device: nccl on CUDA, gloo on CPU; mmengine's init_dist assumes CUDA, and
+    # the Runner reuses this group)
+    run.device = str(init_from_env(run.device, force=run.launcher != "none").device)
     rank, world = get_dist_info()
     distributed = world > 1 or run.launcher != "none"
     torch.manual_seed(run.seed)
@@ -432,7 +453,7 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     has_qwt = False
     if run.load_state:
         try:
-            meta = load_state(model, run.load_state, map_location=run.device)
+            meta = load_state(model, run.load_state)  # compensation built where the model lives
         except ValueError as e:
             raise ExperimentError(" ".join(str(e).split())[:300]) from None
         has_qwt = bool(meta.get("qwt"))

@@ -21,6 +21,7 @@ that neither answers nor dies (torchrun already stops every worker when one exit
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ DEFAULT_TIMEOUT_S = 1800.0  # 30 min: QwT of one ViT-B block on 512 images is fa
 TIMEOUT_ENV = "QWT_DIST_TIMEOUT_S"
 FAIL_RANK_ENV = "QWT_FAIL_RANK"  # test-only: the rank that raises at stage QWT_FAIL_AT
 FAIL_AT_ENV = "QWT_FAIL_AT"
+log = logging.getLogger(__name__)
 
 
 class InjectedFailure(RuntimeError):
@@ -72,22 +74,47 @@ def timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
 
 
-def init_from_env(device: torch.device | str = "cpu", force: bool = False) -> DistInfo:
-    """Join the process group torchrun describes (a no-op when ``WORLD_SIZE`` is unset or 1,
-    unless ``force``: a group of one, for code that insists on one, e.g. mmengine's launcher).
+def bind_device(device: torch.device | str, local_rank: int | None = None) -> torch.device:
+    """The one place that decides which device this process computes on, and makes it current.
 
-    For CUDA, each process takes ``cuda:LOCAL_RANK`` and the returned ``device`` says so; a group
-    that is already initialised (e.g. by mmengine) is reused, not re-created.
+    - ``cpu`` -> ``cpu``;
+    - one process (``local_rank`` None): ``cuda`` -> the current CUDA device, ``cuda:N`` -> ``cuda:N``;
+    - one process per GPU (torchrun, ``local_rank`` given): ``cuda`` or ``cuda:N`` -> ``cuda:LOCAL_RANK``
+      (an index asked for is not honoured there: every rank would use that one GPU and NCCL would
+      fail; choose the GPUs with ``CUDA_VISIBLE_DEVICES``; a log line says so).
+
+    For CUDA, ``torch.cuda.set_device`` is called, so that what later code and libraries put on
+    ``"cuda"`` (mmengine's Runner, ``torch.cuda.current_device()``) lands on the same GPU, and the
+    returned device always carries its index (``torch.device("cuda") != torch.device("cuda:0")``).
     """
     dev = torch.device(device)
+    if dev.type != "cuda":
+        return dev
+    if local_rank is not None:
+        if dev.index is not None and dev.index != local_rank:
+            log.warning("--device %s under torchrun: rank with LOCAL_RANK=%d takes cuda:%d (one GPU per process; "
+                        "choose the GPUs with CUDA_VISIBLE_DEVICES)", dev, local_rank, local_rank)
+        dev = torch.device("cuda", local_rank)
+    elif dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def init_from_env(device: torch.device | str = "cpu", force: bool = False) -> DistInfo:
+    """Join the process group torchrun describes (a no-op when ``WORLD_SIZE`` is unset or 1,
+    unless ``force``: a group of one, for code that insists on one, e.g. mmengine's launcher), and
+    bind this process's device (:func:`bind_device`, also in one process).
+
+    For CUDA, each process of a group takes ``cuda:LOCAL_RANK`` and the returned ``device`` says so;
+    a group that is already initialised (e.g. by mmengine) is reused, not re-created.
+    """
     world = env_world_size()
     already = dist.is_available() and dist.is_initialized()
     if world <= 1 and not already and not force:
-        return DistInfo(device=dev)
+        return DistInfo(device=bind_device(device))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
-        torch.cuda.set_device(dev)
+    dev = bind_device(device, local_rank)
     if not already:
         for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
             if key not in os.environ:

@@ -122,22 +122,41 @@ def save_state(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, A
         tmp.unlink(missing_ok=True)  # a failed save leaves no partial file behind
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module`` lives: the device of its first parameter (else buffer; CPU when it has none)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 def load_state(model: nn.Module, path: str | os.PathLike[str],
-               map_location: str | torch.device = "cpu") -> dict[str, Any]:
+               map_location: str | torch.device | None = None,
+               half_arith: str | None = None) -> dict[str, Any]:
     """Load a state written by :func:`save_state` into an identically quantized ``model``.
 
-    Returns the saved ``meta``. Raises ``ValueError`` naming the file on a wrong format or a model
-    that does not match.
+    Everything the state adds follows the model: each compensation module is built on the device of
+    the block it wraps, and the saved tensors are copied into the model's own tensors wherever those
+    live (``map_location`` only says where the file is read to, CPU by default). ``half_arith``:
+    the evaluation arithmetic of the compensation modules (``"native"`` / ``"emulated"``); ``None``
+    keeps the one the state was saved with. Returns the saved ``meta``. Raises ``ValueError`` naming
+    the file on a wrong format or a model that does not match.
     """
-    payload = torch.load(path, map_location=map_location, weights_only=False)
+    payload = torch.load(path, map_location=map_location or "cpu", weights_only=False)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a QwT calibrated state (expected format {FORMAT})")
     for name, spec in payload["compensated"].items():
         block = model.get_submodule(name)
         if not isinstance(block, CompensatedBlock):
-            # the new wrapper takes the block's mode: its compensation uses the fp16 product in
-            # eval mode and fp32 in training mode, as the reference's CompensationBlock
-            model.set_submodule(name, CompensatedBlock(block, build_compensation(spec)).train(block.training))
+            if half_arith is not None:
+                spec = {**spec, "half_arith": half_arith}
+            # the new wrapper takes the block's mode (its compensation uses the fp16 product in
+            # eval mode and fp32 in training mode, as the reference's CompensationBlock) and device
+            comp = build_compensation(spec).to(module_device(block))
+            model.set_submodule(name, CompensatedBlock(block, comp).train(block.training))
+        elif half_arith is not None:
+            block.compensation.half_arith = half_arith
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:

@@ -74,3 +74,21 @@ def test_tiny_detector_fp_repq_qwt_records(tiny, coco_root, tmp_path, name):
         (r2,) = load_records(again, "coco")
         assert r2["metrics"] == recs["repq+qwt"]["metrics"]
         assert r2["coco_raw"] == recs["repq+qwt"]["coco_raw"]
+
+
+def test_runner_keeps_the_run_device(tiny, coco_root, tmp_path, monkeypatch):
+    """mmengine's Runner puts the model on the device mmengine chose at import ("cuda" on any GPU
+    machine). Simulated here by a get_device() that answers "meta": a CPU run must stay on the
+    CPU and evaluate (before the fix the detector was moved to that device)."""
+    import mmengine.runner.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "get_device", lambda: "meta")
+    cfg, ckpt = tiny["mask_rcnn_swin_t"]
+    results = tmp_path / "records"
+    rc = _cli(["--config", cfg, "--data-root", coco_root, "--checkpoint", ckpt, "--methods", "fp",
+               "--device", "cpu", "--val-limit", 1, "--workers", 0, "--results-dir", results,
+               "--work-dir", tmp_path / "work"])
+    assert rc == 0
+    (rec,) = load_records(results, "coco")
+    assert rec["provenance"]["device"] == "cpu" and 0.0 <= rec["metrics"]["bbox_mAP"] <= 100.0
+    assert runner_mod.get_device() == "meta"  # the library's own function is restored afterwards
