@@ -39,6 +39,8 @@ METHOD_LABELS = {
     "fp": "FP", "repq": "RepQ-ViT", "repq+qwt": "RepQ-ViT + QwT", "percentile": "Percentile",
     "percentile+qwt": "Percentile + QwT", "percentile_strict": "Percentile (strict)",
     "percentile_strict+qwt": "Percentile (strict) + QwT", "aphq": "APHQ-ViT (reference only)",
+    # the demo's second QwT rows: the same fit with the float64 least-squares solve (--qwt-solver lstsq)
+    "repq+qwt_f64": "RepQ-ViT + QwT (float64 solve)", "percentile+qwt_f64": "Percentile + QwT (float64 solve)",
 }
 METHOD_ORDER = tuple(METHOD_LABELS)
 

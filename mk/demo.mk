@@ -5,12 +5,19 @@
 #   make demo-train       retrain the committed checkpoints (benchmarks/demo/checkpoints/*.pth + cards)
 #   make demo-train-check retrain into a temporary folder and compare with the cards (±1 point)
 #   make demo-data        only generate the data (data/demo/, git-ignored)
+#   make demo-isa-check   the demo again with the vector ISA capped (ISA_DEFAULT, Makefile) into
+#                         results/records_isa/, then results/demo_isa.md: which verdicts held
 DEMO_ARGS ?=
 DEMO_TRAIN_ARGS ?=
+ISA_RECORDS ?= results/records_isa
 
-.PHONY: demo demo-data demo-train demo-train-check
+.PHONY: demo demo-data demo-train demo-train-check demo-isa-check
 demo: $(STAMP)
 	$(PY) -m benchmarks.demo.run $(DEMO_ARGS)
+
+demo-isa-check: $(STAMP)
+	env $(ISA_DEFAULT) $(PY) -m benchmarks.demo.run --records $(ISA_RECORDS) --no-table $(DEMO_ARGS)
+	$(PY) -m benchmarks.demo.isa_check results/records $(ISA_RECORDS) --out results/demo_isa.md
 
 demo-data: $(STAMP)
 	$(PY) -m benchmarks.demo.data

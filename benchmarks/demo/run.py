@@ -3,7 +3,10 @@
 For each demo model, bit width and calibration seed, one invocation of the suite's own pipeline
 (``classification.pipeline`` / ``detection.pipeline``, the code paths of the paper tables) runs
 FP, the quantized baseline (RepQ-ViT; "Percentile" for the ResNet) and the baseline + QwT, and
-writes one record per method under ``results/records/demo/``. Then ``results/demo.md`` is
+writes one record per method under ``results/records/demo/``; a second invocation fits the same
+QwT with the float64 least-squares solve (``--qwt-solver lstsq``), recorded as ``<base>+qwt_f64``:
+the seed-by-seed verdicts are stated only where both solves agree by more than they differ
+(:meth:`benchmarks.demo_table.Effect.verdicts`). Then ``results/demo.md`` is
 rendered from the records by :func:`benchmarks.demo_table.render_demo` (mean ± std over seeds, and
 the seed-by-seed comparison of each method + QwT with its baseline, also printed at the end). The demo
 runs on the CPU (``device="cpu"``), as documented, whatever GPU the machine has.
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.demo_table import F64
 from benchmarks.records import RECORDS_DIR, load_records, write_record
 
 from . import data, detection_data
@@ -105,32 +109,53 @@ def replace_older(records_root: Path, new_paths: list[Path]) -> int:
     return removed
 
 
-def _relabel(records: list[dict[str, Any]], records_root: Path, command: str) -> list[Path]:
+def _relabel(records: list[dict[str, Any]], records_root: Path, command: str, qwt_suffix: str = "") -> list[Path]:
     """Write pipeline records under the demo suite (pipelines without a ``suite`` option write
-    their paper suite; the record is otherwise unchanged)."""
+    their paper suite; the record is otherwise unchanged); with ``qwt_suffix`` only the ``+qwt``
+    records, their method renamed (the float64-solve rows)."""
     paths = []
     for rec in records:
+        if qwt_suffix and not rec["method"].endswith("+qwt"):
+            continue  # a float64-solve call keeps only its QwT rows
         rec = {k: v for k, v in rec.items() if not k.startswith("_")}
         rec["config"] = {**rec["config"], "pipeline_suite": rec["suite"], "demo_command": command}
         rec["suite"] = SUITE
+        if qwt_suffix and rec["method"].endswith("+qwt"):
+            rec["config"]["pipeline_method"] = rec["method"]
+            rec["method"] += qwt_suffix
         paths.append(write_record(rec, records_root))
     return paths
 
 
-def run_classifier(job: Job, s: Settings, records_root: Path, command: str) -> list[Path]:
+def f64_job(job: Job) -> Job | None:
+    """The job's second QwT row: its ``+qwt`` method solved in float64 (``lstsq``); the classifiers
+    also evaluate FP (their KL(FP‖Q) needs the FP outputs of the same call), a record not kept."""
+    qwt = tuple(m for m in job.methods if m.endswith("+qwt"))
+    if not qwt:
+        return None
+    return Job(job.model, job.bits, job.seed, (("fp",) if job.model in CLASSIFIERS else ()) + qwt)
+
+
+def run_classifier(job: Job, s: Settings, records_root: Path, command: str, solver: str = "reference") -> list[Path]:
     """One invocation of the classification pipeline (FP, baseline, baseline + QwT), records
-    written straight into the demo suite."""
+    written straight into the demo suite; with ``solver="lstsq"`` the ``+qwt`` records are renamed
+    ``<base>+qwt_f64`` (the table's float64-solve rows)."""
     from classification.pipeline import ExperimentConfig, run_experiment
 
-    cfg = ExperimentConfig(
-        model=job.model, data_dir=str(data.DEFAULT_ROOT), w_bits=job.bits, a_bits=job.bits,
-        methods=job.methods, checkpoint=str(s.checkpoints / f"{job.model}.pth"), workers=0, device="cpu",
-        seed=job.seed, calib_size=s.calib_size, qwt_size=s.qwt_size, val_limit=s.test_limit,
-        results_dir=str(records_root), suite=SUITE, command=command, progress=False)
-    return [Path(r["_path"]) for r in run_experiment(cfg)]
+    def config(results_dir: str) -> ExperimentConfig:
+        return ExperimentConfig(
+            model=job.model, data_dir=str(data.DEFAULT_ROOT), w_bits=job.bits, a_bits=job.bits,
+            methods=job.methods, checkpoint=str(s.checkpoints / f"{job.model}.pth"), workers=0, device="cpu",
+            seed=job.seed, calib_size=s.calib_size, qwt_size=s.qwt_size, val_limit=s.test_limit,
+            results_dir=results_dir, suite=SUITE, command=command, progress=False, qwt_solver=solver)
+
+    if solver == "reference":
+        return [Path(r["_path"]) for r in run_experiment(config(str(records_root)))]
+    with tempfile.TemporaryDirectory(prefix="qwt-demo-") as tmp:
+        return _relabel(run_experiment(config(tmp)), records_root, command, F64)
 
 
-def run_detector(job: Job, s: Settings, records_root: Path, command: str) -> list[Path]:
+def run_detector(job: Job, s: Settings, records_root: Path, command: str, solver: str = "reference") -> list[Path]:
     """One invocation of the detection pipeline (FP, RepQ-ViT, RepQ-ViT + QwT on the backbone)."""
     from detection.pipeline import DetectionRun, run_experiment
 
@@ -145,12 +170,12 @@ def run_detector(job: Job, s: Settings, records_root: Path, command: str) -> lis
             methods=job.methods, seed=job.seed, device="cpu", qwt_size=s.det_qwt_size, qwt_img_size=s.det_qwt_img_size,
             qwt_batch_size=16, val_limit=s.test_limit, results_dir=tmp, workers=0, log_interval=10**6,
             work_dir=str(Path(tmp) / "work_dir"), command=command,
-            cfg_options={"log_level": "WARNING"})
+            cfg_options={"log_level": "WARNING"}, qwt_solver=solver)
         records = run_experiment(run)
-        return _relabel(records, records_root, command)
+        return _relabel(records, records_root, command, F64 if solver != "reference" else "")
 
 
-RUNNERS: dict[str, Callable[[Job, Settings, Path, str], list[Path]]] = {
+RUNNERS: dict[str, Callable[..., list[Path]]] = {
     **{m: run_classifier for m in CLASSIFIERS}, DETECTOR: run_detector}
 
 
@@ -184,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--checkpoints", default=str(CHECKPOINTS),
                     help="folder holding <model>.pth (default: the committed checkpoints)")
+    ap.add_argument("--no-f64", action="store_true",
+                    help="skip the float64-solve QwT rows (then no seed-by-seed verdicts are decided)")
+    ap.add_argument("--no-table", action="store_true",
+                    help="write records only (no demo.md, no plots): e.g. a second run under ISA caps "
+                         "for `make demo-isa-check`")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
@@ -210,11 +240,17 @@ def main(argv: list[str] | None = None) -> int:
         for job in bar:
             bar.set_postfix_str(job.label)
             paths = RUNNERS[job.model](job, settings, records_root, command)
+            f64 = None if args.no_f64 else f64_job(job)
+            if f64 is not None:
+                paths += RUNNERS[job.model](f64, settings, records_root, command, solver="lstsq")
             replace_older(records_root, paths)
             written += paths
             bar.write(f"[demo] {job.label}: " + summary(paths))
     from benchmarks.demo_table import qwt_effect, render_demo
 
+    if args.no_table:
+        print(f"[demo] {len(written)} records in {records_root / SUITE} ({time.time() - t0:.0f}s)")
+        return 0
     out = render_demo(records_root, args.out, plots=True)
     print(f"[demo] {len(written)} records in {records_root / SUITE}, table {out} "
           f"({time.time() - t0:.0f}s)")

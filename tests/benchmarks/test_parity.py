@@ -162,6 +162,7 @@ def test_suite_dump_passes_every_deciding_row(model, tmp_path) -> None:
         [False] * SELF_DUMPS[model].get("start_block", 0)
 
 
+@pytest.mark.machine_kernels
 def test_wb_failure_at_moderate_cond_is_the_reference_fp32_inverse(tmp_path) -> None:
     """The tiny Swin's block 1 has cond(XᵀX) ~ 2e6, inside the deciding range (< 1e7), where the
     reference's fp32 inverse is ~1e-2 off the exact solution. The default solver does the same fp32

@@ -70,6 +70,7 @@ def test_custom_spec_with_checkpoint_val_limit_and_state(imagenet_dir, tmp_path)
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.machine_kernels
 def test_singular_normal_equations_give_min_norm_solution() -> None:
     """Features that sum to a constant (a LayerNorm output, e.g. Swin's first block input) make XᵀX
     singular without linalg.solve raising: the float64 solution (solver "lstsq") must stay small

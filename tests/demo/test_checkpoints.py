@@ -31,6 +31,7 @@ def val_split():
     return train_cls.load_split(data.build(), "val")
 
 
+@pytest.mark.machine_kernels
 @pytest.mark.parametrize("name", list(models.CLASSIFIERS))
 def test_classifier_fp_accuracy_matches_card(name, val_split):
     """Built through classification.build (the registry spec + the suite's checkpoint loader, which

@@ -13,26 +13,30 @@ from benchmarks.demo import run
 from benchmarks.records import load_records
 
 
-def _reduced(tmp_path: Path, model: str, limit: int) -> tuple[list[dict], str]:
+def _reduced(tmp_path: Path, model: str, limit: int, f64: bool = False) -> tuple[list[dict], str]:
     records, out = tmp_path / "records", tmp_path / "demo.md"
     args = ["--models", model, "--seeds", "0", "--bits", "4", "--test-limit", str(limit),
-            "--records", str(records), "--out", str(out), "--threads", "1"]
+            "--records", str(records), "--out", str(out), "--threads", "1", *([] if f64 else ["--no-f64"])]
     assert run.main(args) == 0
     return load_records(records, "demo"), out.read_text()
 
 
 def test_reduced_demo_classifier(tmp_path: Path):
-    recs, table = _reduced(tmp_path, "demo_vit", 60)
-    assert sorted(r["method"] for r in recs) == ["fp", "repq", "repq+qwt"]
+    recs, table = _reduced(tmp_path, "demo_vit", 60, f64=True)
+    assert sorted(r["method"] for r in recs) == ["fp", "repq", "repq+qwt", "repq+qwt_f64"]
     for r in recs:
         assert r["suite"] == "demo" and r["model"] == "demo_vit" and r["seed"] == 0
         assert r["images"] == 60 and r["partial"] is True
     q = {r["method"]: r for r in recs}
     assert q["repq"]["w_bits"] == q["repq"]["a_bits"] == 4
-    for m in ("repq", "repq+qwt"):
+    for m in ("repq", "repq+qwt", "repq+qwt_f64"):
         assert {"top1", "agreement_fp", "kl_fp"} <= set(q[m]["metrics"])
     assert len(q["repq+qwt"]["blocks"]) == 12  # one QwT fit per ViT block
+    assert q["repq+qwt"]["config"]["qwt"]["solver"] == "reference"
+    assert q["repq+qwt_f64"]["config"]["qwt"]["solver"] == "lstsq"  # the float64 solve of the same fit
+    assert q["repq+qwt_f64"]["config"]["pipeline_method"] == "repq+qwt"
     assert "## demo_vit" in table and "W4/A4" in table and "partial" in table
+    assert "RepQ-ViT + QwT (float64 solve)" in table and "verdict on KL:" in table
 
 
 def test_rerun_replaces_older_records(tmp_path: Path):
