@@ -90,6 +90,11 @@ class Worker:
         self.log.close()
 
 
+def batch_of(plan: Plan) -> int:
+    """The QwT batch: ``plan.rel_batch``, or all the images when there are fewer."""
+    return min(plan.rel_batch, plan.rel_images)
+
+
 def models(plan: Plan, ref: Path) -> list[tuple[str, str, str]]:
     """(registry name, family, timm 0.4.12 arch) of every case of the plan, each run by the released
     script of its family (:func:`benchmarks.parity.run.resolve_models` checks it)."""
@@ -104,7 +109,7 @@ def contend(model: tuple[str, str, str], plan: Plan, device: torch.device, ref: 
     name, family, arch = model
     counts = ["--model", name, "--device", str(device), "--threads", str(plan.threads or torch.get_num_threads()),
               "--n-calib", str(plan.rel_calib_images), "--n-qwt", str(plan.rel_images),
-              "--batch-size", str(plan.rel_batch)]
+              "--batch-size", str(batch_of(plan))]
     weights = tmp / f"{name}.pt"
     timeout = plan.rel_timeout
     released = Worker("released", ["--side", "released", "--ref", str(ref), "--family", family, "--arch", arch,
@@ -172,14 +177,14 @@ def released_figure(plan: Plan, device: torch.device, ref: str | None, metrics: 
         return
     clock = "wall" if device.type == "cuda" else "cpu"
     out: dict[str, Any] = {"ref": str(ref_path), "side_env": str(side), "calib_images": plan.rel_calib_images,
-                           "images": plan.rel_images, "batch": plan.rel_batch, "repeats": plan.rel_repeats,
+                           "images": plan.rel_images, "batch": batch_of(plan), "repeats": plan.rel_repeats,
                            "clock": clock, "solver": "reference (QwTConfig() default)", "models": {}}
     raw["released"] = out
     with tempfile.TemporaryDirectory(prefix="qwt-perf-released-") as tmp:
         for model in models(plan, ref_path):
             name = model[0]
             say(f"[released] {name}: the released code and this suite's default path, {plan.rel_calib_images} "
-                f"calibration and {plan.rel_images} QwT images (batch {plan.rel_batch}), {plan.rel_repeats} rounds")
+                f"calibration and {plan.rel_images} QwT images (batch {batch_of(plan)}), {plan.rel_repeats} rounds")
             t0 = time.perf_counter()
             try:
                 res = contend(model, plan, device, ref_path, side, Path(tmp), say)

@@ -43,12 +43,17 @@ import time
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from .measure import PeakMemory, clock_for, keep_freed_memory, sync
+
+
+PASSES = ("calibration pass", "re-calibration pass")  # (each includes the quantizer inits timed within it)
+INIT_CHANNEL, INIT_TENSOR, INIT_LOG = ("init: per-channel uniform quantizers", "init: per-tensor uniform quantizers",
+                                       "init: log-sqrt(2) quantizers")
 
 
 class Timers:
@@ -64,14 +69,35 @@ class Timers:
             return time.perf_counter()
         return time.process_time()
 
-    def wrap(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, label: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` timed under ``label`` (or ``label(*args)``); a call inside another call of the same
+        wrapper (recursion) is counted once, by the outermost call."""
+        depth = [0]
+
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if depth[0]:
+                return fn(*args, **kwargs)
+            depth[0] += 1
             t0 = self.clock()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[label] = self.seconds.get(label, 0.0) + self.clock() - t0
+                depth[0] -= 1
+                key = label(*args, **kwargs) if callable(label) else label
+                self.seconds[key] = self.seconds.get(key, 0.0) + self.clock() - t0
         return timed
+
+    @contextlib.contextmanager
+    def methods(self, patches: list[tuple[type, str, str | Callable[..., str]]]) -> Iterator[None]:
+        """Time ``cls.name`` under ``label`` for the duration of the block (then restore it)."""
+        saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in patches]
+        for cls, name, label in patches:
+            setattr(cls, name, self.wrap(label, cls.__dict__[name]))
+        try:
+            yield
+        finally:
+            for cls, name, fn in saved:
+                setattr(cls, name, fn)
 
 
 def stage(fn: Callable[[], Any], device: torch.device) -> tuple[Any, dict[str, Any]]:
@@ -157,14 +183,19 @@ class Released:
         aq = {"n_bits": a.a_bits, "channel_wise": False}
         quantize = qm.quant_model_resnet if a.family == "resnet" else qm.quant_model
         q_model = t.wrap("quantize", quantize)(model, input_quant_params=aq, weight_quant_params=wq).eval()
-        qm.set_quant_state(q_model, input_quant=True, weight_quant=True)
-        t.wrap("first pass (quantizer init)", q_model)(self.calib)
-        if self.reparam is not None:
-            ns = {"torch": torch, "Parameter": nn.Parameter, "q_model": q_model,
-                  "args": SimpleNamespace(model=a.model), "_write": lambda *x, **k: None}
-            t.wrap("reparameterization", exec)(self.reparam, ns)
+        qz = sys.modules["quant.quantizer"]
+        init = [(qz.UniformQuantizer, "init_quantization_scale",
+                 lambda q, x, channel_wise=False: INIT_CHANNEL if channel_wise else INIT_TENSOR),
+                (qz.LogSqrt2Quantizer, "init_quantization_scale", INIT_LOG)]
+        with t.methods(init):
             qm.set_quant_state(q_model, input_quant=True, weight_quant=True)
-            t.wrap("second pass (re-calibration)", q_model)(self.calib)
+            t.wrap(PASSES[0], q_model)(self.calib)
+            if self.reparam is not None:
+                ns = {"torch": torch, "Parameter": nn.Parameter, "q_model": q_model,
+                      "args": SimpleNamespace(model=a.model), "_write": lambda *x, **k: None}
+                t.wrap("reparameterization", exec)(self.reparam, ns)
+                qm.set_quant_state(q_model, input_quant=True, weight_quant=True)
+                t.wrap(PASSES[1], q_model)(self.calib)
         return q_model
 
     def fit(self, q_model: nn.Module, t: Timers) -> nn.Module:
@@ -193,8 +224,13 @@ class Released:
 
 
 def profile(seconds: dict[str, float], total: dict[str, Any], rest: str) -> dict[str, float]:
-    """Timed components plus ``rest`` = the stage's seconds (its clock) minus their sum."""
-    return {**seconds, rest: total[total["clock"]] - sum(seconds.values())}
+    """Timed components plus ``rest`` = the stage's seconds (its clock) minus their sum. The quantizer
+    inits run inside the calibration passes: the passes are given without them."""
+    out = dict(seconds)
+    passes = [out.pop(p) for p in PASSES if p in out]
+    if passes:
+        out["quantized passes besides the inits"] = sum(passes) - sum(v for k, v in out.items() if k.startswith("init:"))
+    return {**out, rest: total[total["clock"]] - sum(out.values())}
 
 
 # ------------------------------------------------------------------------------ this suite's default path
@@ -222,12 +258,17 @@ class Suite:
         """The adapter's quantization, then ``calibrate_repq`` (two passes around the reparameterization)."""
         from qwt_core import calibrate_repq
 
+        from qwt_core.quant.quantizers import LogSqrt2Quantizer, UniformQuantizer
+
         t.wrap("quantize", self.adapter.quantize)(model, self.a.w_bits, self.a.a_bits, self.method)
-        passes = ("first pass (quantizer init)", "second pass (re-calibration)")
 
         def forward(m: nn.Module, x: torch.Tensor) -> Any:
-            return t.wrap(passes[min(len([k for k in t.seconds if k in passes]), 1)], m)(x)
-        calibrate_repq(model, self.calib, self.adapter.reparam_pairs(model), forward=forward)
+            return t.wrap(PASSES[min(len([k for k in t.seconds if k in PASSES]), 1)], m)(x)
+        init = [(UniformQuantizer, "initialise",
+                 lambda q, x: INIT_CHANNEL if getattr(q, "channel_dim", None) is not None else INIT_TENSOR),
+                (LogSqrt2Quantizer, "initialise", INIT_LOG)]
+        with t.methods(init):
+            calibrate_repq(model, self.calib, self.adapter.reparam_pairs(model), forward=forward)
         return model
 
     def fit(self, model: nn.Module, solver: str, out: dict[str, Any]) -> list[float]:

@@ -412,11 +412,13 @@ PARTS = ("init", "kernels", "time", "released", "reference", "memory", "detector
 
 def run(mode: str, device_name: str, results_dir: str | None, out: str | None, command: str | None = None,
         skip: tuple[str, ...] = (), threads: int | None = None, malloc: str = "keep",
-        ref: str | None = None) -> dict[str, Any]:
+        ref: str | None = None, released: dict[str, int] | None = None) -> dict[str, Any]:
     device = torch.device(device_name)
     plan = plan_for(mode, device_name)
     if threads is not None:
         plan = dataclass_replace(plan, threads=threads)
+    if released:  # figure 2's image counts / rounds from the command line
+        plan = dataclass_replace(plan, **released)
     if plan.threads:
         torch.set_num_threads(plan.threads)
     unknown = set(skip) - set(PARTS)
@@ -488,10 +490,26 @@ def main(argv: list[str] | None = None) -> int:
                          "page faults; see benchmarks/perf/measure.py), 'default' leaves glibc as it is")
     ap.add_argument("--ref", default="", help="QwT-cls-RepQ-ViT folder: figure 2 times the released code beside "
                     "this suite's default path (make bench REF=...); without it figure 2 is skipped")
+    ap.add_argument("--released-calib", type=int, default=None, metavar="N",
+                    help="figure 2: RepQ-ViT calibration images (default: the mode's; the reference's batch is 32)")
+    ap.add_argument("--released-images", type=int, default=None, metavar="N",
+                    help="figure 2: QwT images (default: the mode's; a multiple of the batch, 32)")
+    ap.add_argument("--released-repeats", type=int, default=None, metavar="N",
+                    help="figure 2: interleaved rounds per contender (>= 2: the first is the memory round)")
     ap.add_argument("--render-only", action="store_true", help="only re-render --out from the newest record")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda requested but CUDA is not available (use --device cpu)", file=sys.stderr)
+        return 2
+    released = {k: v for k, v in (("rel_calib_images", args.released_calib), ("rel_images", args.released_images),
+                                  ("rel_repeats", args.released_repeats)) if v is not None}
+    if any(v < 1 for v in released.values()):
+        print("error: --released-calib, --released-images and --released-repeats must be >= 1", file=sys.stderr)
+        return 2
+    n = released.get("rel_images")
+    if n is not None and n % min(32, n):
+        print(f"error: --released-images {n} must be a multiple of the QwT batch, 32 (the released code drops the rest)",
+              file=sys.stderr)
         return 2
     if args.ref:
         from benchmarks.parity.run import BadInput, check_ref
@@ -506,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = " ".join(["python -m benchmarks.perf.run", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
     run(args.mode or "default", args.device, args.results_dir, args.out, command,
-        tuple(s for s in args.skip.split(",") if s), args.threads, args.malloc, args.ref or None)
+        tuple(s for s in args.skip.split(",") if s), args.threads, args.malloc, args.ref or None, released)
     return 0
 
 

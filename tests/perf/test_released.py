@@ -56,6 +56,19 @@ def test_summary_takes_the_fastest_round_and_the_first_rounds_memory() -> None:
     assert s["r2"]["max_abs_diff"] == pytest.approx(1e-4)
 
 
+def test_timers_count_a_recursive_call_once_and_restore_the_method() -> None:
+    class Q:
+        def init(self, x: int, channel_wise: bool = False) -> int:
+            return sum(self.init(i) for i in range(x)) if channel_wise else x
+
+    t = Timers(torch.device("cpu"))
+    before = Q.__dict__["init"]
+    with t.methods([(Q, "init", lambda q, x, channel_wise=False: "per-channel" if channel_wise else "per-tensor")]):
+        assert Q().init(4, True) == 6 and Q().init(3) == 3
+    assert set(t.seconds) == {"per-channel", "per-tensor"}  # the 4 inner calls were not counted again
+    assert Q.__dict__["init"] is before
+
+
 def test_stage_and_timers_add_up() -> None:
     t = Timers(torch.device("cpu"))
 
@@ -69,6 +82,9 @@ def test_stage_and_timers_add_up() -> None:
     assert 0 < t.seconds["spin"] <= res["cpu"] + 1e-3
     prof = profile(t.seconds, res, "the rest")
     assert sum(prof.values()) == pytest.approx(res["cpu"])
+    nested = profile({"calibration pass": 5.0, "re-calibration pass": 2.0, "init: log-sqrt(2) quantizers": 3.0},
+                     {"cpu": 8.0, "clock": "cpu"}, "rest")  # inits run inside the passes: counted once
+    assert nested == {"init: log-sqrt(2) quantizers": 3.0, "quantized passes besides the inits": 4.0, "rest": 1.0}
     if res["resettable"]:
         assert res["peak_bytes"] >= 15 * 2**20  # the 16 MiB tensor is in the stage's peak
 
