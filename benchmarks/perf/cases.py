@@ -90,7 +90,10 @@ TINY_CASES = (Case("deit_small_tiny", "deit_small", (32, 32), tiny=True, label="
 def plan_for(mode: str, device: str) -> Plan:
     """'tiny' (smoke test), 'quick', 'default' or 'full'. The reference fits 512 images in batches
     of 32: GPU plans use that; the CPU default fits 64 (the most that keeps ``make bench`` within
-    20 minutes on 2 cores) in batches of 32, on one torch thread."""
+    20 minutes on 2 cores) in batches of 32, on one torch thread. Figure 2 (the released code,
+    ``--ref``) calibrates on the reference's batch of 32 images and fits 64 QwT images on a CPU
+    (512 on a GPU), two rounds (the first is the memory round); 'quick' uses 8 and 16, one round;
+    'tiny' does not run it (the released code builds the real models only)."""
     gpu = device.startswith("cuda")
     if mode == "tiny":
         return Plan("tiny", TINY_CASES, images=8, batch=4, calib_images=4, repeats=1, forward_rounds=0,

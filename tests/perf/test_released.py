@@ -35,7 +35,19 @@ def test_without_ref_the_figure_is_skipped_with_one_line() -> None:
     assert metrics == {} and "released" not in raw and raw["released_skipped"] in said[0]
 
 
-def test_summary_takes_the_fastest_round_and_the_first_rounds_memory() -> None:
+def _record(metrics: dict[str, float], raw: dict[str, Any]) -> dict[str, Any]:
+    """A perf record around figure 2's raw results (the other figures absent)."""
+    return {"metrics": metrics, "partial": True, "times": {"total_s": 1.0},
+            "provenance": {"date": "2026-01-01T00:00:00+00:00", "git_commit": "0" * 40, "command": "test",
+                           "versions": {}, "device": "cpu"},
+            "config": {"mode": "quick", "plan": {"repeats": 1, "calib_images": 2, "images": 4, "batch": 2,
+                                                 "cases": ["resnet50"], "mem_case": {"label": "x"}, "mem_batch": 2,
+                                                 "mem_counts": [], "det_case": None},
+                       "machine": {"device": "cpu", "cpu": "test CPU", "torch_threads": 1, "cpu_count": 2},
+                       "store": "disk", "raw": {"load_before": [0.0], "load_after": [0.0], **raw}}}
+
+
+def _rounds() -> dict[str, Any]:
     rel = [{"calibration": _stage(50, 52, 300), "fit": _stage(9, 10, 800), "r2": [0.5, 0.25],
             "calibration_profile": {"a": 50}, "fit_profile": {"b": 9}},
            {"calibration": _stage(40, 45, 20), "fit": _stage(11, 12, 5), "r2": [0.5, 0.25],
@@ -46,7 +58,26 @@ def test_summary_takes_the_fastest_round_and_the_first_rounds_memory() -> None:
             {"calibration": _stage(2, 4, 1), "fit_reference": _stage(5, 9, 1), "fit_streaming": _stage(8, 8, 1),
              "r2_reference": [0.5, 0.2499], "r2_streaming": [0.5, 0.25], "calibration_profile": {"c": 2},
              "fit_reference_profile": {"d": 5}, "fit_streaming_profile": {"e": 8}}]
-    s = summarize({"rounds": {"released": rel, "suite": ours}}, "cpu")
+    return {"rounds": {"released": rel, "suite": ours}}
+
+
+def test_a_missed_target_is_rendered_with_both_profiles() -> None:
+    s = summarize(_rounds(), "cpu")
+    raw = {"released": {"ref": "REF", "side_env": "SIDE", "calib_images": 32, "images": 64, "batch": 32, "repeats": 2,
+                        "clock": "cpu", "models": {"deit_small": s}}}
+    metrics = {"calib_over_released/deit_small": 0.2, "fit_over_released/deit_small": 0.25,
+               "fit_mem_over_released/deit_small": 0.875}
+    text = render_markdown(_record(metrics, raw))
+    assert "## 2: this suite's default path against the released code" in text and "| deit_small |" in text
+    why = text.split("## Missed targets", 1)[1]
+    assert "RepQ-ViT calibration time" in why and "2.00x over" in why and "a 40.00" in why and "c 2.00" in why
+    assert "QwT fit time" not in why and "peak memory" not in why  # passed: no explanation
+    skipped = render_markdown(_record({}, {"released_skipped": "skipped: no REF"}))
+    assert "**skipped: no REF**" in skipped
+
+
+def test_summary_takes_the_fastest_round_and_the_first_rounds_memory() -> None:
+    s = summarize(_rounds(), "cpu")
     assert s["released/calibration"]["seconds"] == 40 and s["released/calibration"]["profile"] == {"a": 40}
     assert s["released/fit"]["seconds"] == 9 and s["released/fit"]["profile"] == {"b": 9}
     assert s["released/fit"]["wall"] == 10 and s["released/fit"]["peak_mib"] == 800  # round 1: the memory round
@@ -109,13 +140,6 @@ def test_released_code_and_default_path_run_on_the_same_model(tmp_path: Path) ->
     assert all(v > 0 for v in metrics.values())
     assert res["r2"]["max_abs_diff"] < 1e-3 and len(res["r2"]["ours"]) == 16  # resnet50: 16 bottlenecks
     assert res["seconds_total"] <= time.perf_counter() - t0
-    rec = {"metrics": metrics, "partial": True, "times": {"total_s": 1.0},
-           "provenance": {"date": "2026-01-01T00:00:00+00:00", "git_commit": "0" * 40, "command": "test",
-                          "versions": {}, "device": "cpu"},
-           "config": {"mode": "quick", "plan": {"repeats": 1, "calib_images": 2, "images": 4, "batch": 2,
-                                                "cases": ["resnet50"], "mem_case": {"label": "x"}, "mem_batch": 2,
-                                                "mem_counts": [], "det_case": None},
-                      "machine": {"device": "cpu", "cpu": "test CPU", "torch_threads": 1, "cpu_count": 2},
-                      "store": "disk", "raw": {"load_before": [0.0], "load_after": [0.0], **raw}}}
+    rec = _record(metrics, raw)
     text = render_markdown(rec)
     assert "## 2: this suite's default path against the released code" in text and "| resnet50 |" in text
