@@ -47,7 +47,7 @@ from .cases import Batches, Built, Case, Plan, build, mmdet_available, plan_for
 from .measure import MiB, clock_for, interleaved_min, keep_freed_memory, probe, process_clock
 from .profile import FitProfile
 from .reference_fit import reference_fit
-from .released import released_figure
+from .released import batch_of, released_figure
 from .targets import target_of
 
 OUT = Path(__file__).resolve().parents[2] / "results" / "perf.md"
@@ -506,10 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(v < 1 for v in released.values()):
         print("error: --released-calib, --released-images and --released-repeats must be >= 1", file=sys.stderr)
         return 2
-    n = released.get("rel_images")
-    if n is not None and n % min(32, n):
-        print(f"error: --released-images {n} must be a multiple of the QwT batch, 32 (the released code drops the rest)",
-              file=sys.stderr)
+    plan = dataclass_replace(plan_for(args.mode or "default", args.device), **released)
+    if plan.rel_images % batch_of(plan):
+        print(f"error: --released-images {plan.rel_images} must be a multiple of the QwT batch, {batch_of(plan)} "
+              "(the released code drops the rest)", file=sys.stderr)
         return 2
     if args.ref:
         from benchmarks.parity.run import BadInput, check_ref
