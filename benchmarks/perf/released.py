@@ -149,6 +149,7 @@ def summarize(res: dict[str, Any], clock: str) -> dict[str, Any]:
                 "cpu": min(r[key]["cpu"] for r in rounds), "peak_mib": rounds[0][key]["peak_bytes"] / MiB,
                 "peak_mib_per_round": [r[key]["peak_bytes"] / MiB for r in rounds],
                 "resettable": rounds[0][key]["resettable"],
+                "weight_cache_mib": rounds[0][key].get("weight_cache_mib"),
                 "profile": best.get(f"{key}_profile") if side_name == "suite" and key != "calibration"
                 else best.get("fit_profile" if key == "fit" else "calibration_profile")}
     r2_rel, r2_ours = res["rounds"]["released"][0]["r2"], res["rounds"]["suite"][0]["r2_reference"]

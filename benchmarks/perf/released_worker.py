@@ -294,9 +294,21 @@ class Suite:
             m = q_model if i == len(self.solvers) - 1 else copy.deepcopy(q_model)
             prof: dict[str, float] = {}
             r2, res = stage(lambda: self.fit(m, solver, prof), self.device)
+            res["weight_cache_mib"] = weight_cache_mib(m)
             out[f"fit_{solver}"], out[f"r2_{solver}"], out[f"fit_{solver}_profile"] = res, r2, prof
             del m
         return out
+
+
+def weight_cache_mib(model: nn.Module) -> float:
+    """MiB of quantized weights the model's layers hold in their cache (``qwt_core.quant.layers``:
+    Q_w(W) is kept from the first quantized call on; the released code re-quantizes at every call)."""
+    total = 0
+    for m in model.modules():
+        cache = m.__dict__.get("_wq_cache")
+        if cache is not None and torch.is_tensor(cache[1]):
+            total += cache[1].numel() * cache[1].element_size()
+    return total / 2**20
 
 
 # ------------------------------------------------------------------------------ the loop
