@@ -5,8 +5,10 @@
 #   make bench BENCH_ARGS=--quick    fewer images, one repeat
 #   make bench BENCH_ARGS=--full     more images and repeats
 #   make bench BENCH_DEVICE=cpu      force the CPU on a GPU machine
+#   make bench REF=/path/to/QwT-cls-RepQ-ViT   figure 2: the released code beside our default path
+#                                              (without REF figure 2 is skipped with one line)
 BENCH_ARGS   ?=
 BENCH_DEVICE ?= $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.perf.run --device $(BENCH_DEVICE) $(BENCH_ARGS)
+	$(PY) -m benchmarks.perf.run --device $(BENCH_DEVICE) $(if $(strip $(REF)),--ref $(REF)) $(BENCH_ARGS)

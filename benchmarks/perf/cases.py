@@ -64,6 +64,12 @@ class Plan:
     init_repeats: int  # figure 5
     init_scale: float = 1.0  # figure 5 tensor sizes (1.0 = ViT-B fc1 as in bench_quantizer_init)
     threads: int = 0  # torch threads (0: torch's default); CPU runs use 1 (see docs/perf.md)
+    # figure 2 (:mod:`benchmarks.perf.released`): the released code and our default path on ``cases``
+    rel_calib_images: int = 32  # RepQ-ViT calibration batch (the reference's: 32)
+    rel_images: int = 64  # QwT images (the reference's: 512, on a GPU)
+    rel_batch: int = 32  # QwT batch (the reference's: 32)
+    rel_repeats: int = 2  # interleaved rounds per contender (0: the figure is not run)
+    rel_timeout: float = 1800.0  # seconds one worker may take for its set-up or one round
 
 
 CLS_CASES = (Case("deit_small", "deit_small", (224, 224)), Case("swin_tiny", "swin_tiny", (224, 224)),
@@ -84,13 +90,16 @@ TINY_CASES = (Case("deit_small_tiny", "deit_small", (32, 32), tiny=True, label="
 def plan_for(mode: str, device: str) -> Plan:
     """'tiny' (smoke test), 'quick', 'default' or 'full'. The reference fits 512 images in batches
     of 32: GPU plans use that; the CPU default fits 64 (the most that keeps ``make bench`` within
-    20 minutes on 2 cores) in batches of 32, on one torch thread."""
+    20 minutes on 2 cores) in batches of 32, on one torch thread. Figure 2 (the released code,
+    ``--ref``) calibrates on the reference's batch of 32 images and fits 64 QwT images on a CPU
+    (512 on a GPU), two rounds (the first is the memory round); 'quick' uses 8 and 16, one round;
+    'tiny' does not run it (the released code builds the real models only)."""
     gpu = device.startswith("cuda")
     if mode == "tiny":
         return Plan("tiny", TINY_CASES, images=8, batch=4, calib_images=4, repeats=1, forward_rounds=0,
                     mem_case=TINY_CASES[0], mem_counts=(8, 32), mem_batch=8, ref_images=16, mem_images=16,
                     det_case=None, det_images=0, det_batch=1, det_reference=False, init_repeats=1,
-                    init_scale=0.05, threads=0 if gpu else 1)
+                    init_scale=0.05, threads=0 if gpu else 1, rel_repeats=0)
     if mode not in ("quick", "default", "full"):
         raise ValueError(f"unknown mode {mode!r} (expected tiny, quick, default or full)")
     if gpu:
@@ -98,17 +107,17 @@ def plan_for(mode: str, device: str) -> Plan:
                     repeats=1 if mode == "quick" else 3, forward_rounds=0 if mode == "quick" else 2,
                     mem_case=CLS_CASES[0], mem_counts=(128, 512, 1024), mem_batch=32, ref_images=512,
                     mem_images=512, det_case=DET_CASE, det_images=8, det_batch=2, det_reference=True,
-                    init_repeats=3)
+                    init_repeats=3, rel_images=512, rel_repeats=1 if mode == "quick" else 3)
     if mode == "quick":
         return Plan("quick", CLS_CASES, images=32, batch=32, calib_images=4, repeats=1, forward_rounds=0,
                     mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, ref_images=512,
                     mem_images=256, det_case=None, det_images=1, det_batch=1, det_reference=False,
-                    init_repeats=1, threads=1)
+                    init_repeats=1, threads=1, rel_calib_images=8, rel_images=16, rel_batch=8, rel_repeats=1)
     if mode == "full":
         return Plan("full", CLS_CASES, images=128, batch=32, calib_images=8, repeats=3, forward_rounds=2,
                     mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, ref_images=512,
                     mem_images=512, det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True,
-                    init_repeats=3, threads=1)
+                    init_repeats=3, threads=1, rel_images=128, rel_repeats=3)
     return Plan("default", CLS_CASES, images=64, batch=32, calib_images=4, repeats=3, forward_rounds=1,
                 mem_case=SMALL_VIT, mem_counts=(128, 512, 1024), mem_batch=64, ref_images=512, mem_images=512,
                 det_case=DET_CASE, det_images=2, det_batch=1, det_reference=True, init_repeats=2, threads=1)

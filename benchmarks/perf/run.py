@@ -1,7 +1,7 @@
 """Calibration speed and memory of QwT, measured against the floor and a reference-style fit.
 
     python -m benchmarks.perf.run [--quick | --full | --tiny] [--device cpu|cuda] [--threads N]
-                                  [--results-dir results/records] [--out results/perf.md]
+                                  [--ref QwT-cls-RepQ-ViT] [--results-dir results/records] [--out results/perf.md]
 
 Every figure is a ratio of two measurements taken in this run (the machine may be shared: timings
 are min-of-N with the contenders interleaved; peak memory comes from one fresh subprocess per
@@ -9,8 +9,10 @@ measurement). Prints each ratio with its target, writes a suite "perf" record an
 ``results/perf.md`` from the newest perf record (see :mod:`benchmarks.perf.report`).
 
 1. QwT fit time / (FP forward + fake-quantized forward) and / one FP forward, same images;
-2. our fit / the reference-style fit (:mod:`benchmarks.perf.reference_fit`): time on the cut-down
-   model at 512 images, peak memory;
+2. this suite's default path / the released code (:mod:`benchmarks.perf.released`, with ``--ref``):
+   RepQ-ViT calibration time, QwT fit time and peak memory on the same weights and images; as
+   information, our fit / the reference-style re-implementation (:mod:`benchmarks.perf.reference_fit`):
+   time on the cut-down model at 512 images, peak memory;
 3. peak memory of our fit at 128, 512, 1024 calibration images (flat);
 4. fake-quantized / FP evaluation time: RepQ-ViT, RepQ-ViT + QwT in both fp16 arithmetics;
 5. quantizer initialisation, per-channel loop / vectorized.
@@ -45,6 +47,7 @@ from .cases import Batches, Built, Case, Plan, build, mmdet_available, plan_for
 from .measure import MiB, clock_for, interleaved_min, keep_freed_memory, probe, process_clock
 from .profile import FitProfile
 from .reference_fit import reference_fit
+from .released import batch_of, released_figure
 from .targets import target_of
 
 OUT = Path(__file__).resolve().parents[2] / "results" / "perf.md"
@@ -404,15 +407,18 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
-PARTS = ("init", "kernels", "time", "reference", "memory", "detector")
+PARTS = ("init", "kernels", "time", "released", "reference", "memory", "detector")
 
 
 def run(mode: str, device_name: str, results_dir: str | None, out: str | None, command: str | None = None,
-        skip: tuple[str, ...] = (), threads: int | None = None, malloc: str = "keep") -> dict[str, Any]:
+        skip: tuple[str, ...] = (), threads: int | None = None, malloc: str = "keep",
+        ref: str | None = None, released: dict[str, int] | None = None) -> dict[str, Any]:
     device = torch.device(device_name)
     plan = plan_for(mode, device_name)
     if threads is not None:
         plan = dataclass_replace(plan, threads=threads)
+    if released:  # figure 2's image counts / rounds from the command line
+        plan = dataclass_replace(plan, **released)
     if plan.threads:
         torch.set_num_threads(plan.threads)
     unknown = set(skip) - set(PARTS)
@@ -436,6 +442,12 @@ def run(mode: str, device_name: str, results_dir: str | None, out: str | None, c
         if "time" not in skip:
             for case in plan.cases:
                 time_case(case, plan, device, state_dir, metrics, raw)
+        if "released" not in skip:
+            if plan.rel_repeats:
+                released_figure(plan, device, ref, metrics, raw, _say, _show)
+            else:
+                raw["released_skipped"] = f"skipped: not run in mode {plan.mode} (the released code runs the real models only)"
+                _say(f"[released] {raw['released_skipped']}")
         if "reference" not in skip:
             reference_time(plan, device, metrics, raw)
         if "memory" not in skip:
@@ -476,18 +488,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
                     help="CPU: 'keep' tells glibc to keep freed memory for reuse (measure the computation, not "
                          "page faults; see benchmarks/perf/measure.py), 'default' leaves glibc as it is")
+    ap.add_argument("--ref", default="", help="QwT-cls-RepQ-ViT folder: figure 2 times the released code beside "
+                    "this suite's default path (make bench REF=...); without it figure 2 is skipped")
+    ap.add_argument("--released-calib", type=int, default=None, metavar="N",
+                    help="figure 2: RepQ-ViT calibration images (default: the mode's; the reference's batch is 32)")
+    ap.add_argument("--released-images", type=int, default=None, metavar="N",
+                    help="figure 2: QwT images (default: the mode's; a multiple of the batch, 32)")
+    ap.add_argument("--released-repeats", type=int, default=None, metavar="N",
+                    help="figure 2: interleaved rounds per contender (>= 2: the first is the memory round)")
     ap.add_argument("--render-only", action="store_true", help="only re-render --out from the newest record")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda requested but CUDA is not available (use --device cpu)", file=sys.stderr)
         return 2
+    released = {k: v for k, v in (("rel_calib_images", args.released_calib), ("rel_images", args.released_images),
+                                  ("rel_repeats", args.released_repeats)) if v is not None}
+    if any(v < 1 for v in released.values()):
+        print("error: --released-calib, --released-images and --released-repeats must be >= 1", file=sys.stderr)
+        return 2
+    plan = dataclass_replace(plan_for(args.mode or "default", args.device), **released)
+    if plan.rel_images % batch_of(plan):
+        print(f"error: --released-images {plan.rel_images} must be a multiple of the QwT batch, {batch_of(plan)} "
+              "(the released code drops the rest)", file=sys.stderr)
+        return 2
+    if args.ref:
+        from benchmarks.parity.run import BadInput, check_ref
+        try:
+            check_ref(args.ref)
+        except BadInput as e:
+            print(f"error: --ref: {e}", file=sys.stderr)
+            return 2
     if args.render_only:
         report.render_file(args.results_dir, args.out)
         print(f"wrote {args.out}")
         return 0
     command = " ".join(["python -m benchmarks.perf.run", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
     run(args.mode or "default", args.device, args.results_dir, args.out, command,
-        tuple(s for s in args.skip.split(",") if s), args.threads, args.malloc)
+        tuple(s for s in args.skip.split(",") if s), args.threads, args.malloc, args.ref or None, released)
     return 0
 
 

@@ -1,0 +1,145 @@
+"""Figure 2 of ``make bench`` (benchmarks/perf/released.py): without REF it is skipped with one line;
+the minimum over interleaved rounds and the first round's memory are what the figure reports; the
+worker's timers add up; with ``QWT_REF`` set (a QwT-cls-RepQ-ViT folder), both contenders of one
+real model run end to end on the same weights and agree on the per-block R² (minutes: skipped
+otherwise)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from benchmarks.perf.cases import plan_for
+from benchmarks.perf.released import released_figure, summarize
+from benchmarks.perf.released_worker import Timers, profile, stage
+from benchmarks.perf.report import render_markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stage(cpu: float, wall: float, peak_mib: float) -> dict[str, Any]:
+    return {"cpu": cpu, "wall": wall, "clock": "cpu", "peak_bytes": peak_mib * 2**20, "resettable": True}
+
+
+def test_without_ref_the_figure_is_skipped_with_one_line() -> None:
+    said: list[str] = []
+    metrics: dict[str, float] = {}
+    raw: dict[str, Any] = {}
+    released_figure(plan_for("default", "cpu"), torch.device("cpu"), None, metrics, raw, said.append, None)
+    assert len(said) == 1 and "skipped" in said[0] and "REF=" in said[0]
+    assert metrics == {} and "released" not in raw and raw["released_skipped"] in said[0]
+
+
+def _record(metrics: dict[str, float], raw: dict[str, Any]) -> dict[str, Any]:
+    """A perf record around figure 2's raw results (the other figures absent)."""
+    return {"metrics": metrics, "partial": True, "times": {"total_s": 1.0},
+            "provenance": {"date": "2026-01-01T00:00:00+00:00", "git_commit": "0" * 40, "command": "test",
+                           "versions": {}, "device": "cpu"},
+            "config": {"mode": "quick", "plan": {"repeats": 1, "calib_images": 2, "images": 4, "batch": 2,
+                                                 "cases": ["resnet50"], "mem_case": {"label": "x"}, "mem_batch": 2,
+                                                 "mem_counts": [], "det_case": None},
+                       "machine": {"device": "cpu", "cpu": "test CPU", "torch_threads": 1, "cpu_count": 2},
+                       "store": "disk", "raw": {"load_before": [0.0], "load_after": [0.0], **raw}}}
+
+
+def _rounds() -> dict[str, Any]:
+    rel = [{"calibration": _stage(50, 52, 300), "fit": _stage(9, 10, 800), "r2": [0.5, 0.25],
+            "calibration_profile": {"a": 50}, "fit_profile": {"b": 9}},
+           {"calibration": _stage(40, 45, 20), "fit": _stage(11, 12, 5), "r2": [0.5, 0.25],
+            "calibration_profile": {"a": 40}, "fit_profile": {"b": 11}}]
+    ours = [{"calibration": _stage(3, 3, 100), "fit_reference": _stage(6, 6, 700), "fit_streaming": _stage(7, 7, 90),
+             "r2_reference": [0.5, 0.2499], "r2_streaming": [0.5, 0.25], "calibration_profile": {"c": 3},
+             "fit_reference_profile": {"d": 6}, "fit_streaming_profile": {"e": 7}},
+            {"calibration": _stage(2, 4, 1), "fit_reference": _stage(5, 9, 1), "fit_streaming": _stage(8, 8, 1),
+             "r2_reference": [0.5, 0.2499], "r2_streaming": [0.5, 0.25], "calibration_profile": {"c": 2},
+             "fit_reference_profile": {"d": 5}, "fit_streaming_profile": {"e": 8}}]
+    return {"rounds": {"released": rel, "suite": ours}}
+
+
+def test_a_missed_target_is_rendered_with_both_profiles() -> None:
+    s = summarize(_rounds(), "cpu")
+    raw = {"released": {"ref": "REF", "side_env": "SIDE", "calib_images": 32, "images": 64, "batch": 32, "repeats": 2,
+                        "clock": "cpu", "models": {"deit_small": s}}}
+    metrics = {"calib_over_released/deit_small": 0.2, "fit_over_released/deit_small": 0.25,
+               "fit_mem_over_released/deit_small": 0.875}
+    text = render_markdown(_record(metrics, raw))
+    assert "## 2: this suite's default path against the released code" in text and "| deit_small |" in text
+    why = text.split("## Missed targets", 1)[1]
+    assert "RepQ-ViT calibration time" in why and "2.00x over" in why and "a 40.00" in why and "c 2.00" in why
+    assert "QwT fit time" not in why and "peak memory" not in why  # passed: no explanation
+    skipped = render_markdown(_record({}, {"released_skipped": "skipped: no REF"}))
+    assert "**skipped: no REF**" in skipped
+
+
+def test_summary_takes_the_fastest_round_and_the_first_rounds_memory() -> None:
+    s = summarize(_rounds(), "cpu")
+    assert s["released/calibration"]["seconds"] == 40 and s["released/calibration"]["profile"] == {"a": 40}
+    assert s["released/fit"]["seconds"] == 9 and s["released/fit"]["profile"] == {"b": 9}
+    assert s["released/fit"]["wall"] == 10 and s["released/fit"]["peak_mib"] == 800  # round 1: the memory round
+    assert s["suite/calibration"]["seconds"] == 2 and s["suite/calibration"]["wall"] == 3
+    assert s["suite/fit_reference"]["seconds"] == 5 and s["suite/fit_reference"]["profile"] == {"d": 5}
+    assert s["suite/fit_streaming"]["seconds"] == 7 and s["suite/fit_streaming"]["peak_mib"] == 90
+    assert s["r2"]["max_abs_diff"] == pytest.approx(1e-4)
+
+
+def test_timers_count_a_recursive_call_once_and_restore_the_method() -> None:
+    class Q:
+        def init(self, x: int, channel_wise: bool = False) -> int:
+            return sum(self.init(i) for i in range(x)) if channel_wise else x
+
+    t = Timers(torch.device("cpu"))
+    before = Q.__dict__["init"]
+    with t.methods([(Q, "init", lambda q, x, channel_wise=False: "per-channel" if channel_wise else "per-tensor")]):
+        assert Q().init(4, True) == 6 and Q().init(3) == 3
+    assert set(t.seconds) == {"per-channel", "per-tensor"}  # the 4 inner calls were not counted again
+    assert Q.__dict__["init"] is before
+
+
+def test_stage_and_timers_add_up() -> None:
+    t = Timers(torch.device("cpu"))
+
+    def work() -> int:
+        t.wrap("spin", lambda: sum(i * i for i in range(300_000)))()
+        x = torch.ones(2**22)  # 16 MiB, touched
+        return int(x.sum())
+
+    out, res = stage(work, torch.device("cpu"))
+    assert out == 2**22 and res["clock"] == "cpu" and res["cpu"] > 0
+    assert 0 < t.seconds["spin"] <= res["cpu"] + 1e-3
+    prof = profile(t.seconds, res, "the rest")
+    assert sum(prof.values()) == pytest.approx(res["cpu"])
+    nested = profile({"calibration pass": 5.0, "re-calibration pass": 2.0, "init: log-sqrt(2) quantizers": 3.0},
+                     {"cpu": 8.0, "clock": "cpu"}, "rest")  # inits run inside the passes: counted once
+    assert nested == {"init: log-sqrt(2) quantizers": 3.0, "quantized passes besides the inits": 4.0, "rest": 1.0}
+    if res["resettable"]:
+        assert res["peak_bytes"] >= 15 * 2**20  # the 16 MiB tensor is in the stage's peak
+
+
+@pytest.mark.skipif(not os.environ.get("QWT_REF"), reason="set QWT_REF to a QwT-cls-RepQ-ViT folder (minutes)")
+def test_released_code_and_default_path_run_on_the_same_model(tmp_path: Path) -> None:
+    from benchmarks.parity.reference import missing_files
+
+    ref = Path(os.environ["QWT_REF"])
+    assert not missing_files(ref), f"QWT_REF={ref} is not QwT-cls-RepQ-ViT"
+    plan = dataclasses.replace(plan_for("quick", "cpu"), cases=plan_for("quick", "cpu").cases[2:],  # resnet50
+                               rel_calib_images=2, rel_images=4, rel_batch=2, rel_repeats=2)
+    metrics: dict[str, float] = {}
+    raw: dict[str, Any] = {}
+    said: list[str] = []
+    t0 = time.perf_counter()
+    released_figure(plan, torch.device("cpu"), str(ref), metrics, raw, said.append, lambda *a: None)
+    res = raw["released"]["models"]["resnet50"]
+    assert "error" not in res, res
+    assert {"calib_over_released/resnet50", "fit_over_released/resnet50", "fit_mem_over_released/resnet50",
+            "fit_streaming_over_released/resnet50"} <= set(metrics)
+    assert all(v > 0 for v in metrics.values())
+    assert res["r2"]["max_abs_diff"] < 1e-3 and len(res["r2"]["ours"]) == 16  # resnet50: 16 bottlenecks
+    assert res["seconds_total"] <= time.perf_counter() - t0
+    rec = _record(metrics, raw)
+    text = render_markdown(rec)
+    assert "## 2: this suite's default path against the released code" in text and "| resnet50 |" in text
