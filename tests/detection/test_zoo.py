@@ -71,9 +71,9 @@ def test_backbone_kinds_of_the_registered_and_other_configs():
     for det in ZOO_DETECTORS.values():
         assert backbone_kind(Config.fromfile(str(det.config_path)).model) == det.backbone
     cases = {"mmdet::hrnet/faster-rcnn_hrnetv2p-w18-1x_coco.py": "HRNet",
-             "mmdet::regnet/mask-rcnn_regnetx-3.2GF_fpn_1x_coco.py": "RegNet",
+             "mmdet::regnet/cascade-mask-rcnn_regnetx-1.6GF_fpn_ms-3x_coco.py": "RegNet",
              "mmdet::dcn/mask-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py": "dcn",
-             "mmdet::resnext/mask-rcnn_x101-32x4d_fpn_1x_coco.py": None,
+             "mmdet::mask_rcnn/mask-rcnn_x101-32x4d_fpn_1x_coco.py": None,
              "mmdet::resnet_strikes_back/mask-rcnn_r50-rsb-pre_fpn_1x_coco.py": None}
     for spec, refused in cases.items():
         model = Config.fromfile(str(resolve_config(spec))).model
@@ -133,6 +133,17 @@ def test_resnet_detector_plan(zoo, method):
         assert torch.equal(h, model.backbone(x)[-1])
 
 
+def _identical(a, b) -> bool:
+    """Nested dicts / lists of tensors and plain values, equal bit for bit (same dtypes)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_identical(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 # --- end to end ----------------------------------------------------------------------------------
 
 QUANT = {"mask_rcnn_r50_fpn_1x": "percentile", "retinanet_r50_fpn_1x": "percentile",
@@ -177,9 +188,8 @@ def test_zoo_detector_runs_to_records_and_reloads_bit_identically(zoo, coco_root
     rc = _cli([*common, "--methods", f"{base}+qwt", "--results-dir", again, "--load-state", state,
                "--save-state", state2])
     assert rc == 0
-    a = torch.load(state, weights_only=False)["state_dict"]
-    b = torch.load(state2, weights_only=False)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = torch.load(state, weights_only=False), torch.load(state2, weights_only=False)
+    assert _identical(a["state_dict"], b["state_dict"]) and _identical(a.get("compensated"), b.get("compensated"))
     (r2,) = load_records(again, "coco")
     assert r2["metrics"] == recs[f"{base}+qwt"]["metrics"] and r2["coco_raw"] == recs[f"{base}+qwt"]["coco_raw"]
 
