@@ -281,7 +281,7 @@ def test_beyond_paper_section_holds_the_model_zoo_rows(tmp_path: Path) -> None:
     """mmdet model-zoo detectors: their own section, no paper columns; a box-only detector's
     record (no segm metrics) is valid and shows "—" for AP mask."""
     root = tmp_path / "records"
-    write(root, record("coco", "retinanet_r50_fpn_1x", "percentile+qwt", 4, {"bbox_mAP": 30.04}, images=5000,
+    write(root, record("coco", "retinanet_r50_fpn_1x", "percentile", 4, {"bbox_mAP": 30.04}, images=5000,
                        command="make coco-retinanet_r50_fpn_1x-w4a4"))
     write(root, record("coco", "mask_rcnn_r50_fpn_1x", "fp", None, {"bbox_mAP": 38.21, "segm_mAP": 34.66},
                        images=5000, command="make coco-mask_rcnn_r50_fpn_1x-w4a4"))
