@@ -22,15 +22,22 @@ def _cli(args):
     return main([str(a) for a in args])
 
 
+class _Zoo(dict):
+    """registry name -> (tiny config, random-init openmmlab-layout checkpoint), built on first use."""
+
+    def __init__(self, folder) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def __missing__(self, name: str):
+        cfg = tiny_zoo_config(ZOO_DETECTORS[name].config, self.folder / f"tiny_{name}.py")
+        self[name] = (cfg, zoo_checkpoint(cfg, self.folder / f"{name}.pth"))
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    """registry name -> (tiny config, random-init openmmlab-layout checkpoint)."""
-    d = tmp_path_factory.mktemp("zoo")
-    out = {}
-    for name, det in ZOO_DETECTORS.items():
-        cfg = tiny_zoo_config(det.config, d / f"tiny_{name}.py")
-        out[name] = (cfg, zoo_checkpoint(cfg, d / f"{name}.pth"))
-    return out
+    return _Zoo(tmp_path_factory.mktemp("zoo"))
 
 
 def _one_line_refusal(capsys, args, results):
