@@ -202,8 +202,11 @@ def test_zoo_detector_runs_to_records_and_reloads_bit_identically(zoo, coco_root
 
 
 @pytest.mark.slow
-def test_strict_variant_and_conv_options(zoo, coco_root, tmp_path):
-    cfg, ckpt = zoo["mask_rcnn_r50_fpn_1x"]
+def test_strict_variant_and_conv_options_on_basic_blocks(coco_root, tmp_path):
+    """mmdet's Mask R-CNN config with a ResNet-18 (BasicBlocks), percentile_strict+qwt at W6A6 with
+    a 3x3 grouped-conv compensation of 32 channels per group."""
+    cfg = tiny_zoo_config(MASK_R50, tmp_path / "tiny_mask_rcnn_r18.py", resnet_depth=18)
+    ckpt = zoo_checkpoint(cfg, tmp_path / "r18.pth")
     results = tmp_path / "records"
     rc = _cli(["--config", cfg, "--data-root", coco_root, "--checkpoint", ckpt, "--device", "cpu",
                "--val-limit", 1, "--workers", 0, "--work-dir", tmp_path / "work", "--feature-probe", 0,
@@ -213,4 +216,4 @@ def test_strict_variant_and_conv_options(zoo, coco_root, tmp_path):
     (r,) = load_records(results, "coco")
     assert r["method"] == "percentile_strict+qwt" and r["config"]["backbone_conv_a_bits"] == 6
     assert (r["config"]["kernel_size"], r["config"]["factor"]) == (3, 32)
-    assert r["blocks"][0]["extra"]["groups"] == 64 // 32
+    assert r["blocks"][0]["extra"]["groups"] == 64 // 32 and len(r["blocks"]) == 8  # R18: 2-2-2-2 BasicBlocks

@@ -10,10 +10,10 @@ import torch
 from .helpers import shrink
 
 
-def tiny_zoo_config(spec: str, out: Path) -> Path:
+def tiny_zoo_config(spec: str, out: Path, resnet_depth: int | None = None) -> Path:
     """mmdet's config ``spec`` (``mmdet::...``), dumped whole with small test images, few proposals,
-    low score thresholds and no pretrained init (the ResNet keeps its real depth and widths; a
-    Swin is shrunk as the paper detectors are)."""
+    low score thresholds and no pretrained init (the ResNet keeps its real depth and widths unless
+    ``resnet_depth`` is given, e.g. 18 for BasicBlocks; a Swin is shrunk as the paper detectors are)."""
     from mmengine.config import Config
 
     from detection.mmdet_configs import resolve_config
@@ -25,6 +25,10 @@ def tiny_zoo_config(spec: str, out: Path) -> Path:
         shrink(cfg)
         m.backbone.pop("pretrained", None)
     else:
+        if resnet_depth is not None:
+            m.backbone.depth = resnet_depth
+            if resnet_depth < 50:  # BasicBlock: expansion 1
+                m.neck.in_channels = [64, 128, 256, 512]
         for step in cfg.test_dataloader.dataset.pipeline:
             if step["type"] == "Resize":
                 step["scale"] = (128, 96)
