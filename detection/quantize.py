@@ -8,7 +8,11 @@ channel-wise and become per-tensor by the scale reparameterization of the LayerN
 (``ConvTranspose2d`` -- the mask head's upsample -- is neither, and stays in float as in the
 reference.) In every ``WindowMSA``: ``matmul1(q * scale, kᵀ)`` with both inputs uniform n-bit
 (mmdet scales q before the product, as RepQ-ViT's Swin does) and ``matmul2(attn, v)`` with the
-post-softmax ``attn`` log-sqrt(2) n-bit and ``v`` uniform n-bit.
+post-softmax ``attn`` log-sqrt(2) n-bit and ``v`` uniform n-bit. The log-sqrt(2) quantizer takes
+``log2(attn / delta)`` with no floor on the ratio, as the detection reference's
+``tools/quant/quantizer.py`` does (``ATTN_RATIO_FLOOR = None``: zero and tiny probabilities, e.g. the
+shift-masked ones, map to 0 at every bit width); the 1e-6 floor of qwt_core's default belongs to the
+classification reference only.
 
 Window padding. mmdet's ``ShiftWindowMSA`` zero-pads the *normalized* tokens (after ``norm1``) up
 to a multiple of the window. After the reparameterization, norm1' = norm1 / r - b, so the padded
@@ -32,9 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdet.models.backbones.swin import ShiftWindowMSA, SwinTransformer, WindowMSA
-from qwt_core import LayerSpec, QuantLinear, QuantMatMul, calibrate_repq, quantize_layers
+from qwt_core import LayerSpec, LogSqrt2Quantizer, QuantLinear, QuantMatMul, calibrate_repq, quantize_layers
 
 PATCH_EMBED_A_BITS = 8  # the patch-embedding conv sees 8-bit (normalized image) inputs
+ATTN_RATIO_FLOOR = None  # log-sqrt(2) of attn: no floor on attn / delta (QwT-det-RepQ-ViT's quantizer)
 
 
 class QuantWindowMSA(WindowMSA):
@@ -164,6 +169,7 @@ def install_attention(model: nn.Module, a_bits: int) -> None:
             dev = m.relative_position_bias_table.device
             m.matmul1 = QuantMatMul(a_bits).to(dev)
             m.matmul2 = QuantMatMul(a_bits, log_a=True).to(dev)
+            m.matmul2.quantizer_a = LogSqrt2Quantizer(a_bits, ratio_floor=ATTN_RATIO_FLOOR).to(dev)
 
 
 def quantize_detector(model: nn.Module, w_bits: int, a_bits: int) -> dict[str, LayerSpec]:

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .primitives import LOG_RATIO_FLOOR
 from .quantizers import LogSqrt2Quantizer, Quantizer, UniformQuantizer
 
 
@@ -95,8 +94,11 @@ def quantize_activation(q: Quantizer, x: Tensor) -> Tensor:
         return t.clamp_(0, 2**q.n_bits - 1).sub_(zp).mul_(delta)
     if type(q) is LogSqrt2Quantizer:
         n_levels = 2**q.n_bits
-        # round(-1 * log2(max(x / delta, 1e-6)) * 2): negating and doubling are exact -> one * -2
-        t = (x / q.delta).clamp_(min=LOG_RATIO_FLOOR).log2_().mul_(-2).round_()
+        # round(-1 * log2(max(x / delta, floor)) * 2): negating and doubling are exact -> one * -2
+        t = x / q.delta
+        if q.ratio_floor is not None:  # the classification reference's floor (detection: none)
+            t.clamp_(min=q.ratio_floor)
+        t = t.log2_().mul_(-2).round_()
         if bool(t.min().isnan()):  # negative/NaN inputs: leave NaN handling to the reference path
             return q(x)
         # codes >= 2^n are "dead" (output 0): clamp them onto an extra table entry holding 0

@@ -7,11 +7,13 @@ Uniform asymmetric fake quantization with n bits::
 
 and the log-sqrt(2) quantizer of RepQ-ViT for post-softmax attention::
 
-    k = round(-2 * log2(max(x / delta, 1e-6)));  q(x) = 2^(-ceil(k/2)) * (sqrt(2) if k odd else 1) * delta
-    with k clamped to [0, 2^n - 1] and codes k >= 2^n mapped to 0. The ratio is floored at 1e-6
-    before the log as in the QwT reference (its ``Log2STE``): the largest code is then
-    round(-2 log2 1e-6) = 40, so from 6 bits on no probability is mapped to 0 (at 6 bits a zero
-    probability becomes 2^-20 delta).
+    k = round(-2 * log2(max(x / delta, floor)));  q(x) = 2^(-ceil(k/2)) * (sqrt(2) if k odd else 1) * delta
+    with k clamped to [0, 2^n - 1] and codes k >= 2^n mapped to 0. ``floor`` is a setting: 1e-6
+    (``LOG_RATIO_FLOOR``, the default) as in the classification reference (QwT-cls-RepQ-ViT's
+    ``Log2STE``): the largest code is then round(-2 log2 1e-6) = 40, so from 6 bits on no
+    probability is mapped to 0 (at 6 bits a zero probability becomes 2^-20 delta); ``None`` as in
+    the detection reference (QwT-det-RepQ-ViT's ``LogSqrt2Quantizer``, plain ``log2(x / delta)``):
+    a zero probability gives k = inf and is mapped to 0 at every bit width.
 
 The range search tries the percentile pairs (p, 1-p) for p in ``PERCENTILES`` and keeps the one
 with the lowest mean squared error of the quantized tensor (first one on ties), as RepQ-ViT does.
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor
 
 PERCENTILES: tuple[float, ...] = (0.999, 0.9999, 0.99999)
-LOG_RATIO_FLOOR = 1e-6  # x / delta is floored here before log2 (reference Log2STE)
+LOG_RATIO_FLOOR = 1e-6  # x / delta is floored here before log2 (classification reference Log2STE; detection: none)
 DELTA_EPS = 1e-8  # guards delta = 0 on constant channels (reference would produce NaN there)
 
 
@@ -95,10 +97,14 @@ def fake_quant_uniform(x: Tensor, delta: Tensor, zero_point: Tensor, n_bits: int
     return (x_q - zero_point) * delta
 
 
-def fake_quant_log_sqrt2(x: Tensor, delta: Tensor, n_bits: int) -> Tensor:
-    """Log-sqrt(2) fake quantization of non-negative ``x`` (post-softmax attention)."""
+def fake_quant_log_sqrt2(x: Tensor, delta: Tensor, n_bits: int, floor: float | None = LOG_RATIO_FLOOR) -> Tensor:
+    """Log-sqrt(2) fake quantization of non-negative ``x`` (post-softmax attention); ``floor``:
+    the ratio x / delta is floored there before log2 (None: no floor, see the module doc)."""
     n_levels = 2**n_bits
-    x_int = torch.round(-1 * (x / delta).clamp(min=LOG_RATIO_FLOOR).log2() * 2)
+    ratio = x / delta
+    if floor is not None:
+        ratio = ratio.clamp(min=floor)
+    x_int = torch.round(-1 * ratio.log2() * 2)
     dead = x_int >= n_levels
     x_q = torch.clamp(x_int, 0, n_levels - 1)
     odd = (x_q % 2) * (math.sqrt(2) - 1) + 1
@@ -140,14 +146,15 @@ def search_uniform_range(
 
 
 def search_log_sqrt2_delta(
-    x: Tensor, n_bits: int, percentiles: Sequence[float] = PERCENTILES
+    x: Tensor, n_bits: int, percentiles: Sequence[float] = PERCENTILES, floor: float | None = LOG_RATIO_FLOOR
 ) -> Tensor:
-    """delta of the log-sqrt(2) quantizer: the upper percentile with the lowest MSE (per tensor)."""
+    """delta of the log-sqrt(2) quantizer: the upper percentile with the lowest MSE (per tensor),
+    each candidate scored with the quantizer's ``floor``."""
     x1 = x.detach().float().reshape(1, -1)
     cands = upper_quantiles(x1, list(percentiles))[0]  # (P,)
     best, best_score = cands[0], float("inf")
     for i in range(len(percentiles)):
-        score = float((x1 - fake_quant_log_sqrt2(x1, cands[i], n_bits)).pow(2).mean())
+        score = float((x1 - fake_quant_log_sqrt2(x1, cands[i], n_bits, floor)).pow(2).mean())
         if score < best_score:
             best, best_score = cands[i], score
     return best.clone()

@@ -158,17 +158,26 @@ class UniformQuantizer(Quantizer):
 
 
 class LogSqrt2Quantizer(Quantizer):
-    """Log-sqrt(2) quantizer for post-softmax attention probabilities (per tensor)."""
+    """Log-sqrt(2) quantizer for post-softmax attention probabilities (per tensor).
 
-    def __init__(self, n_bits: int, percentiles: tuple[float, ...] = PERCENTILES) -> None:
+    ``ratio_floor``: x / delta is floored there before log2 (default ``LOG_RATIO_FLOOR`` = 1e-6, the
+    classification reference's ``Log2STE``); None: no floor, as the detection reference computes
+    (zero probabilities map to 0 at every bit width). Used in the range search and in quantizing.
+    """
+
+    def __init__(self, n_bits: int, percentiles: tuple[float, ...] = PERCENTILES,
+                 ratio_floor: float | None = LOG_RATIO_FLOOR) -> None:
         super().__init__(n_bits)
+        if ratio_floor is not None and not ratio_floor > 0:
+            raise ValueError(f"ratio_floor must be > 0 or None, got {ratio_floor}")
         self.percentiles = tuple(percentiles)
+        self.ratio_floor = ratio_floor
 
     def initialise(self, x: Tensor) -> None:
-        self.delta = search_log_sqrt2_delta(x, self.n_bits, self.percentiles)
+        self.delta = search_log_sqrt2_delta(x, self.n_bits, self.percentiles, self.ratio_floor)
 
     def quantize(self, x: Tensor) -> Tensor:
-        return fake_quant_log_sqrt2(x, self.delta, self.n_bits)
+        return fake_quant_log_sqrt2(x, self.delta, self.n_bits, self.ratio_floor)
 
     def extra_repr(self) -> str:
-        return f"n_bits={self.n_bits}, log-sqrt2, inited={self.inited}"
+        return f"n_bits={self.n_bits}, log-sqrt2, ratio_floor={self.ratio_floor}, inited={self.inited}"
