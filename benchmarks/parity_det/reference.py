@@ -22,7 +22,8 @@ copied. What runs, in ``tools/test.py``'s order:
 4. QwT: ``tools/test.py``'s own ``generate_compensation_model`` (with its ``lienar_regression``,
    ``CompensationBlock``, ``enable_quant`` / ``disable_quant``, ``FeatureDataset``, executed from its
    source with ``LINEAR_COMPENSATION_SAMPLES`` = the QwT image count and ``args.start_block`` = the
-   requested one: ``main()`` hard-codes 0) on a loader yielding ``{"img": [batch]}``;
+   requested one: ``main()`` hard-codes 0; with several start blocks QwT runs on a deep copy of the
+   RepQ-ViT model per start block, one dump each) on a loader yielding ``{"img": [batch]}``;
 5. ``quant_model`` on a skeleton of the suite's detector neck and heads (same names and layer types,
    read from ``--skeleton``): the reference's plan for the rest of the detector.
 
@@ -33,19 +34,24 @@ The dump (names as the fork's modules are named)::
     settings          arch, bits, seed, sizes, image counts, start_block, versions
     fp_state_dict     FP weights after the perturbation
     calib, qwt_inputs, test_inputs   (1, 3, H, W), (N, 3, 224, 224), (1, 3, H, W)
-    outputs           {"fp", "repq", "repq_qwt"}: the four stage outputs on the test image
+    outputs           {"fp", "repq", "repq_qwt"}: the four stage outputs on the test image;
+                        {"repq_blocks", "repq_qwt_blocks"}: {block: (its input, its output)} on the way
     quant_initial     after the first pass / after the second pass (schema of make parity's dump)
     quant_final
     reparam           {linear: {norm, s, z, s_t, z_t, norm_weight, norm_bias, weight, bias}}
+    quantizer_inputs  {"initial" | "final": {quantizer: the tensor it initialised on in that pass}}
+                        (module name + "." + input_quantizer / weight_quantizer / quantizer_A / _B)
     repq_state_dict   the RepQ-ViT backbone's state dict
     qwt               per block in walk order: {name, W, b, r2 (lienar_regression's), kept, weight,
-                        bias (the CompensationBlock's lora_weight / lora_bias)}
+                        bias (the CompensationBlock's lora_weight / lora_bias), inputs (the block's
+                        input features (N, L, C) that generate_compensation_model fed it)}
     detector_plan     {layer: (w_bits, a_bits, channel-wise input)} of quant_model on the skeleton
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import importlib
 import json
 import platform
@@ -53,7 +59,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -162,6 +168,22 @@ def outputs(model: nn.Module, x: Tensor) -> list[Tensor]:
         return [o.detach().clone() for o in model(x)]
 
 
+def block_by_block(model: nn.Module, x: Tensor) -> tuple[list[Tensor], dict[str, tuple[Tensor, Tensor]]]:
+    """The stage outputs on ``x`` and every block's (input, output) on the way, by block name."""
+    seen: dict[str, tuple[Tensor, Tensor]] = {}
+    handles = []
+    for i, layer in enumerate(model.layers):
+        for j, blk in enumerate(layer.blocks):
+            def hook(m: nn.Module, args: tuple[Any, ...], out: Tensor, name: str = f"layers.{i}.blocks.{j}") -> None:
+                seen[name] = (args[0].detach().clone(), out.detach().clone())
+            handles.append(blk.register_forward_hook(hook))
+    try:
+        return outputs(model, x), seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
 # ------------------------------------------------------------------------------ the stages
 def reparameterize(ref: Path, backbone: nn.Module) -> dict[str, dict[str, Any]]:
     """Run main()'s reparameterization block on ``backbone``; what it did per Linear."""
@@ -184,12 +206,12 @@ def reparameterize(ref: Path, backbone: nn.Module) -> dict[str, dict[str, Any]]:
 
 def run_qwt(ns: dict[str, Any], backbone: nn.Module, qwt: Tensor, batch_size: int) -> list[dict[str, Any]]:
     """``generate_compensation_model`` on the QwT images; one record per block in walk order."""
-    solved: list[tuple[Tensor, Tensor, float]] = []
+    solved: list[tuple[Tensor, Tensor, float, Tensor]] = []
     regression: Callable[..., Any] = ns["lienar_regression"]
 
     def recording(X: Tensor, Y: Tensor, block_id: int = 0) -> Any:
-        W, b, r2 = regression(X, Y, block_id=block_id)
-        solved.append((W.detach().clone(), b.detach().clone(), float(r2)))
+        W, b, r2 = regression(X, Y, block_id=block_id)  # X: the block's inputs (N, L, C)
+        solved.append((W.detach().clone(), b.detach().clone(), float(r2), X.detach().clone()))
         return W, b, r2
 
     ns["lienar_regression"] = recording
@@ -200,9 +222,9 @@ def run_qwt(ns: dict[str, Any], backbone: nn.Module, qwt: Tensor, batch_size: in
     if len(blocks) != len(solved):
         raise RuntimeError(f"generate_compensation_model solved {len(solved)} blocks of {len(blocks)}")
     out = []
-    for (name, comp), (W, b, r2) in zip(blocks, solved):
+    for (name, comp), (W, b, r2, X) in zip(blocks, solved):
         w, bias = comp.lora_weight.detach().clone(), comp.lora_bias.detach().clone()
-        out.append({"name": name, "W": W, "b": b, "r2": r2, "weight": w, "bias": bias,
+        out.append({"name": name, "W": W, "b": b, "r2": r2, "weight": w, "bias": bias, "inputs": X,
                     "kept": bool(w.abs().max() > 0 or bias.abs().max() > 0), "groups": None})
     return out
 
@@ -229,7 +251,34 @@ def skeleton_plan(quant: ModuleType, skeleton: list[list[Any]], w_bits: int, a_b
             for n, m in root.named_modules() if isinstance(m, (quant.QuantConv2d, quant.QuantLinear))}
 
 
-def run(a: argparse.Namespace) -> dict[str, Any]:
+class QuantizerInputs:
+    """Forward pre-hooks on every quantizer of the fork: the tensor each one initialises on
+    (``inited`` False), per quantizer, for the pass that is running (the results are unchanged)."""
+
+    def __init__(self, model: nn.Module, quant: ModuleType) -> None:
+        self.seen: dict[str, Tensor] = {}
+        self.handles = []
+        for name, m in model.named_modules():
+            if isinstance(m, (quant.UniformQuantizer, quant.LogSqrt2Quantizer)):
+                self.handles.append(m.register_forward_pre_hook(self._hook(name)))
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not module.inited:
+                self.seen[name] = args[0].detach().clone()
+        return hook
+
+    def take(self) -> dict[str, Tensor]:
+        seen, self.seen = self.seen, {}
+        return seen
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def run(a: argparse.Namespace) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(start_block, dump) per requested start_block; RepQ-ViT runs once, QwT once per start_block."""
     ref = Path(a.ref).resolve()
     torch.set_num_threads(a.threads)
     install_cpu_shims()
@@ -244,37 +293,44 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     q = quant.quant_model(model, input_quant_params={"n_bits": a.a_bits, "channel_wise": False},
                           weight_quant_params={"n_bits": a.w_bits, "channel_wise": True})
     quant.set_quant_state(q, input_quant=True, weight_quant=True)
+    spy = QuantizerInputs(q, quant)
     with torch.no_grad():
         q(calib)
-    quant_initial = quant_record(q, quant)
+    quant_initial, inputs_initial = quant_record(q, quant), spy.take()
     reparam = reparameterize(ref, q)
     quant.set_quant_state(q, input_quant=True, weight_quant=True)
     with torch.no_grad():
         q(calib)
-    quant_final = quant_record(q, quant)
+    quant_final, inputs_final = quant_record(q, quant), spy.take()
+    spy.remove()
     repq_state = {k: v.detach().clone() for k, v in q.state_dict().items()}
-    outs["repq"] = outputs(q, test)
+    outs["repq"], steps = block_by_block(q, test)
+    outs["repq_blocks"] = steps
     seconds = {"repq": time.perf_counter() - t0}
-    say(f"{a.arch}: QwT on {a.n_qwt} {QWT_SIZE}x{QWT_SIZE} images (start_block {a.start_block})")
-    t0 = time.perf_counter()
-    args = SimpleNamespace(world_size=1, device="cpu", batch_size=a.batch_size, start_block=a.start_block,
-                           local_rank=0, distributed=False)
-    ns = test_namespace(ref, quant, args, a.n_qwt)
-    blocks = run_qwt(ns, q, qwt, a.batch_size)
-    outs["repq_qwt"] = outputs(q, test)
-    seconds["qwt"] = time.perf_counter() - t0
     skeleton = json.loads(Path(a.skeleton).read_text()) if a.skeleton else []
     plan = skeleton_plan(quant, skeleton, a.w_bits, a.a_bits) if skeleton else {}
     import numpy
     settings = {"arch": a.arch, "w_bits": a.w_bits, "a_bits": a.a_bits, "seed": a.seed, "det_hw": list(det_hw),
-                "qwt_size": QWT_SIZE, "n_qwt": a.n_qwt, "batch_size": a.batch_size, "start_block": a.start_block,
+                "qwt_size": QWT_SIZE, "n_qwt": a.n_qwt, "batch_size": a.batch_size,
                 "ref": str(ref), "threads": a.threads,
                 "versions": {"python": platform.python_version(), "torch": torch.__version__,
                              "numpy": numpy.__version__}}
-    return {"settings": settings, "fp_state_dict": fp_state, "calib": calib, "qwt_inputs": qwt,
-            "test_inputs": test, "outputs": outs, "quant_initial": quant_initial, "quant_final": quant_final,
-            "reparam": reparam, "repq_state_dict": repq_state, "qwt": blocks, "detector_plan": plan,
-            "seconds": seconds}
+    common = {"fp_state_dict": fp_state, "calib": calib, "qwt_inputs": qwt, "test_inputs": test,
+              "quant_initial": quant_initial, "quant_final": quant_final, "reparam": reparam,
+              "repq_state_dict": repq_state, "quantizer_inputs": {"initial": inputs_initial, "final": inputs_final},
+              "detector_plan": plan}
+    for start_block in a.start_blocks:  # QwT on a copy of the RepQ-ViT model per start_block
+        say(f"{a.arch}: QwT on {a.n_qwt} {QWT_SIZE}x{QWT_SIZE} images (start_block {start_block})")
+        t0 = time.perf_counter()
+        qq = copy.deepcopy(q)
+        args = SimpleNamespace(world_size=1, device="cpu", batch_size=a.batch_size, start_block=start_block,
+                               local_rank=0, distributed=False)
+        ns = test_namespace(ref, quant, args, a.n_qwt)
+        blocks = run_qwt(ns, qq, qwt, a.batch_size)
+        o = dict(outs)
+        o["repq_qwt"], o["repq_qwt_blocks"] = block_by_block(qq, test)
+        yield start_block, {**common, "settings": {**settings, "start_block": start_block}, "outputs": o,
+                            "qwt": blocks, "seconds": {**seconds, "qwt": time.perf_counter() - t0}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -289,7 +345,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--det-w", type=int, default=352)
     p.add_argument("--n-qwt", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--start-block", type=int, default=0)
+    p.add_argument("--start-blocks", type=lambda t: [int(v) for v in t.split(",")], default=[0],
+                   help="comma list; one dump per start_block, --out must then hold {start_block}")
     p.add_argument("--skeleton", default=None, help="JSON [name, kind, args] rows of the detector's neck and heads")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
@@ -297,10 +354,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    dump = run(a)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dump, a.out)
-    say(f"wrote {a.out}")
+    if len(a.start_blocks) > 1 and "{start_block}" not in a.out:
+        raise SystemExit("--out must hold {start_block} when several start blocks are given")
+    for start_block, dump in run(a):
+        out = Path(a.out.replace("{start_block}", str(start_block)))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(dump, out)
+        say(f"wrote {out}")
     return 0
 
 

@@ -3,7 +3,7 @@ RepQ-ViT and QwT code and this suite's default detection path on the same seeded
 inputs, stage by stage (see docs/parity_det.md).
 
     python -m benchmarks.parity_det --ref REF [--archs swin_t,swin_s] [--w-bits 4 --a-bits 4] [--seed 0]
-        [--start-block 0] [--det-size 256x352] [--n-qwt 16 --batch-size 8] [--keep-dumps DIR] [--json FILE]
+        [--start-block 0[,3]] [--det-size 256x352] [--n-qwt 16 --batch-size 8] [--keep-dumps DIR] [--json FILE]
     python -m benchmarks.parity_det --dumps DUMP...      # compare dumps written before (--keep-dumps)
 
 For each backbone: the suite builds the detector of the registered config for its plan and a
@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--start-block", type=int, default=0, help="QwT start_block (the reference's main() uses 0)")
+    p.add_argument("--start-block", default="0",
+                   help="QwT start_block, or a comma list (one calibration, QwT and a result per start_block; "
+                        "the reference's main() uses 0)")
     p.add_argument("--det-size", default="256x352",
                    help="HxW of the calibration and test image (feature maps must not be a multiple of the window)")
     p.add_argument("--n-qwt", type=int, default=16, help="QwT images, 224x224 (reference: 512)")
@@ -116,12 +118,13 @@ def label(settings: dict[str, Any]) -> str:
 
 
 def run_reference(a: argparse.Namespace, ref: Path, arch: str, hw: tuple[int, int], skeleton: Path | None,
-                  out: Path) -> str | None:
+                  out: Path, start_blocks: list[int]) -> str | None:
     """The reference side in its own process; None on success, else the last line it printed."""
     cmd = [sys.executable, "-m", "benchmarks.parity_det.reference", "--ref", str(ref), "--arch", arch,
            "--out", str(out), "--w-bits", str(a.w_bits), "--a-bits", str(a.a_bits), "--seed", str(a.seed),
            "--det-h", str(hw[0]), "--det-w", str(hw[1]), "--n-qwt", str(a.n_qwt),
-           "--batch-size", str(a.batch_size), "--start-block", str(a.start_block), "--threads", str(a.threads)]
+           "--batch-size", str(a.batch_size), "--start-blocks", ",".join(map(str, start_blocks)),
+           "--threads", str(a.threads)]
     if skeleton is not None:
         cmd += ["--skeleton", str(skeleton)]
     path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -168,35 +171,40 @@ def compare_dump(dump_path: Path, a: argparse.Namespace, det_plan: dict[str, Any
                            {"suite": time.perf_counter() - t0})
 
 
-def run_archs(a: argparse.Namespace, ref: Path, archs: list[str], hw: tuple[int, int]) -> list[ModelResult]:
+def run_archs(a: argparse.Namespace, ref: Path, archs: list[str], hw: tuple[int, int],
+              start_blocks: list[int]) -> list[ModelResult]:
     from .suite import detector_plan
     results = []
     keep = Path(a.keep_dumps).resolve() if a.keep_dumps else None
     with tempfile.TemporaryDirectory(prefix="qwt_parity_det_") as tmp:
         for arch in archs:
-            name = f"{arch} W{a.w_bits}/A{a.a_bits} seed {a.seed} start_block {a.start_block}"
+            base = f"{arch} W{a.w_bits}/A{a.a_bits} seed {a.seed}"
             det_plan, skel_path = None, None
             if not a.no_detector_plan:
-                say(f"{name}: the suite's detector (plan, neck / heads skeleton)")
+                say(f"{base}: the suite's detector (plan, neck / heads skeleton)")
                 det_plan, skel = detector_plan(arch, a.w_bits, a.a_bits)
                 skel_path = Path(tmp) / f"{arch}_skeleton.json"
                 skel_path.write_text(json.dumps(skel))
-            dump = (keep or Path(tmp)) / f"{arch}_w{a.w_bits}a{a.a_bits}_s{a.seed}_b{a.start_block}.pt"
-            dump.parent.mkdir(parents=True, exist_ok=True)
-            say(f"{name}: the reference ({ref})")
+            folder = keep or Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            template = str(folder / f"{arch}_w{a.w_bits}a{a.a_bits}_s{a.seed}_b{{start_block}}.pt")
+            say(f"{base}: the reference ({ref})")
             t0 = time.perf_counter()
-            failed = run_reference(a, ref, arch, hw, skel_path, dump)
+            failed = run_reference(a, ref, arch, hw, skel_path, Path(template), start_blocks)
             took = time.perf_counter() - t0
-            if failed:
-                results.append(ModelResult(name, [Row("reference run", None, "-", "FAIL", failed)],
-                                           {"reference": took}))
-                continue
-            say(f"{name}: the suite on the same weights and inputs")
-            res = compare_dump(dump, a, det_plan, name)
-            res.seconds = {"reference": took, "suite": res.seconds["suite"]}
-            results.append(res)
-            if keep is None:
-                dump.unlink(missing_ok=True)
+            for sb in start_blocks:
+                name = f"{base} start_block {sb}"
+                dump = Path(template.replace("{start_block}", str(sb)))
+                if failed or not dump.is_file():
+                    results.append(ModelResult(name, [Row("reference run", None, "-", "FAIL",
+                                                          failed or f"no dump {dump.name}")], {"reference": took}))
+                    continue
+                say(f"{name}: the suite on the same weights and inputs")
+                res = compare_dump(dump, a, det_plan, name)
+                res.seconds = {"reference": took / len(start_blocks), "suite": res.seconds["suite"]}
+                results.append(res)
+                if keep is None:
+                    dump.unlink(missing_ok=True)
     return results
 
 
@@ -244,7 +252,11 @@ def _main(a: argparse.Namespace) -> int:
             if a.n_qwt < 1 or a.batch_size < 1 or a.n_qwt % a.batch_size:
                 raise BadInput(f"parity-det: --n-qwt {a.n_qwt} must be a positive multiple of --batch-size "
                                f"{a.batch_size}")
-            if a.start_block < 0:
+            try:
+                start_blocks = sorted({int(v) for v in str(a.start_block).split(",")})
+            except ValueError:
+                raise BadInput(f"parity-det: --start-block {a.start_block!r} is not an integer or a comma list") from None
+            if start_blocks[0] < 0:
                 raise BadInput(f"parity-det: --start-block must be >= 0, got {a.start_block}")
             for bits in (a.w_bits, a.a_bits):
                 if not 2 <= bits <= 8:
@@ -257,7 +269,7 @@ def _main(a: argparse.Namespace) -> int:
     else:
         say(f"reference {ref}; suite {ROOT}; W{a.w_bits}/A{a.a_bits}, seed {a.seed}, start_block {a.start_block}; "
             f"one {hw[0]}x{hw[1]} calibration image, {a.n_qwt} QwT images")
-        results = run_archs(a, ref, archs, hw)  # type: ignore[arg-type]
+        results = run_archs(a, ref, archs, hw, start_blocks)  # type: ignore[arg-type]
     seconds = time.perf_counter() - t0
     print()
     print(render(results))

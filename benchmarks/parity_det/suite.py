@@ -23,6 +23,7 @@ Everything is returned in the suite's (mmdet 3) names; :func:`align` maps the du
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -31,9 +32,11 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from benchmarks.parity.suite import BlockFit, quant_record, teacher_forced
+from benchmarks.parity.suite import (BlockFit, OneBlock, _fit, exact_solve, installed, quant_record, recording_rows,
+                                     reference_solve)
 from detection.convert import BLOCK_RENAMES, _norm_to_unfold, _reduction_to_unfold, convert_legacy
-from qwt_core import QwTConfig, quant_state, set_quant_state
+from qwt_core import QwTConfig, fit_qwt, quant_state, quantizers, reparameterize, set_quant_state
+from qwt_core.qwt.driver import BlockStep
 from qwt_core.qwt.compensation import CompensatedBlock, LinearCompensation
 
 # the registered detector whose config gives each backbone (swin_micro: Swin-T's with tiny widths, for tests)
@@ -79,6 +82,23 @@ def convert_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k[len("backbone."):]: v for k, v in out.items()}
 
 
+FORK_QUANTIZERS = {"input_quantizer": "input", "weight_quantizer": "weight", "quantizer_A": "a", "quantizer_B": "b"}
+SUITE_QUANTIZERS = {"input_quantizer": "input", "weight_quantizer": "weight", "quantizer_a": "a", "quantizer_b": "b"}
+
+
+def align_input(name: str, x: Tensor) -> tuple[tuple[str, str], Tensor]:
+    """((suite module, quantizer key), tensor) of a fork quantizer's input; a patch-merging
+    reduction's input (..., 4C) and weight (O, 4C) in mmdet 3's unfold order."""
+    module, attr = name.rsplit(".", 1)
+    if module.endswith("downsample.reduction"):
+        if attr == "weight_quantizer":
+            x = _reduction_to_unfold(x)
+        else:
+            c4 = x.shape[-1]
+            x = x.reshape(-1, 4, c4 // 4)[:, [0, 2, 1, 3]].transpose(1, 2).reshape(x.shape)
+    return (suite_name(module), FORK_QUANTIZERS[attr]), x
+
+
 def align(dump: dict[str, Any]) -> dict[str, Any]:
     """The dump with every backbone module name and tensor in the suite's names and layouts."""
     out = dict(dump)
@@ -94,6 +114,12 @@ def align(dump: dict[str, Any]) -> dict[str, Any]:
         rp[suite_name(n)] = r
     out["reparam"] = rp
     out["repq_state_dict"] = convert_state(dump["repq_state_dict"])
+    out["outputs"] = dict(dump["outputs"])
+    for key in ("repq_blocks", "repq_qwt_blocks"):
+        if key in dump["outputs"]:
+            out["outputs"][key] = {"backbone." + suite_name(n): v for n, v in dump["outputs"][key].items()}
+    out["quantizer_inputs"] = {stage: dict(align_input(n, x) for n, x in seen.items())
+                               for stage, seen in dump.get("quantizer_inputs", {}).items()}
     out["qwt"] = [dict(b, name="backbone." + suite_name(b["name"])) for b in dump["qwt"]]
     return out
 
@@ -126,15 +152,17 @@ def build_backbone(arch: str, fp_state: dict[str, Tensor]) -> nn.Module:
     register_all_modules()
     backbone = MODELS.build(detector_config(arch).model.backbone)
     backbone.load_state_dict(convert_state(fp_state), strict=True)
-    return backbone.eval()
+    backbone.eval()  # (mmdet's SwinTransformer.train() returns None: not chained)
+    return backbone
 
 
 def build_detector(arch: str) -> nn.Module:
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
-    cfg = detector_config(arch)
-    return MODELS.build(cfg.model).eval()
+    det = MODELS.build(detector_config(arch).model)
+    det.eval()
+    return det
 
 
 def skeleton(detector: nn.Module) -> list[list[Any]]:
@@ -178,7 +206,15 @@ class DetSuiteRun:
     state_dict: dict[str, Tensor]
     repq: list[Tensor]
     teacher_forced: list[BlockFit]
-    repq_qwt_ref_wb: list[Tensor]
+    repq_qwt_ref_wb: list[Tensor]  # on the reference's RepQ-ViT state
+    walk: list[Tensor]  # the suite's input of each block, one step from the reference's features
+    repq_qwt_own: list[Tensor] | None  # reference W, b on the suite's own RepQ-ViT calibration
+    rederived: dict[str, Any]  # the suite's quantizer init / reparameterization on the reference's inputs
+    own_inputs: dict[str, dict[tuple[str, str], Tensor]]  # what each suite quantizer initialised on, per pass
+    repq_ref_state: list[Tensor]  # RepQ-ViT outputs with the reference's RepQ-ViT state installed
+    after_merging: list[bool]  # per block: its input comes through a patch merging
+    steps_repq: dict[str, list[tuple[str, Tensor, Tensor]]]  # step_by_step on the test image, RepQ-ViT
+    steps_qwt: dict[str, list[tuple[str, Tensor, Tensor]]]  # the same with the reference's W, b installed
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -189,10 +225,21 @@ def spying_calibration(snap: dict[str, Any], model: nn.Module) -> Iterator[None]
     import detection.quantize as dq
     original = dq.calibrate_repq
 
+    handles = []
+    for qname, q in quantizers(model):
+        module, attr = qname.rsplit(".", 1)
+
+        def pre_hook(mod: nn.Module, args: tuple[Any, ...], key: tuple[str, str] = (module, SUITE_QUANTIZERS[attr])
+                     ) -> None:
+            if not mod.inited:
+                snap["inputs"][key] = args[0].detach().clone()
+        handles.append(q.register_forward_pre_hook(pre_hook))
+
     def spy(m: nn.Module, batch: Any, pairs: Any, *args: Any, before_reparam: Any = None, **kw: Any) -> Any:
         def hook(norm_name: str, linear_name: str) -> None:
             if snap["initial"] is None:
                 snap["initial"] = quant_record(model)
+                snap["inputs_initial"], snap["inputs"] = snap["inputs"], {}
             q = model.get_submodule(linear_name).input_quantizer
             snap["pairs"][linear_name] = (norm_name, q.delta.detach().reshape(-1).clone(),
                                           q.zero_point.detach().reshape(-1).clone())
@@ -205,6 +252,151 @@ def spying_calibration(snap: dict[str, Any], model: nn.Module) -> Iterator[None]
         yield
     finally:
         dq.calibrate_repq = original
+        for h in handles:
+            h.remove()
+
+
+QUANTIZER_ATTRS = {"input": "input_quantizer", "weight": "weight_quantizer", "a": "quantizer_a", "b": "quantizer_b"}
+
+
+@torch.no_grad()
+def install_reference_state(backbone: nn.Module, ref: dict[str, Any]) -> None:
+    """The reference's RepQ-ViT result written into the suite's calibrated backbone: its weights
+    (reparameterized LayerNorms and Linears) and every quantizer's final range."""
+    res = backbone.load_state_dict(ref["repq_state_dict"], strict=False)
+    if res.unexpected_keys:
+        raise ValueError(f"the reference's RepQ-ViT state has keys the suite lacks: {res.unexpected_keys[:3]}")
+    for name, rec in ref["quant_final"].items():
+        module = backbone.get_submodule(name)
+        for key, r in rec["quantizers"].items():
+            q = getattr(module, QUANTIZER_ATTRS[key])
+            if r["delta"] is None or r["delta"].numel() != q.delta.numel():
+                raise ValueError(f"{name}.{key}: the reference's range has {None if r['delta'] is None else r['delta'].numel()}"
+                                 f" values, the suite's {q.delta.numel()}")
+            zp = None if r["zero_point"] is None else r["zero_point"].reshape(q.zero_point.shape).to(q.zero_point)
+            q.set_range(r["delta"].reshape(q.delta.shape).to(q.delta), zp)
+
+
+@torch.no_grad()
+def fit_on_reference_inputs(model: nn.Module, steps: list[BlockStep], blocks: list[dict[str, Any]], cfg: QwTConfig,
+                            batch_size: int) -> list[BlockFit]:
+    """Block k fitted by ``fit_qwt`` alone (a one-block walk) on exactly the inputs the reference's
+    ``generate_compensation_model`` fed block k; the regression rows the suite accumulates are
+    also solved the reference's way and in float64. ``cfg.start_block`` is global."""
+    fits = []
+    for k, (step, b) in enumerate(zip(steps, blocks)):
+        block = model.get_submodule(step.name)
+        x = b["inputs"]
+        feats = [x[i:i + batch_size] for i in range(0, x.shape[0], batch_size)]
+        with recording_rows() as systems:
+            report = fit_qwt(OneBlock(model, dataclasses.replace(step, after=None)), feats,
+                             dataclasses.replace(cfg, start_block=0 if k >= cfg.start_block else 1))[0]
+        fit = _fit(step.name, report, *installed(model, step.name, block))
+        model.set_submodule(step.name, block)  # unwrap
+        if len(systems) != 1:
+            raise RuntimeError(f"fit_qwt solved {len(systems)} systems for the one block {step.name}")
+        fit.rows_weight, fit.rows_bias, fit.rows_r2 = reference_solve(*systems[0], 1, x.shape[0])
+        fit.exact_weight, fit.exact_bias, fit.cond = exact_solve(*systems[0], 1)
+        fits.append(fit)
+    return fits
+
+
+@torch.no_grad()
+def walk_inputs(model: nn.Module, embed: Any, steps: list[BlockStep], blocks: list[dict[str, Any]],
+                images: Tensor) -> list[Tensor]:
+    """The suite's walk, one step at a time from the reference's features: block 0's input from
+    ``embed(images)``, block k+1's from the reference's block-k input through the block, the
+    reference's compensation ``(out + x @ W) + b`` and (after a stage's last block) patch merging."""
+    with quant_state(model, weight=True, act=True):
+        out = [embed(images)]
+        for step, b in zip(steps[:-1], blocks[:-1]):
+            block = model.get_submodule(step.name)
+            x = b["inputs"]
+            y = step.call(block, x) + x @ b["weight"] + b["bias"]
+            out.append(step.after(y) if step.after is not None else y)
+    return out
+
+
+def _record(q: nn.Module) -> dict[str, Any]:
+    from benchmarks.parity.suite import quantizer_record
+    return quantizer_record(q)
+
+
+@torch.no_grad()
+def rederive_quantizers(backbone: nn.Module, inputs: dict[tuple[str, str], Tensor], channel_wise: set[str]
+                        ) -> dict[str, Any]:
+    """Each of the suite's quantizers initialised afresh (its own ``initialise``) on the tensor the
+    reference's quantizer initialised on, in the quant-record schema. ``channel_wise``: the modules
+    whose input quantizer is channel-wise in that pass (qkv, fc1, reduction before the
+    reparameterization)."""
+    out: dict[str, Any] = {}
+    for (module, key), x in inputs.items():
+        q = copy.deepcopy(getattr(backbone.get_submodule(module), QUANTIZER_ATTRS[key]))
+        if key == "input" and module in channel_wise:
+            q.channel_dim = -1
+        q.inited = False
+        q.initialise(x)
+        out.setdefault(module, {"kind": "matmul" if key in ("a", "b") else "linear", "quantizers": {}})
+        out[module]["quantizers"][key] = _record(q)
+    return out
+
+
+@torch.no_grad()
+def rederive_reparam(fp_state: dict[str, Tensor], ref: dict[str, Any], w_bits: int, a_bits: int
+                     ) -> dict[str, dict[str, Any]]:
+    """qwt_core's ``reparameterize`` on the reference's inputs of each pair: the FP LayerNorm and
+    Linear, and the reference's channel-wise range (s, z) of the Linear's input."""
+    from qwt_core import QuantLinear
+    out = {}
+    for lin_name, r in ref["reparam"].items():
+        norm_name = r["norm"]
+        w = fp_state[f"{lin_name}.weight"]
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=f"{lin_name}.bias" in fp_state)
+        lin.weight.data.copy_(w)
+        if lin.bias is not None:
+            lin.bias.data.copy_(fp_state[f"{lin_name}.bias"])
+        norm = nn.LayerNorm(w.shape[1])
+        norm.weight.data.copy_(fp_state[f"{norm_name}.weight"])
+        norm.bias.data.copy_(fp_state[f"{norm_name}.bias"])
+        qlin = QuantLinear(lin, w_bits, a_bits, True)
+        qlin.input_quantizer.set_range(r["s"].reshape(-1), r["z"].reshape(-1))
+        reparameterize(norm, qlin)
+        out[lin_name] = {"norm": norm_name, "s": r["s"], "z": r["z"], "s_t": qlin.input_quantizer.delta.clone(),
+                         "z_t": qlin.input_quantizer.zero_point.clone(), "norm_weight": norm.weight.detach().clone(),
+                         "norm_bias": norm.bias.detach().clone(), "weight": qlin.weight.detach().clone(),
+                         "bias": qlin.bias.detach().clone()}
+    return out
+
+
+@torch.no_grad()
+def step_by_step(backbone: nn.Module, image: Tensor, io: dict[str, tuple[Tensor, Tensor]],
+                 stage_outputs: list[Tensor]) -> dict[str, list[tuple[str, Tensor, Tensor]]]:
+    """The suite's backbone (quantized) one step at a time from the reference's tensors on ``image``:
+    the patch embedding; each block on the reference's input of that block; each patch merging on the
+    reference's output of the stage's last block; each output norm on it too. Pairs (suite, reference)
+    by kind: ``embed``, ``blocks``, ``merges``, ``norms``."""
+    from detection.adapters import SwinBackboneAdapter
+    adapter = SwinBackboneAdapter(backbone)
+    out: dict[str, list[tuple[str, Tensor, Tensor]]] = {"embed": [], "blocks": [], "merges": [], "norms": []}
+    steps = list(adapter.steps())
+    with quant_state(backbone, weight=True, act=True):
+        x0 = adapter.embed(image)
+        out["embed"].append(("patch_embed", x0, io[steps[0].name][0]))
+        stage = 0
+        for k, step in enumerate(steps):
+            x_ref, y_ref = io[step.name]
+            block = adapter.model.get_submodule(step.name)
+            out["blocks"].append((step.name, step.call(block, x_ref), y_ref))
+            last = k + 1 == len(steps) or steps[k + 1].name.split(".blocks.")[0] != step.name.split(".blocks.")[0]
+            if last:
+                norm = getattr(backbone, f"norm{stage}")
+                ref_out = stage_outputs[stage]  # (1, C, H, W)
+                out["norms"].append((f"norm{stage}", norm(y_ref), ref_out.permute(0, 2, 3, 1).reshape(y_ref.shape)))
+                if step.after is not None:
+                    out["merges"].append((step.name.split(".blocks.")[0] + ".downsample", step.after(y_ref),
+                                          io[steps[k + 1].name][0]))
+                stage += 1
+    return out
 
 
 @torch.no_grad()
@@ -224,8 +416,9 @@ def run_on_dump(dump: dict[str, Any]) -> tuple[dict[str, Any], DetSuiteRun]:
     backbone = build_backbone(s["arch"], dump["fp_state_dict"])
     test = dump["test_inputs"]
     fp = backbone_outputs(backbone, test)
+    fp_state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
     quantize_detector(backbone, s["w_bits"], s["a_bits"])
-    snap: dict[str, Any] = {"initial": None, "pairs": {}}
+    snap: dict[str, Any] = {"initial": None, "pairs": {}, "inputs": {}, "inputs_initial": {}}
     with spying_calibration(snap, backbone):
         calibrate_detector(backbone, dump["calib"], forward=lambda m, b: m(b))
     set_quant_state(backbone, weight=True, act=True)
@@ -243,31 +436,53 @@ def run_on_dump(dump: dict[str, Any]) -> tuple[dict[str, Any], DetSuiteRun]:
                              "weight": lin.weight.detach().clone(),
                              "bias": None if lin.bias is None else lin.bias.detach().clone()}
     state = {k: v.detach().clone() for k, v in backbone.state_dict().items() if torch.is_tensor(v)}
+    ref_inputs = ref.get("quantizer_inputs", {})
+    cw = {n for n, p in plan.items() if p[2]}
+    rederived = {"initial": rederive_quantizers(backbone, ref_inputs.get("initial", {}), cw),
+                 "final": rederive_quantizers(backbone, ref_inputs.get("final", {}), set()),
+                 "reparam": rederive_reparam(fp_state, ref, s["w_bits"], s["a_bits"])}
+    own_inputs = {"initial": snap["inputs_initial"], "final": snap["inputs"]}
     repq = backbone_outputs(backbone, test)
     seconds["repq"] = time.perf_counter() - t0
 
+    # QwT on the reference's RepQ-ViT result: the ranges agree to ~1e-6 (mmdet 3's patch merging sums
+    # in another order), and Y = FP - Q turns such differences into whole-step rounding flips
+    own = copy.deepcopy(backbone.state_dict())
+    own_outputs = None
     t0 = time.perf_counter()
     adapter = SwinBackboneAdapter(backbone)
     cfg = QwTConfig(start_block=s["start_block"], fp16_eval=False)  # detection/pipeline.py's QwT settings
-    bs = s["batch_size"]
-    qwt = dump["qwt_inputs"]
-    batches = [qwt[i:i + bs] for i in range(0, qwt.shape[0], bs)]
     steps = list(adapter.steps())
     blocks = ref["qwt"]
     if [st.name for st in steps] != [b["name"] for b in blocks]:
         raise ValueError(f"QwT walks {len(steps)} blocks in the suite ({steps[0].name}...), {len(blocks)} in the "
                          f"reference ({blocks[0]['name']}...)")
-
-    def reference_comp(k: int, fit: BlockFit) -> tuple[Tensor, Tensor, None]:
-        return blocks[k]["weight"], blocks[k]["bias"], None
-
-    tf = teacher_forced(adapter.model, adapter.embed, steps, batches, dataclasses.replace(cfg), reference_comp)
+    install_reference_state(backbone, ref)
+    with quant_state(backbone, weight=True, act=True):
+        repq_ref_state = backbone_outputs(backbone, test)
+    steps_repq = step_by_step(backbone, test, ref["outputs"]["repq_blocks"], ref["outputs"]["repq"])
+    walk = walk_inputs(adapter.model, adapter.embed, steps, blocks, dump["qwt_inputs"])
+    tf = fit_on_reference_inputs(adapter.model, steps, blocks, cfg, s["batch_size"])
     seconds["qwt_teacher_forced"] = time.perf_counter() - t0
+    comps = []
     for st, b in zip(steps, blocks):  # the reference's W, b in the suite's compensation modules
         comp = LinearCompensation(b["weight"].shape[0], b["weight"].shape[1], fp16_eval=cfg.fp16_eval)
         comp.weight.data.copy_(b["weight"])
         comp.bias.data.copy_(b["bias"])
         adapter.model.set_submodule(st.name, CompensatedBlock(adapter.model.get_submodule(st.name), comp.eval()))
+        comps.append(comp)
     with quant_state(backbone, weight=True, act=True):
         with_ref = backbone_outputs(backbone, test)
-    return ref, DetSuiteRun(fp, plan, initial, quant_final, reparam, state, repq, tf, with_ref, seconds)
+    steps_qwt = step_by_step(backbone, test, ref["outputs"]["repq_qwt_blocks"], ref["outputs"]["repq_qwt"])
+    # the same on the suite's own RepQ-ViT calibration (information)
+    for st in steps:
+        adapter.model.set_submodule(st.name, adapter.model.get_submodule(st.name).block)
+    backbone.load_state_dict(own, strict=True)
+    with quant_state(backbone, weight=True, act=True):
+        for st, comp in zip(steps, comps):
+            adapter.model.set_submodule(st.name, CompensatedBlock(adapter.model.get_submodule(st.name), comp))
+        own_outputs = backbone_outputs(backbone, test)
+    return ref, DetSuiteRun(fp, plan, initial, quant_final, reparam, state, repq, tf, with_ref, walk, own_outputs,
+                            rederived, own_inputs, repq_ref_state,
+                            [k > 0 and steps[k - 1].after is not None for k in range(len(steps))],
+                            steps_repq, steps_qwt, seconds)

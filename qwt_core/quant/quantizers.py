@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .primitives import (
+    LOG_RATIO_FLOOR,
     PERCENTILES,
     fake_quant_log_sqrt2,
     fake_quant_uniform,
