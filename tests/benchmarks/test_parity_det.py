@@ -102,7 +102,7 @@ def test_align_permutes_patch_merging_as_the_checkpoint_conversion() -> None:
                 "norm_weight": nw, "norm_bias": nb, "weight": w, "bias": torch.zeros(o)}},
             "repq_state_dict": {"layers.0.downsample.norm.weight": nw, "layers.0.downsample.reduction.weight": w,
                                 "layers.0.downsample.reduction.bias": torch.arange(o, dtype=torch.float)},
-            "qwt": []}
+            "qwt": [], "outputs": {}}
     out = align(dump)
     conv = convert_legacy({"backbone.stages.0.downsample.norm.weight": s, "backbone.layers.0.downsample.norm.weight": nw,
                            "backbone.layers.0.downsample.reduction.weight": w})

@@ -13,8 +13,8 @@ def test_attention_probabilities_of_zero_quantize_to_zero(a_bits: int) -> None:
     from detection.quantize import QuantWindowMSA, quantize_detector
 
     torch.manual_seed(0)
-    swin = SwinTransformer(embed_dims=32, depths=(2, 1), num_heads=(2, 4), window_size=7,
-                           out_indices=(0, 1)).eval()
+    swin = SwinTransformer(embed_dims=32, depths=(2, 1), num_heads=(2, 4), window_size=7, out_indices=(0, 1))
+    swin.eval()  # (mmdet's SwinTransformer.train() returns None)
     quantize_detector(swin, 4, a_bits)
     msas = [m for m in swin.modules() if isinstance(m, QuantWindowMSA)]
     assert msas and all(m.matmul2.quantizer_a.ratio_floor is None for m in msas)
