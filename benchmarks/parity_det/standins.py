@@ -19,10 +19,10 @@ package ``mmdet``, ``mmdet.models``,         empty packages whose ``__path__`` i
                                               ``__init__.py`` files (they import mmcv 1.x)
 =========================================  ==========================================================
 
-``timm.models.layers`` (``DropPath``, ``to_2tuple``, ``trunc_normal_``) is the suite's timm 1.x:
-these three helpers are unchanged since timm 0.4 and only ``trunc_normal_`` runs (initialisation,
-overwritten by the seeded weights' perturbation only for norms; the Linear and bias-table draws
-are the fork's own calls). ``tools/test.py`` imports mmcv 1.x at module level and parses
+``timm.models.layers`` (``DropPath``, ``to_2tuple``, ``trunc_normal_``) is the suite's timm 1.x: the
+same helpers as timm 0.4's (``DropPath`` is the identity in eval mode; ``trunc_normal_`` draws the
+random initial weights, which are dumped and loaded by the suite, so its draws need not match
+anything). ``tools/test.py`` imports mmcv 1.x at module level and parses
 ``sys.argv``: it is not imported; its functions and its reparameterization block are executed from
 its own source (:mod:`benchmarks.parity_det.reference`).
 """
