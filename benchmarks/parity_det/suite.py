@@ -212,9 +212,9 @@ class DetSuiteRun:
     rederived: dict[str, Any]  # the suite's quantizer init / reparameterization on the reference's inputs
     own_inputs: dict[str, dict[tuple[str, str], Tensor]]  # what each suite quantizer initialised on, per pass
     repq_ref_state: list[Tensor]  # RepQ-ViT outputs with the reference's RepQ-ViT state installed
-    after_merging: list[bool]  # per block: its input comes through a patch merging
-    steps_repq: dict[str, list[tuple[str, Tensor, Tensor]]]  # step_by_step on the test image, RepQ-ViT
-    steps_qwt: dict[str, list[tuple[str, Tensor, Tensor]]]  # the same with the reference's W, b installed
+    walk_near: list[Tensor | None]  # per block input through a merging: tokens near a rounding boundary
+    steps_repq: dict[str, list[tuple[Any, ...]]]  # step_by_step on the test image, RepQ-ViT
+    steps_qwt: dict[str, list[tuple[Any, ...]]]  # the same with the reference's W, b installed
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -301,20 +301,48 @@ def fit_on_reference_inputs(model: nn.Module, steps: list[BlockStep], blocks: li
     return fits
 
 
+BOUNDARY = 1e-3  # of a quantization step: a reduction input this close to a rounding boundary can flip
+
+
+@torch.no_grad()
+def merge_near_boundary(backbone: nn.Module, step: BlockStep, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(the step's patch merging of ``y``, (B, L') the output tokens whose reduction input has an
+    element within ``BOUNDARY`` of a step of its input quantizer from a rounding boundary, i.e.
+    round(x / delta) could come out one step apart under a ~1e-7 difference)."""
+    stage = int(step.name.split(".stages.")[1].split(".")[0])
+    reduction = backbone.stages[stage].downsample.reduction
+    seen: dict[str, Tensor] = {}
+    handle = reduction.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach()))
+    try:
+        z = step.after(y)  # type: ignore[misc]
+    finally:
+        handle.remove()
+    v = seen["x"] / reduction.input_quantizer.delta
+    near = ((v - v.floor()) - 0.5).abs().lt(BOUNDARY).any(-1)
+    return z, near
+
+
 @torch.no_grad()
 def walk_inputs(model: nn.Module, embed: Any, steps: list[BlockStep], blocks: list[dict[str, Any]],
-                images: Tensor) -> list[Tensor]:
+                images: Tensor, backbone: nn.Module) -> tuple[list[Tensor], list[Tensor | None]]:
     """The suite's walk, one step at a time from the reference's features: block 0's input from
     ``embed(images)``, block k+1's from the reference's block-k input through the block, the
-    reference's compensation ``(out + x @ W) + b`` and (after a stage's last block) patch merging."""
+    reference's compensation ``(out + x @ W) + b`` and (after a stage's last block) patch merging.
+    Also, per block input that comes through a merging, its tokens near a rounding boundary."""
     with quant_state(model, weight=True, act=True):
-        out = [embed(images)]
+        out, near = [embed(images)], [None]
         for step, b in zip(steps[:-1], blocks[:-1]):
             block = model.get_submodule(step.name)
             x = b["inputs"]
             y = step.call(block, x) + x @ b["weight"] + b["bias"]
-            out.append(step.after(y) if step.after is not None else y)
-    return out
+            if step.after is not None:
+                z, n = merge_near_boundary(backbone, step, y)
+                out.append(z)
+                near.append(n)
+            else:
+                out.append(y)
+                near.append(None)
+    return out, near
 
 
 def _record(q: nn.Module) -> dict[str, Any]:
@@ -370,14 +398,14 @@ def rederive_reparam(fp_state: dict[str, Tensor], ref: dict[str, Any], w_bits: i
 
 @torch.no_grad()
 def step_by_step(backbone: nn.Module, image: Tensor, io: dict[str, tuple[Tensor, Tensor]],
-                 stage_outputs: list[Tensor]) -> dict[str, list[tuple[str, Tensor, Tensor]]]:
+                 stage_outputs: list[Tensor]) -> dict[str, list[tuple[Any, ...]]]:
     """The suite's backbone (quantized) one step at a time from the reference's tensors on ``image``:
     the patch embedding; each block on the reference's input of that block; each patch merging on the
-    reference's output of the stage's last block; each output norm on it too. Pairs (suite, reference)
-    by kind: ``embed``, ``blocks``, ``merges``, ``norms``."""
+    reference's output of the stage's last block; each output norm on it too. (name, suite, reference)
+    by kind: ``embed``, ``blocks``, ``merges`` (+ the tokens near a rounding boundary), ``norms``."""
     from detection.adapters import SwinBackboneAdapter
     adapter = SwinBackboneAdapter(backbone)
-    out: dict[str, list[tuple[str, Tensor, Tensor]]] = {"embed": [], "blocks": [], "merges": [], "norms": []}
+    out: dict[str, list[tuple[Any, ...]]] = {"embed": [], "blocks": [], "merges": [], "norms": []}
     steps = list(adapter.steps())
     with quant_state(backbone, weight=True, act=True):
         x0 = adapter.embed(image)
@@ -393,8 +421,9 @@ def step_by_step(backbone: nn.Module, image: Tensor, io: dict[str, tuple[Tensor,
                 ref_out = stage_outputs[stage]  # (1, C, H, W)
                 out["norms"].append((f"norm{stage}", norm(y_ref), ref_out.permute(0, 2, 3, 1).reshape(y_ref.shape)))
                 if step.after is not None:
-                    out["merges"].append((step.name.split(".blocks.")[0] + ".downsample", step.after(y_ref),
-                                          io[steps[k + 1].name][0]))
+                    z, near = merge_near_boundary(backbone, step, y_ref)
+                    out["merges"].append((step.name.split(".blocks.")[0] + ".downsample", z,
+                                          io[steps[k + 1].name][0], near))
                 stage += 1
     return out
 
@@ -461,7 +490,7 @@ def run_on_dump(dump: dict[str, Any]) -> tuple[dict[str, Any], DetSuiteRun]:
     with quant_state(backbone, weight=True, act=True):
         repq_ref_state = backbone_outputs(backbone, test)
     steps_repq = step_by_step(backbone, test, ref["outputs"]["repq_blocks"], ref["outputs"]["repq"])
-    walk = walk_inputs(adapter.model, adapter.embed, steps, blocks, dump["qwt_inputs"])
+    walk, walk_near = walk_inputs(adapter.model, adapter.embed, steps, blocks, dump["qwt_inputs"], backbone)
     tf = fit_on_reference_inputs(adapter.model, steps, blocks, cfg, s["batch_size"])
     seconds["qwt_teacher_forced"] = time.perf_counter() - t0
     comps = []
@@ -484,5 +513,5 @@ def run_on_dump(dump: dict[str, Any]) -> tuple[dict[str, Any], DetSuiteRun]:
         own_outputs = backbone_outputs(backbone, test)
     return ref, DetSuiteRun(fp, plan, initial, quant_final, reparam, state, repq, tf, with_ref, walk, own_outputs,
                             rederived, own_inputs, repq_ref_state,
-                            [k > 0 and steps[k - 1].after is not None for k in range(len(steps))],
+                            walk_near,
                             steps_repq, steps_qwt, seconds)

@@ -134,6 +134,16 @@ def test_rows_decide() -> None:
 
 
 # ------------------------------------------------------------------------------ the released reference
+@pytest.fixture()
+def one_thread():
+    """Both sides at one thread, as the tool runs them (the QwT rows re-solve the reference's fp32
+    system, whose sums depend on the thread count)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def micro_dump(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("det_dumps")
@@ -153,7 +163,7 @@ def test_parity_det_with_the_released_reference(capsys) -> None:
 
 
 @needs_ref
-def test_perturbed_stage_fails_its_row(micro_dump, tmp_path) -> None:
+def test_perturbed_stage_fails_its_row(micro_dump, one_thread) -> None:
     from benchmarks.parity_det.compare import compare
     from benchmarks.parity_det.suite import run_on_dump
 
@@ -166,7 +176,7 @@ def test_perturbed_stage_fails_its_row(micro_dump, tmp_path) -> None:
 
 
 @needs_ref
-def test_classification_floor_in_detection_fails_at_a6(micro_dump, monkeypatch) -> None:
+def test_classification_floor_in_detection_fails_at_a6(micro_dump, monkeypatch, one_thread) -> None:
     """The regression this tool was built for: the 1e-6 log-sqrt(2) floor at A6 is caught."""
     import detection.quantize as dq
     from benchmarks.parity_det.compare import compare
