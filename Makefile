@@ -16,6 +16,7 @@ help:
 	@echo "make imagenet-<model>-w<b>a<b> IMAGENET=DIR [CKPT_DIR=checkpoints DEVICE=cuda|cpu GPUS=N]   (make imagenet-list)"
 	@echo "make imagenet-<resnet>-strict-w<b>a<b>   ResNet with conv inputs at the requested bits"
 	@echo "make coco-<detector>-w<b>a<b> COCO=DIR [CKPT_DIR=checkpoints DEVICE=cuda|cpu GPUS=N]"
+	@echo "make coco-zoo-all COCO=DIR     beyond the paper: mmdet's own R50 Mask R-CNN / RetinaNet / Swin-T 3x configs"
 	@echo "  DEVICE defaults to cuda when torch sees a GPU, else cpu"
 	@echo "make parity REF=<QwT-cls-RepQ-ViT>   the released reference vs this suite, stage by stage"
 	@echo "make gpu-check       the GPU path end to end against the CPU (one line and exit 0 without CUDA)"

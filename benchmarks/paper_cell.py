@@ -59,6 +59,7 @@ REFERENCE: dict[str, tuple[Reference, ...]] = {
         Reference("window_pad", "zero", _quantized),
         Reference("qwt_size", 512, _qwt), Reference("qwt_img_size", 224, _qwt), Reference("start_block", 0, _qwt),
         Reference("qwt_solver", "reference", _qwt),
+        Reference("kernel_size", 1, _qwt), Reference("factor", 64, _qwt),  # ResNet backbones (beyond the paper)
     ),
 }
 

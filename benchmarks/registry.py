@@ -4,7 +4,9 @@ An :class:`Experiment` is one (suite, model, method, bits) cell group: the QwT p
 value(s), the paper's full-precision baseline, values other papers publish for the same setting
 (``refs``), and the Make target that produces our value. The rows and their order follow the
 paper's tables (seeds 002 and 000); ResNet has extra "strict" rows (conv inputs at n bits, no
-paper value) and COCO an APHQ-ViT reference row (another method, not run by this suite).
+paper value) and COCO an APHQ-ViT reference row (another method, not run by this suite). COCO also
+registers mmdet model-zoo detectors beyond the paper (``COCO_ZOO_MODELS``: no paper values, their
+own section of ``results/coco.md``).
 
 >>> get("imagenet", "deit_small", "repq+qwt", 4, 4).target
 'imagenet-deit_small-w4a4'
@@ -20,8 +22,14 @@ IMAGENET_MODELS = ("deit_tiny", "deit_small", "deit_base", "deit_tiny_distilled"
                    "resnet18", "resnet50", "resnet101")  # the paper's row order
 COCO_MODELS = ("mask_rcnn_swin_t", "mask_rcnn_swin_s", "cascade_mask_rcnn_swin_t",
                "cascade_mask_rcnn_swin_s", "cascade_mask_rcnn_swin_b")
+#: beyond the paper: mmdet's own configs + openmmlab checkpoints (detection.registry.ZOO_DETECTORS),
+#: name -> the base quantization method of its backbone
+COCO_ZOO_MODELS = {"mask_rcnn_r50_fpn_1x": "percentile", "retinanet_r50_fpn_1x": "percentile",
+                   "mmdet_mask_rcnn_swin_t_3x": "repq"}
 BITS = (4, 6)  # the paper's W4/A4 and W6/A6 columns
 SUITE_METRICS = {"imagenet": ("top1",), "coco": ("bbox_mAP", "segm_mAP")}  # the tables' metrics
+#: what every record must hold (a box-only detector such as RetinaNet has no segm_mAP)
+REQUIRED_METRICS = {"imagenet": ("top1",), "coco": ("bbox_mAP",)}
 
 #: names as the paper's tables print them
 DISPLAY = {
@@ -34,6 +42,9 @@ DISPLAY = {
     "cascade_mask_rcnn_swin_t": "Cascade Mask RCNN + Swin_T",
     "cascade_mask_rcnn_swin_s": "Cascade Mask RCNN + Swin_S",
     "cascade_mask_rcnn_swin_b": "Cascade Mask RCNN + Swin_B",
+    "mask_rcnn_r50_fpn_1x": "Mask RCNN + R50-FPN 1x (mmdet)",
+    "retinanet_r50_fpn_1x": "RetinaNet + R50-FPN 1x (mmdet)",
+    "mmdet_mask_rcnn_swin_t_3x": "Mask RCNN + Swin_T 3x (mmdet)",
 }
 METHOD_LABELS = {
     "fp": "FP", "repq": "RepQ-ViT", "repq+qwt": "RepQ-ViT + QwT", "percentile": "Percentile",
@@ -84,6 +95,7 @@ class Experiment:
     refs: dict[str, dict[str, float]] = field(default_factory=dict)  # source -> metric -> value
     seeds: tuple[str, ...] = ()  # seed files the published values come from
     note: str = ""
+    beyond_paper: bool = False  # a row outside the paper's table (own section, no paper value)
 
     @property
     def bits(self) -> str:
@@ -99,7 +111,7 @@ def _values(vals: list[pv.PaperValue]) -> dict[str, float]:
 
 
 def _experiment(suite: str, model: str, method: str, bits: int | None, *, target: bool = True,
-                note: str = "") -> Experiment:
+                note: str = "", beyond_paper: bool = False) -> Experiment:
     qwt_seed = pv.QWT_IMAGENET if suite == "imagenet" else pv.QWT_COCO
     main = pv.lookup(suite, model, method, bits, bits, seed=qwt_seed)
     fp = pv.lookup(suite, model, "fp", None, None, seed=qwt_seed)
@@ -110,7 +122,7 @@ def _experiment(suite: str, model: str, method: str, bits: int | None, *, target
     seeds = tuple(sorted({v.seed for v in main + fp + others}))
     return Experiment(suite, model, method, bits, bits,
                       make_target(suite, model, method, bits, bits) if target else None,
-                      _values(main), _values(fp), refs, seeds, note)
+                      _values(main), _values(fp), refs, seeds, note, beyond_paper)
 
 
 def _build() -> tuple[Experiment, ...]:
@@ -135,25 +147,41 @@ def _build() -> tuple[Experiment, ...]:
     return tuple(rows)
 
 
-#: every registered experiment, in table order
+def _build_beyond() -> tuple[Experiment, ...]:
+    rows: list[Experiment] = []
+    for model, base in COCO_ZOO_MODELS.items():
+        note = "beyond the paper: mmdet config + openmmlab checkpoint (no paper value)"
+        rows.append(_experiment("coco", model, "fp", None, note=note, beyond_paper=True))
+        for method in (base, base + "+qwt"):
+            for b in BITS:
+                rows.append(_experiment("coco", model, method, b, note=note, beyond_paper=True))
+    return tuple(rows)
+
+
+#: every registered experiment of the paper's tables, in table order
 EXPERIMENTS: tuple[Experiment, ...] = _build()
+#: registered rows beyond the paper (COCO: mmdet model-zoo detectors), in table order
+BEYOND_PAPER: tuple[Experiment, ...] = _build_beyond()
 SUITES = ("imagenet", "coco")
 
 
-def experiments(suite: str | None = None) -> list[Experiment]:
-    """Registered experiments (optionally of one suite), in table order."""
+def experiments(suite: str | None = None, beyond_paper: bool | None = False) -> list[Experiment]:
+    """Registered experiments (optionally of one suite), in table order: the paper's rows
+    (``beyond_paper=False``, default), the rows beyond the paper (True), or both (None)."""
     if suite is not None and suite not in SUITES:
         raise KeyError(f"no registered suite {suite!r}; registered: {', '.join(SUITES)}")
-    return [e for e in EXPERIMENTS if suite is None or e.suite == suite]
+    rows = (EXPERIMENTS if beyond_paper is False else BEYOND_PAPER if beyond_paper else EXPERIMENTS + BEYOND_PAPER)
+    return [e for e in rows if suite is None or e.suite == suite]
 
 
 def get(suite: str, model: str, method: str, w_bits: int | None, a_bits: int | None) -> Experiment:
-    """The registered experiment for one cell; KeyError lists what exists."""
-    for e in experiments(suite):
+    """The registered experiment for one cell (paper row or beyond); KeyError lists what exists."""
+    exps = experiments(suite, beyond_paper=None)
+    for e in exps:
         if e.key == (suite, model, method, w_bits, a_bits):
             return e
-    models = sorted({e.model for e in experiments(suite)})
-    methods = sorted({e.method for e in experiments(suite) if e.model == model})
+    models = sorted({e.model for e in exps})
+    methods = sorted({e.method for e in exps if e.model == model})
     raise KeyError(f"no {suite} experiment ({model}, {method}, {bits_label(w_bits, a_bits)}); "
                    f"models: {', '.join(models)}; methods for {model}: {', '.join(methods) or '-'}")
 

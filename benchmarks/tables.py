@@ -97,16 +97,18 @@ def _refs(suite: str, exp: registry.Experiment | None) -> str:
 
 
 def paper_table(suite: str, frame: pd.DataFrame, notes: Footnotes,
-                others: dict[tuple, int] | None = None) -> pd.DataFrame:
+                others: dict[tuple, int] | None = None, beyond_paper: bool = False) -> pd.DataFrame:
     """The paper-layout table of ``suite`` as a DataFrame of strings (``frame``: records that fill
-    paper cells; ``others``: cell key -> number of partial / custom runs)."""
+    paper cells; ``others``: cell key -> number of partial / custom runs). ``beyond_paper``: the
+    registered rows outside the paper's table instead (same layout, no paper values)."""
     picks = cells(frame)
     others = others or {}
-    with_refs = any(e.refs for e in registry.experiments(suite) if e.method != "fp")
+    exps_all = registry.experiments(suite, beyond_paper=beyond_paper)
+    with_refs = any(e.refs for e in exps_all if e.method != "fp")
     rows: list[dict[str, str]] = []
-    models = list(dict.fromkeys(e.model for e in registry.experiments(suite)))
+    models = list(dict.fromkeys(e.model for e in exps_all))
     for model in models:
-        exps = [e for e in registry.experiments(suite) if e.model == model]
+        exps = [e for e in exps_all if e.model == model]
         fp = next(e for e in exps if e.method == "fp")
         fp_key = (model, "fp", -1, -1)
         fp_ours, fp_delta = ours_cell(suite, fp, picks.get(fp_key, Pick(())), notes, others.get(fp_key, 0))
@@ -131,7 +133,7 @@ def paper_table(suite: str, frame: pd.DataFrame, notes: Footnotes,
 
 
 def _order(suite: str) -> Callable[[tuple], tuple]:
-    index = {e.key[1:]: i for i, e in enumerate(registry.experiments(suite))}
+    index = {e.key[1:]: i for i, e in enumerate(registry.experiments(suite, beyond_paper=None))}
 
     def key(k: tuple) -> tuple:
         model, method, w, a = k
@@ -218,7 +220,8 @@ def paper_markdown(suite: str, records: list[dict[str, Any]]) -> str:
         others[key] = others.get(key, 0) + 1
     notes = Footnotes()
     table = paper_table(suite, frame, notes, others)
-    exps = [e for e in registry.experiments(suite) if e.target]
+    beyond = paper_table(suite, frame, notes, others, beyond_paper=True)
+    exps = [e for e in registry.experiments(suite, beyond_paper=None) if e.target]
     picks = cells(frame)
     n_run = sum(1 for e in exps if (e.model, e.method, *bits_key(e.w_bits, e.a_bits)) in picks)
     unit = "top-1 %" if suite == "imagenet" else "AP box / AP mask %"
@@ -238,6 +241,15 @@ def paper_markdown(suite: str, records: list[dict[str, Any]]) -> str:
     else:
         parts += ["\"other tables\": the same setting in RepQ-ViT's own table (seeds/003) and APHQ-ViT's "
                   "table (seeds/004, its own method, reference only).", ""]
+    if not beyond.empty:
+        beyond = beyond[[c for c in beyond.columns if not c.endswith(("paper", "Δ"))]]
+        parts += ["## Beyond the paper: mmdet model-zoo detectors", "",
+                  "mmdet 3.x's own configs with their openmmlab checkpoints (see docs/detection.md, "
+                  "\"Supported detectors\"); the paper has no such rows, so there is no paper value. ResNet "
+                  "backbones: percentile quantization + grouped-conv QwT per residual block (the ImageNet "
+                  "ResNet method), the rest of the detector as for the Swin detectors; box-only detectors "
+                  "(RetinaNet) show \"—\" for AP mask.", "",
+                  markdown_table(beyond, ["l"] * beyond.shape[1]), ""]
     if not frame.empty:
         details = details_table(suite, frame, notes)
         parts += ["## Every run", "", "All metrics of the record each cell shows, including runs outside the "
@@ -262,7 +274,7 @@ def render_markdown(records_dir: str | os.PathLike[str]) -> dict[str, str]:
     """{file name: markdown} for every table, from the records under ``records_dir``."""
     out = {}
     for suite in PAPER_SUITES:
-        records = load_suite(records_dir, suite, registry.SUITE_METRICS[suite])
+        records = load_suite(records_dir, suite, registry.REQUIRED_METRICS[suite])
         out[TABLE_FILES[suite]] = paper_markdown(suite, records)
     out[TABLE_FILES["demo"]] = demo_markdown(load_suite(records_dir, "demo"))
     return out

@@ -1,4 +1,9 @@
-"""``python -m detection`` / ``qwt-detect``: RepQ-ViT and QwT on the COCO Swin detectors.
+"""``python -m detection`` / ``qwt-detect``: RepQ-ViT / percentile quantization and QwT on COCO detectors.
+
+Detectors: the five Swin detectors of the QwT COCO table (``--detector``), mmdet model-zoo
+detectors registered beyond the paper, or any mmdet 3.x config (``--config FILE``,
+``mmdet::<dir>/<file>.py``) whose backbone is a SwinTransformer (RepQ-ViT) or a ResNet /
+ResNetV1d / ResNeXt (percentile); any other backbone is refused in one line.
 
 Example (one row of the QwT COCO table, paper setting)::
 
@@ -22,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .pipeline import DEFAULT_CKPT_DIR, METHODS
+from .pipeline import DEFAULT_CKPT_DIR
 
 PROG = "qwt-detect"
 EXIT_BAD_INPUT = 2
@@ -43,20 +48,25 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     from qwt_core.preflight import default_workers
 
-    from .registry import DETECTORS
+    from .registry import ALL_DETECTORS
 
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                 formatter_class=_Formatter)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--detector", choices=list(DETECTORS), help="a detector of the QwT COCO table")
-    g.add_argument("--config", help="a custom mmdet 3.x config file (Swin backbone)")
+    g.add_argument("--detector", choices=list(ALL_DETECTORS),
+                   help="a detector of the QwT COCO table or a registered mmdet model-zoo detector")
+    g.add_argument("--config", help="an mmdet 3.x config: a file, or mmdet::<dir>/<file>.py from the installed "
+                                    "mmdet (Swin, ResNet, ResNetV1d or ResNeXt backbone)")
     p.add_argument("--data-root", help="COCO 2017 root: annotations/, val2017/, train2017/")
-    p.add_argument("--checkpoint", help="detector checkpoint (release mmdet 2.x Swin layout or mmdet 3.x)")
+    p.add_argument("--checkpoint", help="detector checkpoint file or URL (downloaded into --ckpt-dir): release "
+                                        "mmdet 2.x Swin layout or mmdet 3.x (openmmlab model zoo)")
     p.add_argument("--ckpt-dir", default=DEFAULT_CKPT_DIR,
                    help="where release checkpoints are looked up (make: CKPT_DIR)")
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=int, default=4)
-    p.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
+    p.add_argument("--methods", default=None,
+                   help="comma list; Swin backbones: fp,repq,repq+qwt (default); ResNet backbones: "
+                        "fp,percentile,percentile+qwt (default), percentile_strict, percentile_strict+qwt")
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu)")
     p.add_argument("--qwt-size", type=int, default=512, help="train2017 images for QwT")
@@ -73,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
                    help="held-out val images (test items 1..N) for the backbone feature error metric; 0: off")
     p.add_argument("--start-block", type=int, default=0,
                    help="QwT: blocks before this keep no compensation (0 .. number of Swin blocks - 1)")
+    p.add_argument("--kernel-size", type=int, default=1,
+                   help="QwT, ResNet backbones: grouped-conv compensation kernel (odd)")
+    p.add_argument("--factor", type=int, default=64,
+                   help="QwT, ResNet backbones: groups = input channels // factor")
     p.add_argument("--window-pad", choices=("zero", "exact"), default="zero",
                    help="padding of the normalized tokens after the reparameterized norm1: 'zero' "
                         "(the reference code) or 'exact' (named improvement: -b, same FP function)")
@@ -132,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = DetectionRun(
         detector=args.detector, config=args.config, data_root=args.data_root,
         checkpoint=args.checkpoint, ckpt_dir=args.ckpt_dir, w_bits=args.w_bits, a_bits=args.a_bits,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), device=args.device,
+        methods=None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        device=args.device, kernel_size=args.kernel_size, factor=args.factor,
         qwt_size=args.qwt_size, qwt_img_size=args.qwt_img_size, qwt_batch_size=args.qwt_batch_size,
         qwt_store=args.qwt_store, qwt_solver=args.qwt_solver, val_limit=args.val_limit, seed=args.seed,
         start_block=args.start_block, window_pad=args.window_pad, feature_probe=args.feature_probe,

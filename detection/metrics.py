@@ -6,6 +6,8 @@ actually evaluated (on a full val2017 run: all of them, so the numbers are CocoM
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from mmdet.evaluation.metrics import CocoMetric
 from mmdet.registry import METRICS
 
@@ -19,11 +21,13 @@ class SubsetCocoMetric(CocoMetric):
         return super().compute_metrics(results)
 
 
-def to_percent(metrics: dict[str, float], prefix: str = "coco/") -> tuple[dict[str, float], list[str]]:
-    """CocoMetric's fractions (3 decimals) -> percent (1 decimal) for bbox and segm; keys that
+def to_percent(metrics: dict[str, float], prefix: str = "coco/",
+               iou_types: Sequence[str] = ("bbox", "segm")) -> tuple[dict[str, float], list[str]]:
+    """CocoMetric's fractions (3 decimals) -> percent (1 decimal) for ``iou_types`` (bbox, and
+    segm for detectors with masks; a box-only detector's record has no segm keys); keys that
     CocoMetric could not compute (no detections at all) are reported as 0.0 and listed."""
     out, absent = {}, []
-    for iou_type in ("bbox", "segm"):
+    for iou_type in iou_types:
         for item in BOX_MASK_KEYS:
             key = f"{iou_type}_{item}"
             val = metrics.get(prefix + key)

@@ -1,10 +1,18 @@
 """One COCO experiment: build the detector, load (and convert) its checkpoint, then evaluate the
-requested methods in order with mmengine's Runner test loop and CocoMetric (bbox + segm):
+requested methods in order with mmengine's Runner test loop and CocoMetric (bbox, + segm for
+detectors with masks). The methods depend on the backbone (:mod:`detection.backbones`; any other
+backbone is refused in one line before any work):
 
-    fp        full precision
-    repq      RepQ-ViT on the whole detector, calibrated on the first test-loader image
-    repq+qwt  the RepQ-ViT model plus QwT compensation on every Swin block, fitted on
-              ``qwt_size`` train2017 images at ``qwt_img_size`` (compensation kept in fp32)
+    fp                    full precision
+    Swin backbone (detection.quantize):
+    repq                  RepQ-ViT on the whole detector, calibrated on the first test-loader image
+    repq+qwt              the RepQ-ViT model plus QwT compensation on every Swin block, fitted on
+                          ``qwt_size`` train2017 images at ``qwt_img_size`` (compensation kept in fp32)
+    ResNet / ResNetV1d / ResNeXt backbone (detection.cnn):
+    percentile            percentile quantization (backbone conv inputs 8-bit, as the released
+                          ResNet code), calibrated on the first test-loader image
+    percentile_strict     the same with the backbone conv inputs at a_bits
+    <base>+qwt            plus grouped-conv QwT per residual block (``kernel_size``, ``factor``)
 
 Each evaluated method gives one record (:mod:`qwt_core.records`, suite "coco", metrics in
 percent) written to ``results_dir`` on rank 0 as soon as the method is evaluated, so a run that
@@ -37,7 +45,9 @@ from qwt_core import preflight
 from qwt_core.records import RECORDS_DIR, dataset_entry, make_record, write_record
 from qwt_core.state_io import StateFileError, StateInfo, module_device, read_state_info
 
-METHODS = ("fp", "repq", "repq+qwt")
+from .backbones import ALL_METHODS, DEFAULT_METHODS, QWT, BackboneError, base_method, check_methods
+
+METHODS = ALL_METHODS  # every method of some backbone; a run takes those of its detector's backbone
 DEFAULT_CKPT_DIR = "checkpoints"
 
 
@@ -56,7 +66,7 @@ class DetectionRun:
     ckpt_dir: str = DEFAULT_CKPT_DIR
     w_bits: int = 4
     a_bits: int = 4
-    methods: Sequence[str] = METHODS
+    methods: Sequence[str] | None = None  # None: the backbone's default (fp + its method + QwT)
     device: str | None = None  # None: cuda when torch sees a GPU, else cpu
     qwt_size: int = 512  # train2017 images for the QwT regression (SPEC: 512)
     qwt_img_size: int = 224  # square resize, keep_ratio False, no flip (SPEC)
@@ -78,6 +88,8 @@ class DetectionRun:
     command: str | None = None  # recorded; default: sys.argv
     on_block: Callable[[Any], None] | None = None  # per-block QwT report callback
     feature_probe: int = 4  # held-out val images for the backbone feature error (0: off)
+    kernel_size: int = 1  # QwT ResNet backbones: grouped-conv kernel (reference 1)
+    factor: int = 64  # QwT ResNet backbones: groups = C_in // factor (reference 64)
 
 
 def _validate(run: DetectionRun) -> None:
@@ -87,12 +99,13 @@ def _validate(run: DetectionRun) -> None:
             check_bits(bits)
         except ValueError:
             raise ExperimentError(f"{what} must be an integer in 2..8, got {bits!r}") from None
-    if not run.methods:
+    if run.methods is not None and not run.methods:
         raise ExperimentError(f"--methods names no method; choose from {','.join(METHODS)}")
-    bad = [m for m in run.methods if m not in METHODS]
+    run.methods = tuple(run.methods) if run.methods is not None else None
+    bad = [m for m in run.methods or () if m not in METHODS]
     if bad:
         raise ExperimentError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
-    if len(set(run.methods)) != len(run.methods):
+    if run.methods is not None and len(set(run.methods)) != len(run.methods):
         raise ExperimentError(f"duplicate methods in {','.join(run.methods)}")
     if (run.detector is None) == (run.config is None):
         raise ExperimentError("give exactly one of --detector NAME or --config PATH")
@@ -105,7 +118,8 @@ def _validate(run: DetectionRun) -> None:
     if run.start_block < 0:
         raise ExperimentError(f"--start-block must be >= 0, got {run.start_block}")
     try:
-        QwTConfig(solver=run.qwt_solver, store=run.qwt_store)  # type: ignore[arg-type]
+        QwTConfig(solver=run.qwt_solver, store=run.qwt_store, kernel_size=run.kernel_size,  # type: ignore[arg-type]
+                  factor=run.factor)
     except ValueError as e:
         raise ExperimentError(f"QwT options: {e}") from None
     if run.feature_probe < 0:
@@ -121,20 +135,24 @@ def _validate(run: DetectionRun) -> None:
 
 def resolve(run: DetectionRun) -> tuple[str, Path, str | None]:
     """(model name, config path, release URL or None)."""
-    from .registry import DETECTORS
+    from .mmdet_configs import ConfigNotFound, resolve_config
+    from .registry import ALL_DETECTORS, get_detector
 
-    if run.detector is not None:
-        if run.detector not in DETECTORS:
-            raise ExperimentError(f"unknown detector {run.detector!r}; choose from {', '.join(DETECTORS)}")
-        d = DETECTORS[run.detector]
-        return d.name, d.config_path, d.url
-    path = Path(run.config)  # type: ignore[arg-type]
-    if not path.is_file():
-        raise ExperimentError(f"config file {path} not found")
+    try:
+        if run.detector is not None:
+            if run.detector not in ALL_DETECTORS:
+                raise ExperimentError(f"unknown detector {run.detector!r}; choose from {', '.join(ALL_DETECTORS)}")
+            d = get_detector(run.detector)
+            return d.name, d.config_path, d.url
+        path = resolve_config(run.config)  # type: ignore[arg-type]
+    except ConfigNotFound as e:
+        raise ExperimentError(str(e)) from None
     return path.stem, path, None
 
 
 def _checkpoint_path(run: DetectionRun, url: str | None) -> Path:
+    if run.checkpoint and run.checkpoint.startswith(URL_SCHEMES):
+        return _download(run.checkpoint, Path(run.ckpt_dir))
     if run.checkpoint:
         path = Path(run.checkpoint)
     elif url is not None:
@@ -145,6 +163,23 @@ def _checkpoint_path(run: DetectionRun, url: str | None) -> Path:
         hint = (f": download the release checkpoint {url} into {path.parent} (CKPT_DIR=...) "
                 "or pass --checkpoint") if url else ""
         raise ExperimentError(f"checkpoint {path} not found{hint}")
+    return path
+
+
+URL_SCHEMES = ("http://", "https://", "file://")
+
+
+def _download(url: str, ckpt_dir: Path) -> Path:
+    """``--checkpoint URL``: the file ``<ckpt_dir>/<name>``, downloaded once (torch.hub's downloader)."""
+    path = ckpt_dir / url.rsplit("/", 1)[-1]
+    if path.is_file():
+        return path
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    except (OSError, ValueError) as e:  # urllib's URLError is an OSError
+        raise ExperimentError(f"cannot download checkpoint {url} into {ckpt_dir} ({type(e).__name__}: {e}); "
+                              "download it yourself and pass --checkpoint FILE") from None
     return path
 
 
@@ -166,11 +201,14 @@ def load_config(run: DetectionRun, config_path: Path, work_dir: str):  # noqa: A
     loader.persistent_workers = run.workers > 0
     if run.val_limit is not None:
         loader.dataset.indices = run.val_limit  # the first N images; the metric scores exactly these
+    from .backbones import iou_types
+
     evs = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
+    types = iou_types(cfg)  # bbox (+ segm when the config scores masks)
     for ev in evs:
         if ev.get("type") in ("CocoMetric", "mmdet.CocoMetric"):
             ev["type"] = "SubsetCocoMetric"
-            ev["metric"] = ["bbox", "segm"]
+            ev["metric"] = types
     cfg.default_hooks.logger.interval = run.log_interval
     cfg.default_hooks.pop("visualization", None)
     return cfg
@@ -276,13 +314,20 @@ def _check_state(run: DetectionRun, name: str) -> StateInfo:
         raise ExperimentError(f"--load-state {path} is {what}: give a state written by qwt-detect --save-state")
     if meta["detector"] != name:
         raise ExperimentError(f"--load-state {path} was calibrated for the detector {meta['detector']}, not {name}")
-    if meta.get("qwt") and "repq" in run.methods:
+    base = base_method(run.methods)
+    if meta.get("method", "repq") != base:
+        raise ExperimentError(f"--load-state {path} holds a {meta.get('method', 'repq')} calibration, not {base}")
+    if meta.get("qwt") and base in run.methods:
         raise ExperimentError(f"--load-state {path} holds QwT compensation: it can only evaluate "
-                              "repq+qwt (drop repq from --methods)")
+                              f"{base}{QWT} (drop {base} from --methods)")
     bits = (meta.get("w_bits"), meta.get("a_bits"))
     if None not in bits and bits != (run.w_bits, run.a_bits):
         raise ExperimentError(f"--load-state {path} was calibrated at W{bits[0]}A{bits[1]}, "
                               f"not W{run.w_bits}A{run.a_bits}")
+    for key in ("kernel_size", "factor"):
+        if meta.get("qwt") and key in meta and meta[key] != getattr(run, key):
+            raise ExperimentError(f"--load-state {path} was fitted with --{key.replace('_', '-')} {meta[key]}, "
+                                  f"not {getattr(run, key)}")
     if meta.get("window_pad", run.window_pad) != run.window_pad:
         raise ExperimentError(f"--load-state {path} was calibrated with --window-pad {meta['window_pad']}, "
                               f"not {run.window_pad}")
@@ -315,10 +360,42 @@ def _split_info(cfg) -> tuple[int | None, int | None]:  # noqa: ANN001
         return None, None
 
 
-def _n_blocks(model: nn.Module) -> int:
-    from .adapters import SwinBackboneAdapter
+def blockwise(model: nn.Module, kind: str):  # noqa: ANN201
+    """The QwT adapter of the detector's backbone: Swin blocks or residual blocks."""
+    if kind == "swin":
+        from .adapters import SwinBackboneAdapter
 
-    return len(SwinBackboneAdapter(model).steps())
+        return SwinBackboneAdapter(model)
+    from .cnn import ResNetBackboneAdapter
+
+    return ResNetBackboneAdapter(model)
+
+
+def _n_blocks(model: nn.Module, kind: str) -> int:
+    return len(blockwise(model, kind).steps())
+
+
+def backbone_of(run: DetectionRun, cfg, name: str) -> str:  # noqa: ANN001
+    """The backbone kind of the config, its methods (default or checked) set on ``run``, and the
+    options that only one kind takes; BackboneError / ExperimentError before any work."""
+    from .backbones import backbone_kind, check_evaluator
+    from .cnn import TOTAL_STRIDE
+
+    what = f"detector {name}"
+    kind = backbone_kind(cfg.model, what)
+    check_evaluator(cfg, what)
+    if run.methods is None:
+        run.methods = DEFAULT_METHODS[kind]
+    check_methods(kind, run.methods, what)
+    if kind == "swin" and (run.kernel_size, run.factor) != (1, 64):
+        raise ExperimentError("--kernel-size / --factor set the grouped-conv QwT of ResNet backbones; "
+                              f"{name} has a Swin backbone (token-wise QwT)")
+    if kind == "resnet" and run.window_pad != "zero":
+        raise ExperimentError(f"--window-pad applies to Swin backbones; {name} has a ResNet backbone")
+    if kind == "resnet" and any(m.endswith(QWT) for m in run.methods) and run.qwt_img_size % TOTAL_STRIDE:
+        raise ExperimentError(f"--qwt-img-size must be a multiple of {TOTAL_STRIDE} for a ResNet backbone "
+                              f"(the grouped-conv QwT strides), got {run.qwt_img_size}")
+    return kind
 
 
 def check_request(run: DetectionRun, cfg, name: str, url: str | None) -> tuple[Path, StateInfo | None]:  # noqa: ANN001
@@ -328,17 +405,42 @@ def check_request(run: DetectionRun, cfg, name: str, url: str | None) -> tuple[P
 
     if run.data_root is None:
         raise ExperimentError("pass --data-root (make ... COCO=/path/to/coco)")
-    fit_qwt_here = "repq+qwt" in run.methods and run.load_state is None
+    methods = tuple(run.methods or ())
+    fit_qwt_here = any(m.endswith(QWT) for m in methods) and run.load_state is None
     check_inputs(cfg, need_train=fit_qwt_here)
     ckpt = _checkpoint_path(run, url)  # read (and matched to the detector) right after the build
     state = _check_state(run, name) if run.load_state is not None else None
-    calibrating = bool({"repq", "repq+qwt"} & set(run.methods)) and run.load_state is None
+    calibrating = base_method(methods) is not None and run.load_state is None
     # test item 0 calibrates RepQ-ViT, items 1..feature_probe are the feature-error probes
     n_test = max(1 if calibrating else 0, 1 + run.feature_probe if run.feature_probe > 0 else 0)
     check_images(test_image_files(cfg, n_test), "val")
     if fit_qwt_here and not (state and state.has_qwt):
         check_images(qwt_image_files(cfg, run.qwt_size, run.seed), "QwT train")
     return ckpt, state
+
+
+def quantize(model: nn.Module, kind: str, method: str, w_bits: int, a_bits: int) -> None:
+    """Fake-quantize the detector in place by its backbone's plan (quantizers start uncalibrated)."""
+    if kind == "swin":
+        from .quantize import quantize_detector
+
+        quantize_detector(model, w_bits, a_bits)
+    else:
+        from . import cnn
+
+        cnn.quantize_detector(model, w_bits, a_bits, method)
+
+
+def calibrate(model: nn.Module, kind: str, batch: dict, exact_padding: bool = False) -> list[str]:
+    """RepQ-ViT (Swin) or the percentile ranges (ResNet) on one test-loader batch."""
+    forward = lambda m, b: m.test_step(b)  # noqa: E731
+    if kind == "swin":
+        from .quantize import calibrate_detector
+
+        return calibrate_detector(model, batch, forward=forward, exact_padding=exact_padding)
+    from .cnn import calibrate_detector as calibrate_cnn
+
+    return calibrate_cnn(model, batch, forward=forward)
 
 
 def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
@@ -352,17 +454,24 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     from qwt_core.distributed import init_from_env
 
     from . import metrics as _metrics  # noqa: F401  (registers SubsetCocoMetric)
-    from .adapters import SwinBackboneAdapter
     from .convert import load_detector_weights
     from .data import first_test_batch, probe_inputs, qwt_batches, train_filter_cfg, unreadable_image
-    from .quantize import calibrate_detector, quantize_detector
 
     register_all_modules(init_default_scope=True)
     work_dir = run.work_dir or os.path.join("work_dirs", name)
     cfg = load_config(run, config_path, work_dir)
+    try:  # an unsupported backbone (or methods of the other kind) is refused before any work
+        kind = backbone_of(run, cfg, name)
+    except BackboneError as e:
+        raise ExperimentError(str(e)) from None
+    assert run.methods is not None
+    from .backbones import iou_types as scored_iou_types
+
+    iou_types = scored_iou_types(cfg)  # the record's metrics: bbox (+ segm)
+    base = base_method(run.methods)  # "repq" | "percentile" | "percentile_strict" | None (fp only)
     ckpt, state = check_request(run, cfg, name, url)
     assert run.device is not None  # resolved by _validate
-    need_qwt = "repq+qwt" in run.methods
+    need_qwt = any(m.endswith(QWT) for m in run.methods)
 
     # the one place that binds the device: cuda:N made current in one process, cuda:LOCAL_RANK under
     # torchrun (backend by device: nccl on CUDA, gloo on CPU; mmengine's init_dist assumes CUDA, and
@@ -379,9 +488,10 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         assert fingerprint is not None
         _check_state_weights(run, state, fingerprint, ckpt)
     if need_qwt and not (state and state.has_qwt):
-        n_blocks = _n_blocks(model)
+        n_blocks = _n_blocks(model, kind)
+        what = "Swin" if kind == "swin" else "residual"
         if run.start_block >= n_blocks:
-            raise ExperimentError(f"--start-block {run.start_block}: the backbone of {name} has {n_blocks} Swin "
+            raise ExperimentError(f"--start-block {run.start_block}: the backbone of {name} has {n_blocks} {what} "
                                   f"blocks (0..{n_blocks - 1}); nothing would be compensated")
     coco_eval = Evaluator(cfg, work_dir, run.launcher)
 
@@ -402,10 +512,14 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         "checkpoint_format": ck_info["format"], "data_root": str(cfg.get("data_root")),
         "val_limit": run.val_limit, "qwt_size": run.qwt_size, "qwt_img_size": run.qwt_img_size,
         "qwt_batch_size": run.qwt_batch_size, "qwt_fp16_eval": False, "start_block": run.start_block,
+        "backbone": kind, "quant_method": base, "iou_types": iou_types,
         "repq_calibration": "first test-loader image (config test pipeline)",
         "qwt_calibration": f"{run.qwt_size} train images, {run.qwt_img_size}x{run.qwt_img_size}, keep_ratio False, no flip, seeded sample of the images the training dataset keeps (filter_cfg {train_filter_cfg(cfg)})",
-        "patch_embed_a_bits": 8, "attn_scale": "q * scale before matmul1 (mmdet/RepQ-ViT)",
-        "window_pad": run.window_pad,  # zero: the reference; exact: padding after the reparameterized norm1 is -b
+        **({"patch_embed_a_bits": 8, "attn_scale": "q * scale before matmul1 (mmdet/RepQ-ViT)",
+            "window_pad": run.window_pad}  # zero: the reference; exact: padding after the reparameterized norm1 is -b
+           if kind == "swin" else
+           {"stem_bits": 8, "backbone_conv_a_bits": 8 if base == "percentile" else run.a_bits,
+            "kernel_size": run.kernel_size, "factor": run.factor}),
         "qwt_solver": run.qwt_solver,
         "methods": list(run.methods), "launcher": run.launcher, "device": run.device,
         "weights_fingerprint": fingerprint,
@@ -418,7 +532,7 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
                extra_cfg: dict) -> None:
         from .metrics import to_percent
 
-        metrics, absent = to_percent(metrics_raw)
+        metrics, absent = to_percent(metrics_raw, iou_types=iou_types)
         fp = method == "fp"
         extra_cfg = {**extra_cfg, "feature_probe_images": len(probes)}
         if probes and not fp:
@@ -434,19 +548,21 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         records.append(rec)
         if rank == 0:
             path = write_record(rec, run.results_dir)
-            print(f"[{name}] {method}: box AP {metrics['bbox_mAP']:.1f} / mask AP {metrics['segm_mAP']:.1f} "
-                  f"({images} images) -> {path}", flush=True)
+            mask = f" / mask AP {metrics['segm_mAP']:.1f}" if "segm_mAP" in metrics else ""
+            print(f"[{name}] {method}: box AP {metrics['bbox_mAP']:.1f}{mask} ({images} images) -> {path}", flush=True)
 
-    state_meta = {"detector": name, "w_bits": run.w_bits, "a_bits": run.a_bits, "checkpoint": str(ckpt),
-                  "weights_fingerprint": fingerprint, "window_pad": run.window_pad}
+    state_meta = {"detector": name, "method": base, "w_bits": run.w_bits, "a_bits": run.a_bits,
+                  "checkpoint": str(ckpt), "weights_fingerprint": fingerprint,
+                  **({"window_pad": run.window_pad} if kind == "swin" else
+                     {"kernel_size": run.kernel_size, "factor": run.factor})}
     if "fp" in run.methods:
         m, n_img, t = evaluate(model, f"{name}_fp")
         record("fp", m, n_img, {"eval_s": t}, [], model_size(model).to_dict(), {})
-    if not ({"repq", "repq+qwt"} & set(run.methods)):
+    if base is None:
         return records
 
-    # --- RepQ-ViT -----------------------------------------------------------------------------
-    quantize_detector(model, run.w_bits, run.a_bits)
+    # --- RepQ-ViT (Swin) / percentile (ResNet) --------------------------------------------------
+    quantize(model, kind, base, run.w_bits, run.a_bits)
     model.to(run.device)
     t0 = time.time()
     blocks: list[dict] = []
@@ -461,31 +577,30 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         print(f"[{name}] loaded calibrated state {run.load_state} (qwt={has_qwt})", flush=True)
     else:
         batch = first_test_batch(cfg)
-        print(f"[{name}] RepQ-ViT W{run.w_bits}A{run.a_bits}: calibrating on "
+        print(f"[{name}] {base} W{run.w_bits}A{run.a_bits}: calibrating on "
               f"{batch['data_samples'][0].img_path}", flush=True)
-        calibrate_detector(model, batch, forward=lambda m, b: m.test_step(b),
-                           exact_padding=run.window_pad == "exact")
+        calibrate(model, kind, batch, exact_padding=run.window_pad == "exact")
     set_quant_state(model, weight=True, act=True)  # quantizers start (and calibrate) disabled
     # quantizers the calibration image did not reach initialise on the first evaluation data (logged)
     base_config["lazy_quantizers"] = [n for n, q in quantizers(model) if q.init_on_first_use]
     t_cal = time.time() - t0
     size = model_size(model).to_dict()
-    if "repq" in run.methods:
-        m, n_img, t = evaluate(model, f"{name}_repq_w{run.w_bits}a{run.a_bits}")
-        record("repq", m, n_img, {"calibration_s": t_cal, "eval_s": t}, [], size, {})
+    if base in run.methods:
+        m, n_img, t = evaluate(model, f"{name}_{base}_w{run.w_bits}a{run.a_bits}")
+        record(base, m, n_img, {"calibration_s": t_cal, "eval_s": t}, [], size, {})
     if not need_qwt:
         if run.save_state and rank == 0:
             save_state(model, run.save_state, {**state_meta, "qwt": False, "blocks": []})
         return records
 
-    # --- QwT on the Swin backbone blocks ---------------------------------------------------------
+    # --- QwT on the backbone blocks (Swin blocks / residual blocks) -------------------------------
     t0 = time.time()
     if not has_qwt:
         from tqdm import tqdm
 
-        adapter = SwinBackboneAdapter(model)
+        adapter = blockwise(model, kind)
         qcfg = QwTConfig(start_block=run.start_block, fp16_eval=False, store=run.qwt_store,  # type: ignore[arg-type]
-                         solver=run.qwt_solver)  # type: ignore[arg-type]
+                         solver=run.qwt_solver, kernel_size=run.kernel_size, factor=run.factor)  # type: ignore[arg-type]
         n_batches = math.ceil(len(range(rank, run.qwt_size, world)) / run.qwt_batch_size)
         batches = tqdm(qwt_batches(cfg, model, run.qwt_size, run.qwt_img_size, run.seed,
                                    run.qwt_batch_size, rank, world),
@@ -507,8 +622,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
     t_qwt = time.time() - t0
     if run.save_state and rank == 0:
         save_state(model, run.save_state, {**state_meta, "qwt": True, "blocks": blocks})
-    m, n_img, t = evaluate(model, f"{name}_repq_qwt_w{run.w_bits}a{run.a_bits}")
-    record("repq+qwt", m, n_img, {"calibration_s": t_cal, "qwt_s": t_qwt, "eval_s": t}, blocks,
+    m, n_img, t = evaluate(model, f"{name}_{base}_qwt_w{run.w_bits}a{run.a_bits}")
+    record(base + QWT, m, n_img, {"calibration_s": t_cal, "qwt_s": t_qwt, "eval_s": t}, blocks,
            model_size(model).to_dict(), {"qwt_state_loaded": has_qwt})
     return records
 

@@ -1,7 +1,13 @@
-"""The five detectors of the QwT COCO table: config file, release checkpoint, paper numbers.
+"""The detectors this suite registers: config file, checkpoint, paper numbers.
 
-The checkpoints are the Swin-Transformer-Object-Detection releases (mmdet 2.x, official Swin key
-names) that the QwT paper quantizes; :mod:`detection.convert` converts them on load.
+``DETECTORS``: the five detectors of the QwT COCO table. Their checkpoints are the
+Swin-Transformer-Object-Detection releases (mmdet 2.x, official Swin key names) that the QwT paper
+quantizes; :mod:`detection.convert` converts them on load.
+
+``ZOO_DETECTORS``: beyond the paper (no paper values), mmdet 3.x's own configs (shipped in the
+installed mmdet package, ``mmdet::<dir>/<file>``) with their openmmlab model-zoo checkpoints,
+loaded as is: two ResNet-50 detectors (percentile + QwT on the backbone) and mmdet's Swin-T Mask
+R-CNN 3x (RepQ-ViT + QwT).
 """
 from __future__ import annotations
 
@@ -61,9 +67,51 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
 ]}
 
 
-def get_detector(name: str) -> Detector:
+ZOO = "https://download.openmmlab.com/mmdetection/v2.0"
+
+
+@dataclass(frozen=True)
+class ZooDetector:
+    """An mmdet model-zoo detector: mmdet's own config and openmmlab checkpoint (no paper values)."""
+
+    name: str  # registry / Make target name
+    config: str  # "mmdet::<dir>/<file>.py" (resolved in the installed mmdet package)
+    url: str  # openmmlab checkpoint (mmdet 3.x layout: state_dict + meta), looked up in --ckpt-dir
+    backbone: str  # "resnet" | "swin" (detection.backbones kinds)
+    title: str  # as the tables print it
+
+    @property
+    def checkpoint(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def config_path(self) -> Path:
+        from .mmdet_configs import resolve_config
+
+        return resolve_config(self.config)
+
+
+ZOO_DETECTORS: dict[str, ZooDetector] = {d.name: d for d in [
+    ZooDetector("mask_rcnn_r50_fpn_1x", "mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py",
+                f"{ZOO}/mask_rcnn/mask_rcnn_r50_fpn_1x_coco/mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth",
+                "resnet", "Mask RCNN + R50-FPN 1x (mmdet)"),
+    ZooDetector("retinanet_r50_fpn_1x", "mmdet::retinanet/retinanet_r50_fpn_1x_coco.py",
+                f"{ZOO}/retinanet/retinanet_r50_fpn_1x_coco/retinanet_r50_fpn_1x_coco_20200130-c2398f9e.pth",
+                "resnet", "RetinaNet + R50-FPN 1x (mmdet)"),
+    ZooDetector("mmdet_mask_rcnn_swin_t_3x", "mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py",
+                f"{ZOO}/swin/mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco/"
+                "mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth",
+                "swin", "Mask RCNN + Swin_T 3x (mmdet)"),
+]}
+
+#: every name ``--detector`` accepts
+ALL_DETECTORS: tuple[str, ...] = tuple(DETECTORS) + tuple(ZOO_DETECTORS)
+
+
+def get_detector(name: str) -> Detector | ZooDetector:
     """Look a detector up by name; the error lists the registered names."""
-    try:
+    if name in DETECTORS:
         return DETECTORS[name]
-    except KeyError:
-        raise KeyError(f"unknown detector {name!r}; registered: {', '.join(DETECTORS)}") from None
+    if name in ZOO_DETECTORS:
+        return ZOO_DETECTORS[name]
+    raise KeyError(f"unknown detector {name!r}; registered: {', '.join(ALL_DETECTORS)}")

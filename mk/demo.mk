@@ -5,8 +5,9 @@
 #   make demo-train       retrain the committed checkpoints (benchmarks/demo/checkpoints/*.pth + cards)
 #   make demo-train-check retrain into a temporary folder and compare with the cards (±1 point)
 #   make demo-data        only generate the data (data/demo/, git-ignored)
-#   make demo-isa-check   the demo again with the vector ISA capped (ISA_DEFAULT, Makefile) into
-#                         results/records_isa/, then results/demo_isa.md: which verdicts held
+#   make demo-isa-check   the demo again with the vector ISA capped (ISA_DEFAULT, Makefile) and one
+#                         thread, a stand-in for another machine, into results/records_isa/, then
+#                         results/demo_isa.md: which verdicts held in both runs
 DEMO_ARGS ?=
 DEMO_TRAIN_ARGS ?=
 ISA_RECORDS ?= results/records_isa
@@ -16,7 +17,7 @@ demo: $(STAMP)
 	$(PY) -m benchmarks.demo.run $(DEMO_ARGS)
 
 demo-isa-check: $(STAMP)
-	env $(ISA_DEFAULT) $(PY) -m benchmarks.demo.run --records $(ISA_RECORDS) --no-table $(DEMO_ARGS)
+	env $(ISA_DEFAULT) $(PY) -m benchmarks.demo.run --records $(ISA_RECORDS) --no-table --threads 1 $(DEMO_ARGS)
 	$(PY) -m benchmarks.demo.isa_check results/records $(ISA_RECORDS) --out results/demo_isa.md
 
 demo-data: $(STAMP)

@@ -3,12 +3,23 @@
 #   make coco-all COCO=/data/coco                    # every row: W4A4 and W6A6 (+ FP once)
 # Release checkpoints (Swin-Transformer-Object-Detection, see docs/detection.md) go in CKPT_DIR
 # (default checkpoints/, set in the Makefile with DEVICE: cuda when torch sees a GPU, else cpu).
-# COCO_METHODS picks the methods (default fp,repq,repq+qwt); COCO_ARGS passes extra CLI options
+# COCO_METHODS picks the methods (default: the backbone's, fp,repq,repq+qwt for Swin and
+# fp,percentile,percentile+qwt for ResNet); COCO_ARGS passes extra CLI options
 # (e.g. COCO_ARGS="--val-limit 500").
+# Beyond the paper (no paper values): mmdet's own configs with their openmmlab checkpoints
+# (file names in detection/registry.py, ZOO_DETECTORS; they go in CKPT_DIR too):
+#   make coco-mask_rcnn_r50_fpn_1x-w4a4 COCO=/data/coco     # also retinanet_r50_fpn_1x, mmdet_mask_rcnn_swin_t_3x
+#   make coco-zoo-all COCO=/data/coco
 COCO         ?= data/coco
-COCO_METHODS ?= fp,repq,repq+qwt
+COCO_METHODS ?=
 COCO_ARGS    ?=
-COCO_DETECTORS := mask_rcnn_swin_t mask_rcnn_swin_s cascade_mask_rcnn_swin_t cascade_mask_rcnn_swin_s cascade_mask_rcnn_swin_b
+COCO_PAPER_DETECTORS := mask_rcnn_swin_t mask_rcnn_swin_s cascade_mask_rcnn_swin_t cascade_mask_rcnn_swin_s cascade_mask_rcnn_swin_b
+COCO_ZOO_DETECTORS := mask_rcnn_r50_fpn_1x retinanet_r50_fpn_1x mmdet_mask_rcnn_swin_t_3x
+COCO_DETECTORS := $(COCO_PAPER_DETECTORS) $(COCO_ZOO_DETECTORS)
+# the quantized methods of each zoo detector's backbone
+COCO_QUANT_mask_rcnn_r50_fpn_1x := percentile,percentile+qwt
+COCO_QUANT_retinanet_r50_fpn_1x := percentile,percentile+qwt
+COCO_QUANT_mmdet_mask_rcnn_swin_t_3x := repq,repq+qwt
 
 # one process, or torchrun with GPUS processes (mmengine's 'pytorch' launcher)
 ifeq ($(strip $(GPUS)),1)
@@ -25,13 +36,19 @@ coco-%: $(STAMP)
 	$(if $(filter w%,$(_bits)),,$(error expected coco-<detector>-w<b>a<b>, got coco-$*))
 	$(DET_RUN) --detector $(_det) --data-root $(COCO) --ckpt-dir $(CKPT_DIR) \
 	  --w-bits $(patsubst w%,%,$(firstword $(subst a, ,$(_bits)))) --a-bits $(lastword $(subst a, ,$(_bits))) \
-	  --methods $(COCO_METHODS) --device $(DEVICE) $(COCO_ARGS)
+	  $(if $(strip $(COCO_METHODS)),--methods $(COCO_METHODS)) --device $(DEVICE) $(COCO_ARGS)
 	$(if $(wildcard mk/tables.mk),$(MAKE) --no-print-directory tables)
 
 .PHONY: coco-all
 coco-all: $(STAMP)
-	@set -e; for d in $(COCO_DETECTORS); do \
+	@set -e; for d in $(COCO_PAPER_DETECTORS); do \
 	  $(MAKE) --no-print-directory coco-$$d-w4a4 COCO_METHODS=fp,repq,repq+qwt; \
 	  $(MAKE) --no-print-directory coco-$$d-w6a6 COCO_METHODS=repq,repq+qwt; \
 	done
+	$(if $(wildcard mk/tables.mk),$(MAKE) --no-print-directory tables)
+
+.PHONY: coco-zoo-all
+coco-zoo-all: $(STAMP)
+	$(foreach d,$(COCO_ZOO_DETECTORS),$(MAKE) --no-print-directory coco-$(d)-w4a4 COCO_METHODS=fp,$(COCO_QUANT_$(d)) && \
+	  $(MAKE) --no-print-directory coco-$(d)-w6a6 COCO_METHODS=$(COCO_QUANT_$(d)) && ) true
 	$(if $(wildcard mk/tables.mk),$(MAKE) --no-print-directory tables)

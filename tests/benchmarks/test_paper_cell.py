@@ -90,3 +90,14 @@ def test_committed_records_still_load() -> None:
     root = Path(__file__).resolve().parents[2] / "results" / "records"
     records = load_records(root)
     assert records and all(r["schema"] == SCHEMA for r in records)
+
+
+def test_coco_resnet_backbone_qwt_kernel_and_factor_are_reference_settings() -> None:
+    """A CNN-backbone detector fitted with another grouped-conv kernel or factor is a custom run."""
+    base = {**COCO_QWT, "qwt_solver": "reference", "kernel_size": 1, "factor": 64}
+    rec = record("coco", "mask_rcnn_r50_fpn_1x", "percentile+qwt", 4, {"bbox_mAP": 1.0, "segm_mAP": 1.0},
+                 images=5000, config=base)
+    assert deviations(rec) == []
+    rec = record("coco", "mask_rcnn_r50_fpn_1x", "percentile+qwt", 4, {"bbox_mAP": 1.0, "segm_mAP": 1.0},
+                 images=5000, config={**base, "kernel_size": 3})
+    assert deviations(rec) == ["kernel_size=3"]

@@ -192,7 +192,8 @@ def test_demo_seed_by_seed_verdict_and_plots_follow_the_table(tmp_path: Path) ->
 def test_empty_records_render_not_run(tmp_path: Path) -> None:
     md = tables.render_markdown(tmp_path / "none")
     assert md["imagenet.md"].count("not run: `make imagenet-") == 13 + 13 * 4 + 3 * 4
-    assert md["coco.md"].count("not run: `make coco-") == 5 * 5
+    # 5 paper detectors x 5 cells + 3 mmdet model-zoo detectors x 5 cells beyond the paper
+    assert md["coco.md"].count("not run: `make coco-") == 5 * 5 + 3 * 5
     assert "Not run: no demo records yet. Run `make demo`." in md["demo.md"]
 
 
@@ -274,3 +275,25 @@ def test_bad_records_name_the_file(tmp_path: Path, obj, message: str) -> None:
 def test_committed_tables_are_current() -> None:
     """results/*.md in the repo match a fresh render of results/records (`make tables-check`)."""
     assert tables.check(REPO / "results" / "records", REPO / "results") == []
+
+
+def test_beyond_paper_section_holds_the_model_zoo_rows(tmp_path: Path) -> None:
+    """mmdet model-zoo detectors: their own section, no paper columns; a box-only detector's
+    record (no segm metrics) is valid and shows "—" for AP mask."""
+    root = tmp_path / "records"
+    write(root, record("coco", "retinanet_r50_fpn_1x", "percentile", 4, {"bbox_mAP": 30.04}, images=5000,
+                       command="make coco-retinanet_r50_fpn_1x-w4a4"))
+    write(root, record("coco", "mask_rcnn_r50_fpn_1x", "fp", None, {"bbox_mAP": 38.21, "segm_mAP": 34.66},
+                       images=5000, command="make coco-mask_rcnn_r50_fpn_1x-w4a4"))
+    coco = tables.render_markdown(root)["coco.md"]
+    paper, beyond = coco.split("## Beyond the paper: mmdet model-zoo detectors")
+    assert "R50" not in paper.split("## Every run")[0] and "(mmdet)" not in paper.split("## Every run")[0]
+    section = beyond.split("\n## ")[0]
+    head = cols(next(line for line in section.splitlines() if line.startswith("| Model")))
+    assert not any("paper" in c or "Δ" in c for c in head)
+    line = cols(row(section, "RetinaNet + R50-FPN 1x (mmdet)"))
+    assert line[head.index("Method")] == "Percentile"
+    assert line[head.index("W4/A4 ours")].startswith("30.0 / —")
+    assert line[head.index("W6/A6 ours")] == "not run: `make coco-retinanet_r50_fpn_1x-w6a6`"
+    assert cols(row(section, "Mask RCNN + R50-FPN 1x (mmdet)"))[head.index("FP ours")].startswith("38.2 / 34.7")
+    assert "not run: `make coco-mmdet_mask_rcnn_swin_t_3x-w4a4`" in section
