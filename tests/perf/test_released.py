@@ -105,11 +105,13 @@ def test_stage_and_timers_add_up() -> None:
 
     def work() -> int:
         t.wrap("spin", lambda: sum(i * i for i in range(300_000)))()
-        x = torch.ones(2**22)  # 16 MiB, touched
+        # 64 MiB, touched: above glibc's largest dynamic mmap threshold (32 MiB), so it is mapped
+        # fresh whatever the test process freed before (a 16 MiB block could reuse resident heap)
+        x = torch.ones(2**24)
         return int(x.sum())
 
     out, res = stage(work, torch.device("cpu"))
-    assert out == 2**22 and res["clock"] == "cpu" and res["cpu"] > 0
+    assert out == 2**24 and res["clock"] == "cpu" and res["cpu"] > 0
     assert 0 < t.seconds["spin"] <= res["cpu"] + 1e-3
     prof = profile(t.seconds, res, "the rest")
     assert sum(prof.values()) == pytest.approx(res["cpu"])
@@ -117,7 +119,7 @@ def test_stage_and_timers_add_up() -> None:
                      {"cpu": 8.0, "clock": "cpu"}, "rest")  # inits run inside the passes: counted once
     assert nested == {"init: log-sqrt(2) quantizers": 3.0, "quantized passes besides the inits": 4.0, "rest": 1.0}
     if res["resettable"]:
-        assert res["peak_bytes"] >= 15 * 2**20  # the 16 MiB tensor is in the stage's peak
+        assert res["peak_bytes"] >= 60 * 2**20  # the 64 MiB tensor is in the stage's peak
 
 
 @pytest.mark.skipif(not os.environ.get("QWT_REF"), reason="set QWT_REF to a QwT-cls-RepQ-ViT folder (minutes)")
