@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
-import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -32,7 +30,7 @@ from typing import Any
 import torch
 
 from .reference import REFERENCE_SOURCE, SCRIPTS, missing_files
-from .table import ModelResult, render, summary
+from .table import ModelResult, render, summary, write_json
 
 ROOT = Path(__file__).resolve().parents[2]  # the project checkout this tool compares
 NEEDS_REF = f"parity: needs REF=<path to QwT-cls-RepQ-ViT> ({REFERENCE_SOURCE})"
@@ -198,19 +196,6 @@ def run_models(a: argparse.Namespace, ref: Path, side: Path, models: list[tuple[
     return results
 
 
-def write_json(path: str, a: argparse.Namespace, results: list[ModelResult], ref: Path | None, side: Path | None,
-               seconds: float) -> None:
-    from benchmarks.records import provenance
-    doc = {"summary": summary(results), "failed": sum(len(r.failed) for r in results),
-           "deciding": sum(len(r.deciding) for r in results), "seconds": seconds,
-           "ref": str(ref) if ref else None, "side_env": str(side) if side else None,
-           "settings": {k: v for k, v in vars(a).items() if k not in ("json", "traceback")},
-           "models": [r.to_dict() for r in results],
-           "provenance": provenance(shlex.join([sys.executable, "-m", "benchmarks.parity", *sys.argv[1:]]))}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=1, default=str) + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     try:
@@ -251,7 +236,7 @@ def _main(a: argparse.Namespace) -> int:
     print()
     print(render(results))
     if a.json:
-        write_json(a.json, a, results, ref, side, seconds)
+        write_json(a.json, a, results, seconds, "benchmarks.parity", ref=ref, side_env=side)
     print(f"total {seconds:.0f} s")
     print(summary(results), flush=True)
     return 1 if any(r.failed for r in results) else 0

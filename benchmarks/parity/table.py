@@ -49,9 +49,29 @@ def render(results: list[ModelResult]) -> str:
     return "\n".join(out)
 
 
-def summary(results: list[ModelResult]) -> str:
-    """``parity: N deciding rows failed of M (model failed/deciding, ...)``."""
+def summary(results: list[ModelResult], tool: str = "parity") -> str:
+    """``<tool>: N deciding rows failed of M (model failed/deciding, ...)`` (``parity``, ``parity-det``)."""
     n_fail = sum(len(r.failed) for r in results)
     n_dec = sum(len(r.deciding) for r in results)
     per = ", ".join(f"{r.model} {len(r.failed)}/{len(r.deciding)}" for r in results)
-    return f"parity: {n_fail} deciding rows failed of {n_dec} ({per})"
+    return f"{tool}: {n_fail} deciding rows failed of {n_dec} ({per})"
+
+
+def write_json(path: str, a: Any, results: list[ModelResult], seconds: float, module: str, tool: str = "parity",
+               **where: Any) -> None:
+    """The run as JSON (``--json``): summary, counts, settings (``a``'s options), every row, provenance
+    with the command line of ``python -m <module>``; ``where``: the folders used (``ref``, ``side_env``)."""
+    import json
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from benchmarks.records import provenance
+    doc = {"summary": summary(results, tool), "failed": sum(len(r.failed) for r in results),
+           "deciding": sum(len(r.deciding) for r in results), "seconds": seconds,
+           **{k: str(v) if v else None for k, v in where.items()},
+           "settings": {k: v for k, v in vars(a).items() if k not in ("json", "traceback")},
+           "models": [r.to_dict() for r in results],
+           "provenance": provenance(shlex.join([sys.executable, "-m", module, *sys.argv[1:]]))}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=1, default=str) + "\n")

@@ -20,7 +20,6 @@ import argparse
 import collections
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,8 @@ from typing import Any
 import torch
 
 from benchmarks.parity.compare import Row
-from benchmarks.parity.table import ModelResult, render
+from benchmarks.parity.table import ModelResult, render, write_json
+from benchmarks.parity.table import summary as table_summary
 
 from .reference import ARCHS, REFERENCE_SOURCE, missing_files
 
@@ -210,22 +210,7 @@ def run_archs(a: argparse.Namespace, ref: Path, archs: list[str], hw: tuple[int,
 
 def summary(results: list[ModelResult]) -> str:
     """``parity-det: N deciding rows failed of M (label failed/deciding, ...)``."""
-    n_fail = sum(len(r.failed) for r in results)
-    n_dec = sum(len(r.deciding) for r in results)
-    per = ", ".join(f"{r.model} {len(r.failed)}/{len(r.deciding)}" for r in results)
-    return f"parity-det: {n_fail} deciding rows failed of {n_dec} ({per})"
-
-
-def write_json(path: str, a: argparse.Namespace, results: list[ModelResult], ref: Path | None, seconds: float) -> None:
-    from benchmarks.records import provenance
-    doc = {"summary": summary(results), "failed": sum(len(r.failed) for r in results),
-           "deciding": sum(len(r.deciding) for r in results), "seconds": seconds,
-           "ref": str(ref) if ref else None,
-           "settings": {k: v for k, v in vars(a).items() if k not in ("json", "traceback")},
-           "models": [r.to_dict() for r in results],
-           "provenance": provenance(shlex.join([sys.executable, "-m", "benchmarks.parity_det", *sys.argv[1:]]))}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    return table_summary(results, "parity-det")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +259,7 @@ def _main(a: argparse.Namespace) -> int:
     print()
     print(render(results))
     if a.json:
-        write_json(a.json, a, results, ref, seconds)
+        write_json(a.json, a, results, seconds, "benchmarks.parity_det", "parity-det", ref=ref)
     print(f"total {seconds:.0f} s")
     print(summary(results), flush=True)
     return 1 if any(r.failed for r in results) else 0
