@@ -105,21 +105,40 @@ def test_stage_and_timers_add_up() -> None:
 
     def work() -> int:
         t.wrap("spin", lambda: sum(i * i for i in range(300_000)))()
-        # 64 MiB, touched: above glibc's largest dynamic mmap threshold (32 MiB), so it is mapped
-        # fresh whatever the test process freed before (a 16 MiB block could reuse resident heap)
-        x = torch.ones(2**24)
+        x = torch.ones(2**22)  # 16 MiB, touched
         return int(x.sum())
 
     out, res = stage(work, torch.device("cpu"))
-    assert out == 2**24 and res["clock"] == "cpu" and res["cpu"] > 0
+    assert out == 2**22 and res["clock"] == "cpu" and res["cpu"] > 0
     assert 0 < t.seconds["spin"] <= res["cpu"] + 1e-3
     prof = profile(t.seconds, res, "the rest")
     assert sum(prof.values()) == pytest.approx(res["cpu"])
     nested = profile({"calibration pass": 5.0, "re-calibration pass": 2.0, "init: log-sqrt(2) quantizers": 3.0},
                      {"cpu": 8.0, "clock": "cpu"}, "rest")  # inits run inside the passes: counted once
     assert nested == {"init: log-sqrt(2) quantizers": 3.0, "quantized passes besides the inits": 4.0, "rest": 1.0}
-    if res["resettable"]:
-        assert res["peak_bytes"] >= 60 * 2**20  # the 64 MiB tensor is in the stage's peak
+
+
+_PEAK = """
+import torch
+from benchmarks.perf.released_worker import stage
+_, res = stage(lambda: int(torch.ones(2**22).sum()), torch.device("cpu"))  # 16 MiB, touched
+print(res["resettable"], res["peak_bytes"])
+"""
+
+
+def test_stage_peak_memory_sees_the_stage_allocation() -> None:
+    """In a fresh process: ``make bench`` (run in-process by the smoke test) keeps freed memory in
+    the process with ``mallopt``, after which a new tensor may reuse resident heap and the resident
+    set does not grow; a real bench worker measures in a process of its own, as here."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAK], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    resettable, peak = out[-2] == "True", float(out[-1])
+    if not resettable:
+        pytest.skip("this kernel cannot reset VmHWM (/proc/self/clear_refs): the peak includes the set-up")
+    assert peak >= 15 * 2**20  # the 16 MiB tensor is in the stage's peak
 
 
 @pytest.mark.skipif(not os.environ.get("QWT_REF"), reason="set QWT_REF to a QwT-cls-RepQ-ViT folder (minutes)")
