@@ -25,7 +25,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import torch
 
@@ -75,16 +75,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------ input checks
-def check_ref(ref: str) -> Path:
+def check_ref_folder(ref: str, needs: str, folder: str, missing: Callable[[Path], list[str]]) -> Path:
+    """``REF`` as a resolved path, or :class:`BadInput` with one line: ``needs`` (``"<tool>: needs ..."``)
+    when it is empty, else what is wrong with it (not a folder, not ``folder``: ``missing`` names the
+    first expected file it lacks)."""
+    tool, _, what = needs.partition(": ")
     if not ref:
-        raise BadInput(NEEDS_REF)
+        raise BadInput(needs)
     path = Path(ref).expanduser().resolve()
     if not path.is_dir():
-        raise BadInput(f"parity: REF={ref} is not a folder; {NEEDS_REF[len('parity: '):]}")
-    missing = missing_files(path)
-    if missing:
-        raise BadInput(f"parity: REF={ref} is not QwT-cls-RepQ-ViT (no {missing[0]}); {NEEDS_REF[len('parity: '):]}")
+        raise BadInput(f"{tool}: REF={ref} is not a folder; {what}")
+    lacks = missing(path)
+    if lacks:
+        raise BadInput(f"{tool}: REF={ref} is not {folder} (no {lacks[0]}); {what}")
     return path
+
+
+def check_ref(ref: str) -> Path:
+    return check_ref_folder(ref, NEEDS_REF, "QwT-cls-RepQ-ViT", missing_files)
 
 
 def script_models(script: Path) -> list[str] | None:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks.parity.compare import Row
+from benchmarks.parity.run import BadInput, check_ref_folder
 from benchmarks.parity.table import ModelResult, render, write_json
 from benchmarks.parity.table import summary as table_summary
 
@@ -39,10 +40,6 @@ from .reference import ARCHS, REFERENCE_SOURCE, missing_files
 ROOT = Path(__file__).resolve().parents[2]
 NEEDS_REF = f"parity-det: needs REF=<path to QwT-det-RepQ-ViT> ({REFERENCE_SOURCE})"
 PATCH, WINDOW = 4, 7  # Swin-T/S patch size and window
-
-
-class BadInput(ValueError):
-    """Bad input: one line for the user, exit status 2."""
 
 
 def say(msg: str) -> None:
@@ -75,16 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------ input checks
 def check_ref(ref: str) -> Path:
-    if not ref:
-        raise BadInput(NEEDS_REF)
-    path = Path(ref).expanduser().resolve()
-    if not path.is_dir():
-        raise BadInput(f"parity-det: REF={ref} is not a folder; {NEEDS_REF[len('parity-det: '):]}")
-    missing = missing_files(path)
-    if missing:
-        raise BadInput(f"parity-det: REF={ref} is not QwT-det-RepQ-ViT (no {missing[0]}); "
-                       f"{NEEDS_REF[len('parity-det: '):]}")
-    return path
+    return check_ref_folder(ref, NEEDS_REF, "QwT-det-RepQ-ViT", missing_files)
 
 
 def parse_size(text: str) -> tuple[int, int]:
