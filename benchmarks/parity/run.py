@@ -139,13 +139,20 @@ def run_reference(a: argparse.Namespace, ref: Path, side: Path, model: tuple[str
            "--seed", str(a.seed), "--n-calib", str(a.n_calib), "--n-qwt", str(a.n_qwt), "--n-test", str(a.n_test),
            "--batch-size", str(a.batch_size), "--start-block", str(a.start_block),
            "--kernel-size", str(a.kernel_size), "--factor", str(a.factor), "--threads", str(a.threads)]
-    path = os.pathsep.join([str(side), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return run_side(cmd, [side])
+
+
+def run_side(cmd: list[str], pythonpath: list[Path], echo: Callable[[str], bool] = lambda line: True) -> str | None:
+    """Run one side's process (``pythonpath`` first, then this checkout), its output to stderr where
+    ``echo(line)``; None on success, else ``exit N: <its last line>``."""
+    path = os.pathsep.join([*map(str, pythonpath), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = dict(os.environ, PYTHONPATH=path, TQDM_DISABLE="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
     tail: collections.deque[str] = collections.deque(maxlen=40)
     with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
-            sys.stderr.write(line)
+            if echo(line) or proc.poll() is not None:
+                sys.stderr.write(line)
             if line.strip():
                 tail.append(line.strip())
     if proc.returncode == 0:

@@ -17,10 +17,7 @@ when one did, 2 on bad input (one line). Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +28,7 @@ from typing import Any
 import torch
 
 from benchmarks.parity.compare import Row
-from benchmarks.parity.run import BadInput, check_ref_folder
+from benchmarks.parity.run import BadInput, check_ref_folder, one_line, run_side
 from benchmarks.parity.table import ModelResult, render, write_json
 from benchmarks.parity.table import summary as table_summary
 
@@ -115,27 +112,7 @@ def run_reference(a: argparse.Namespace, ref: Path, arch: str, hw: tuple[int, in
            "--threads", str(a.threads)]
     if skeleton is not None:
         cmd += ["--skeleton", str(skeleton)]
-    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = dict(os.environ, PYTHONPATH=path, TQDM_DISABLE="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
-    tail: collections.deque[str] = collections.deque(maxlen=40)
-    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith(("[parity-det]", "Traceback", "block ")) or proc.poll() is not None:
-                sys.stderr.write(line)
-            if line.strip():
-                tail.append(line.strip())
-    if proc.returncode == 0:
-        return None
-    return f"exit {proc.returncode}: {tail[-1] if tail else 'no output'}"
-
-
-def one_line(e: BaseException) -> str:
-    frames = traceback.extract_tb(e.__traceback__)
-    ours = [f for f in frames if str(ROOT) in f.filename]
-    where = f" (at {Path(ours[-1].filename).relative_to(ROOT)}:{ours[-1].lineno})" if ours else ""
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {msg}{where}"
+    return run_side(cmd, [], echo=lambda line: line.startswith(("[parity-det]", "Traceback", "block ")))
 
 
 def compare_dump(dump_path: Path, a: argparse.Namespace, det_plan: dict[str, Any] | None,
