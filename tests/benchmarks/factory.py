@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.records import BENCHMARK_SPLITS, SCHEMA, dataset_entry, validate, write_record
+from qwt_core.records import BENCHMARK_SPLITS, SCHEMA, dataset_entry, validate, write_record
 
 
 def record(suite: str, model: str, method: str, bits: int | None, metrics: dict[str, float], *,

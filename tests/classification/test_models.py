@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from benchmarks.records import load_records
+from qwt_core.records import load_records
 from classification import registry
 from classification.adapters import for_family
 from classification.build import build_model
