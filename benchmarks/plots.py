@@ -74,8 +74,8 @@ def plot_jobs(suite: str, records: list[dict[str, Any]]) -> list[PlotJob]:
     for _, rec in sorted(paper_cells(records).items()):
         if rec["blocks"]:
             jobs.append(PlotJob(plot_name(suite, rec), f"{rec['model']} {rec['method']} {_bits(rec)}", (rec,)))
-    for key, group in sorted(custom_groups(records).items()):
-        rec = group[0]
+    for key, newest_first in sorted(custom_groups(records).items()):
+        rec = newest_first[0]
         if rec["blocks"]:
             what = key[-1]
             jobs.append(PlotJob(plot_name(suite, rec, f"__custom_{_slug(what)}"),

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
-from typing import Union
 
 from benchmarks import paper_values as pv
 
@@ -38,7 +37,7 @@ QWT_SEEDS = {"imagenet": pv.QWT_IMAGENET, "coco": pv.QWT_COCO}
 FAMILIES = ("vit", "swin", "resnet")
 
 #: one published cell: top-1 (ImageNet) or (AP box, AP mask) (COCO), in percent
-Value = Union[float, tuple[float, float]]
+Value = float | tuple[float, float]
 
 
 @dataclass(frozen=True)
