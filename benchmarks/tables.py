@@ -13,6 +13,9 @@ that produces it (and how many partial / custom runs exist). Partial and custom 
 their own section, one row per (model, method, bits, what differs), newest run first: they never
 hide a paper-cell run, and a paper-cell run never hides them.
 
+Imports go one way (no cycle, ``tests/test_import_cycles.py``): ``registry``, ``render``,
+``paper_cell`` -> ``rows`` (which records make which row) -> ``plots`` -> ``demo_table`` -> ``tables``.
+
 CLI (what ``make tables`` / ``make tables-check`` run)::
 
     python -m benchmarks.tables render --records results/records --out results
