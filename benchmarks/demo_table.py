@@ -4,10 +4,10 @@ Demo records (suite ``demo``) are small models on the digits data, run at severa
 several seeds. Per (model, method, bits) the table gives the number of seeds and, per metric,
 mean ± sample std (ddof=1) over seeds. Per seed the newest full record counts; partial
 (``--val-limit``) records count only when a seed has no full one, and such rows are marked partial
-(:func:`benchmarks.rows.demo_groups`: the same selection feeds the per-block plots). Whatever models exist are
-rendered, one section per model, with the metrics a reader compares (:data:`COLUMNS`; every other
-metric stays in the records). A metric a record lists in ``metrics_absent`` (COCO size buckets
-without objects) is absent, not zero. Below the tables, :func:`qwt_effect` compares each
+(:func:`benchmarks.rows.demo_groups`: the same selection feeds the per-block plots). Whatever
+models exist are rendered, one section per model, with the metrics a reader compares
+(:data:`COLUMNS`; every other metric stays in the records). A metric a record lists in
+``metrics_absent`` (COCO size buckets without objects) is absent, not zero. Below the tables, :func:`qwt_effect` compares each
 ``+qwt`` method with its baseline seed by seed.
 
 Other code calls :func:`render_demo` (records dir -> markdown file).
@@ -24,13 +24,7 @@ import pandas as pd
 
 from benchmarks import registry
 from benchmarks.plots import PLOT_DIR, plot_jobs, render_plots
-from benchmarks.render import (
-    GENERATED,
-    Footnotes,
-    load_suite,
-    markdown_table,
-    write_if_changed,
-)
+from benchmarks.render import GENERATED, Footnotes, load_suite, markdown_table, write_if_changed
 from benchmarks.rows import demo_groups
 
 #: the columns of the demo tables, in order (those the model's records have); every other metric

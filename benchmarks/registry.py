@@ -172,7 +172,8 @@ def _paper_values(m: Model) -> list[pv.PaperValue]:
         return []
     fp, b4, q4, b6, q6 = m.paper
     cells = (("fp", None, fp), (m.base, 4, b4), (m.base + "+qwt", 4, q4), (m.base, 6, b6), (m.base + "+qwt", 6, q6))
-    return [v for method, bits, value in cells for v in pv.values(m.suite, m.name, method, bits, value, QWT_SEEDS[m.suite])]
+    seed = QWT_SEEDS[m.suite]
+    return [v for method, bits, value in cells for v in pv.values(m.suite, m.name, method, bits, value, seed)]
 
 
 #: every transcribed number: the QwT paper's (from :data:`MODELS`) and other papers' (:mod:`benchmarks.paper_values`)
