@@ -54,6 +54,9 @@ class Regression(Protocol):
         """Add the rows of a grouped conv in column layout: x (B, G, D, *S), y (B, G, O, *S), one row
         per image and position; also keeps Σ_b y per position for the conv SS_tot."""
 
+    def release(self) -> None:
+        """Drop work buffers once every row is in (the statistics stay)."""
+
     def all_reduce(self, reduce: ReduceFn, gather: GatherFn) -> None:
         """Combine the statistics of all processes (every rank, before ``solve``)."""
 
