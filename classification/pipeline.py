@@ -39,11 +39,13 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from qwt_core import (BlockReport, QwTConfig, calibrate_repq, fit_qwt, load_state, model_size,
+from qwt_core import (BlockReport, QwTConfig, calibrate_repq, eval_arithmetic, fit_qwt, load_state, model_size,
                       save_state, set_quant_state, weights_fingerprint)
 from qwt_core import distributed as dist_mod
 from qwt_core import preflight
+from qwt_core.qwt.arithmetic import EvalArithmetic
 from qwt_core.qwt.compensation import CompensatedBlock
+from qwt_core.qwt.config import solver_preset
 from qwt_core.records import RECORDS_DIR, dataset_entry, make_record, write_record
 from qwt_core.state_io import StateFileError, StateInfo, read_state_info
 
@@ -84,8 +86,8 @@ class ExperimentConfig:
     start_block: int = 0  # QwT: blocks before this keep zero compensation
     kernel_size: int = 1  # QwT ResNet: grouped-conv kernel
     factor: int = 64  # QwT ResNet: groups = C_in // factor
-    qwt_solver: str = "reference"  # QwTConfig.solver: reference | streaming | lstsq (named options)
-    half_arith: str = "native"  # QwTConfig.half_arith: fp16 compensation at eval, native | emulated
+    qwt_solver: str = "reference"  # qwt_core.SOLVER_PRESETS name: reference | streaming | lstsq
+    half_arith: str = "native"  # eval_arithmetic(fp16=True, half_arith): native | emulated
     save_state: str | None = None  # write the calibrated state here
     load_state: str | None = None  # skip calibration: load this state
     results_dir: str | None = str(RECORDS_DIR)  # None: do not write records
@@ -112,9 +114,10 @@ class Plan:
 
 
 def qwt_config(cfg: ExperimentConfig) -> QwTConfig:
-    """The QwT options of an experiment (raises ValueError on a bad value)."""
+    """The QwT options of an experiment (raises ValueError on a bad value, --half-arith included)."""
+    EvalArithmetic(True, cfg.half_arith)
     return QwTConfig(start_block=cfg.start_block, kernel_size=cfg.kernel_size, factor=cfg.factor,
-                     solver=cfg.qwt_solver, half_arith=cfg.half_arith)  # type: ignore[arg-type]
+                     **solver_preset(cfg.qwt_solver))  # type: ignore[arg-type]
 
 
 def plan_experiment(cfg: ExperimentConfig) -> Plan:
@@ -378,7 +381,8 @@ def _run(cfg: ExperimentConfig, plan: Plan, state: StateInfo | None, needs_qwt_f
         bar = tqdm(loader, desc=f"{spec.name} {method} eval", disable=not progress, file=sys.stderr,
                    leave=False, dynamic_ncols=True)
         dist_mod.maybe_inject_failure("eval")
-        res = evaluate(net, bar, device, fp_logprobs=ref, keep_logprobs=keep, allow_empty=dinfo.distributed)
+        with eval_arithmetic(True, cfg.half_arith):  # the reference's fp16 compensation product
+            res = evaluate(net, bar, device, fp_logprobs=ref, keep_logprobs=keep, allow_empty=dinfo.distributed)
         if dinfo.distributed:  # every rank's batch counts, in the global batch order (shards are contiguous)
             parts = dist_mod.gather_objects((res.batches, res.seconds))
             res.batches = [b for batches, _ in parts for b in batches]
@@ -406,7 +410,7 @@ def _run(cfg: ExperimentConfig, plan: Plan, state: StateInfo | None, needs_qwt_f
         if state is not None:
             assert cfg.load_state is not None
             try:
-                load_state(qmodel, cfg.load_state, half_arith=cfg.half_arith)  # on qmodel's device, the run's arithmetic
+                load_state(qmodel, cfg.load_state)  # on qmodel's device
             except ValueError as e:
                 raise CheckpointError(str(e).splitlines()[0]) from e
             has_qwt = state.has_qwt
@@ -435,7 +439,8 @@ def _run(cfg: ExperimentConfig, plan: Plan, state: StateInfo | None, needs_qwt_f
                 times["qwt_s"] = sum(r.extra.get("seconds", 0.0) for r in reports)
                 has_qwt = True
             emit(variant + QWT, run_eval(qmodel, variant + QWT, ref=fp_ref), times,
-                 model_size(qmodel).to_dict(), reports, extra_config={**variant_config, "qwt": asdict(qwt_cfg)})
+                 model_size(qmodel).to_dict(), reports, extra_config={**variant_config, "qwt": {
+                     **asdict(qwt_cfg), "solver": qwt_cfg.solver, "fp16_eval": True, "half_arith": cfg.half_arith}})
         if cfg.save_state and (state is None or reports) and dinfo.is_main:
             save_state(qmodel, cfg.save_state, meta={"model": spec.name, "method": variant, "w_bits": cfg.w_bits,
                                                      "a_bits": cfg.a_bits, "model_kwargs": _jsonable(spec.kwargs),

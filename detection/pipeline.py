@@ -39,9 +39,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from qwt_core import (QwTConfig, check_bits, fit_qwt, load_state, model_size, quantizers, save_state,
+from qwt_core import (QwTConfig, check_bits, eval_arithmetic, fit_qwt, load_state, model_size, quantizers, save_state,
                       set_quant_state, weights_fingerprint)
 from qwt_core import preflight
+from qwt_core.qwt.config import solver_preset
 from qwt_core.records import RECORDS_DIR, dataset_entry, make_record, write_record
 from qwt_core.state_io import StateFileError, StateInfo, module_device, read_state_info
 
@@ -75,7 +76,7 @@ class DetectionRun:
     val_limit: int | None = None  # evaluate the first N test images only (recorded as partial)
     seed: int = 0
     start_block: int = 0  # QwT: blocks before this index keep zero compensation
-    qwt_solver: str = "reference"  # QwTConfig.solver: reference | streaming | lstsq (named options)
+    qwt_solver: str = "reference"  # qwt_core.SOLVER_PRESETS name: reference | streaming | lstsq
     window_pad: str = "zero"  # "zero": the reference (default); "exact": pad with -b after the reparameterized norm1
     results_dir: str | os.PathLike[str] = RECORDS_DIR
     save_state: str | None = None
@@ -118,7 +119,7 @@ def _validate(run: DetectionRun) -> None:
     if run.start_block < 0:
         raise ExperimentError(f"--start-block must be >= 0, got {run.start_block}")
     try:
-        QwTConfig(solver=run.qwt_solver, store=run.qwt_store, kernel_size=run.kernel_size,  # type: ignore[arg-type]
+        QwTConfig(**solver_preset(run.qwt_solver), store=run.qwt_store, kernel_size=run.kernel_size,  # type: ignore[arg-type]
                   factor=run.factor)
     except ValueError as e:
         raise ExperimentError(f"QwT options: {e}") from None
@@ -290,7 +291,8 @@ def backbone_features(model: nn.Module, inputs: list[torch.Tensor]) -> list[list
     """The backbone's multi-scale outputs for each probe image (in the model's current quant state)."""
     backbone = getattr(model, "module", model).backbone
     dev = next(backbone.parameters()).device
-    return [[f.float().cpu() for f in backbone(x.to(dev))] for x in inputs]
+    with eval_arithmetic(fp16=False):  # detection's evaluation arithmetic (fp32 compensation)
+        return [[f.float().cpu() for f in backbone(x.to(dev))] for x in inputs]
 
 
 def feature_error(feats: list[list[torch.Tensor]], ref: list[list[torch.Tensor]]) -> float:
@@ -497,7 +499,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
 
     def evaluate(net: nn.Module, tag: str) -> tuple[dict[str, float], int, float]:
         try:
-            return coco_eval(net, tag)
+            with eval_arithmetic(fp16=False):  # the reference's detection: fp32 compensation product
+                return coco_eval(net, tag)
         except Exception as e:  # noqa: BLE001 - only a bad image is turned into a message, the rest re-raised
             path = unreadable_image(e)
             if path is None:
@@ -599,8 +602,8 @@ def run_experiment(run: DetectionRun) -> list[dict[str, Any]]:
         from tqdm import tqdm
 
         adapter = blockwise(model, kind)
-        qcfg = QwTConfig(start_block=run.start_block, fp16_eval=False, store=run.qwt_store,  # type: ignore[arg-type]
-                         solver=run.qwt_solver, kernel_size=run.kernel_size, factor=run.factor)  # type: ignore[arg-type]
+        qcfg = QwTConfig(start_block=run.start_block, store=run.qwt_store,  # type: ignore[arg-type]
+                         kernel_size=run.kernel_size, factor=run.factor, **solver_preset(run.qwt_solver))  # type: ignore[arg-type]
         n_batches = math.ceil(len(range(rank, run.qwt_size, world)) / run.qwt_batch_size)
         batches = tqdm(qwt_batches(cfg, model, run.qwt_size, run.qwt_img_size, run.seed,
                                    run.qwt_batch_size, rank, world),

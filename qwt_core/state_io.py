@@ -132,15 +132,14 @@ def module_device(module: nn.Module) -> torch.device:
 
 
 def load_state(model: nn.Module, path: str | os.PathLike[str],
-               map_location: str | torch.device | None = None,
-               half_arith: str | None = None) -> dict[str, Any]:
+               map_location: str | torch.device | None = None) -> dict[str, Any]:
     """Load a state written by :func:`save_state` into an identically quantized ``model``.
 
     Everything the state adds follows the model: each compensation module is built on the device of
     the block it wraps, and the saved tensors are copied into the model's own tensors wherever those
-    live (``map_location`` only says where the file is read to, CPU by default). ``half_arith``:
-    the evaluation arithmetic of the compensation modules (``"native"`` / ``"emulated"``); ``None``
-    keeps the one the state was saved with. Returns the saved ``meta``. Raises ``ValueError`` naming
+    live (``map_location`` only says where the file is read to, CPU by default). The evaluation
+    arithmetic is not part of the state (:func:`qwt_core.eval_arithmetic`; the ``fp16_eval`` /
+    ``half_arith`` keys of older files are ignored). Returns the saved ``meta``. Raises ``ValueError`` naming
     the file on a wrong format or a model that does not match.
     """
     payload = torch.load(path, map_location=map_location or "cpu", weights_only=False)
@@ -149,14 +148,10 @@ def load_state(model: nn.Module, path: str | os.PathLike[str],
     for name, spec in payload["compensated"].items():
         block = model.get_submodule(name)
         if not isinstance(block, CompensatedBlock):
-            if half_arith is not None:
-                spec = {**spec, "half_arith": half_arith}
             # the new wrapper takes the block's mode (its compensation uses the fp16 product in
             # eval mode and fp32 in training mode, as the reference's CompensationBlock) and device
             comp = build_compensation(spec).to(module_device(block))
             model.set_submodule(name, CompensatedBlock(block, comp).train(block.training))
-        elif half_arith is not None:
-            block.compensation.half_arith = half_arith
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:

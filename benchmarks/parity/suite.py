@@ -41,6 +41,7 @@ from classification.registry import ModelSpec
 from qwt_core import (BlockStep, CompensatedBlock, LogSqrt2Quantizer, QuantConv2d, QuantLinear, QuantMatMul,
                       QwTConfig, calibrate_repq, fit_qwt, quant_state, quantizers, set_quant_state)
 from qwt_core.qwt import driver
+from qwt_core.qwt.config import solver_preset
 
 from .reference import logits as logits_of
 
@@ -183,27 +184,33 @@ def plan_of(record: dict[str, dict[str, Any]]) -> dict[str, tuple[int, int, bool
 # ------------------------------------------------------------------------------ QwT rows
 @contextlib.contextmanager
 def recording_rows() -> Iterator[list[tuple[list[Tensor], list[Tensor]]]]:
-    """Inside the block, every ``NormalEquations`` that ``fit_qwt`` builds also keeps the rows
-    (x, y) it accumulates: one ``(xs, ys)`` per system, in order. Changes no result."""
+    """Inside the block, every regression that ``fit_qwt`` builds (``ReferenceRows`` or
+    ``NormalEquations``, replaced in :mod:`qwt_core.qwt.driver`) also records the rows (x, y) it
+    is given by ``update``: one ``(xs, ys)`` per system, in order. Changes no result."""
     systems: list[tuple[list[Tensor], list[Tensor]]] = []
-    base = driver.NormalEquations
+    names = ("ReferenceRows", "NormalEquations")
+    bases = {name: getattr(driver, name) for name in names}
 
-    class Recording(base):  # type: ignore[misc,valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.rows: tuple[list[Tensor], list[Tensor]] = ([], [])
-            systems.append(self.rows)
+    def recording(base: type) -> type:
+        class Recording(base):  # type: ignore[misc,valid-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.recorded: tuple[list[Tensor], list[Tensor]] = ([], [])
+                systems.append(self.recorded)
 
-        def update(self, x: Tensor, y: Tensor) -> None:
-            self.rows[0].append(x.detach().float().cpu().clone())
-            self.rows[1].append(y.detach().float().cpu().clone())
-            super().update(x, y)
+            def update(self, x: Tensor, y: Tensor) -> None:
+                self.recorded[0].append(x.detach().float().cpu().clone())
+                self.recorded[1].append(y.detach().float().cpu().clone())
+                super().update(x, y)
+        return Recording
 
-    driver.NormalEquations = Recording
+    for name, base in bases.items():
+        setattr(driver, name, recording(base))
     try:
         yield systems
     finally:
-        driver.NormalEquations = base
+        for name, base in bases.items():
+            setattr(driver, name, base)
 
 
 def _inverse(a: Tensor) -> Tensor:
@@ -408,7 +415,7 @@ def run_suite(fp_model: nn.Module, spec: ModelSpec, settings: dict[str, Any], ca
     seconds["repq"] = time.perf_counter() - t0
 
     cfg = QwTConfig(start_block=s["start_block"], kernel_size=s["kernel_size"] or 1, factor=s["factor"] or 64,
-                    solver=solver)  # type: ignore[arg-type]
+                    **solver_preset(solver))  # type: ignore[arg-type]
     batches = [qwt_inputs[i:i + bs] for i in range(0, qwt_inputs.shape[0], bs)]
     blockwise = adapter.blockwise(qmodel)
     steps = list(blockwise.steps())

@@ -11,9 +11,9 @@ detection path (mmdet 3's ``SwinTransformer``, :mod:`detection.quantize`, :mod:`
   ``calibrate_repq`` it calls records the first-pass quantizers and each pair's channel-wise ranges
   just before the pair is reparameterized (the hook it passes still runs);
 * QwT teacher-forced (:func:`benchmarks.parity.suite.teacher_forced`): block k fitted by ``fit_qwt``
-  with the detection pipeline's ``QwTConfig(start_block, fp16_eval=False)`` on the inputs that the
+  with the detection pipeline's ``QwTConfig(start_block)`` (evaluated inside ``eval_arithmetic(fp16=False)``) on the inputs that the
   reference's compensation of blocks < k produces, through ``SwinBackboneAdapter``;
-* the reference's W, b installed as the suite's ``CompensatedBlock(LinearCompensation(fp16_eval=False))``
+* the reference's W, b installed as the suite's ``CompensatedBlock(LinearCompensation)`` (fp32 product)
   (what ``fit_qwt`` installs for detection), and the backbone evaluated on the test image;
 * the whole detector (neck, RPN, RoI heads) built from the same config for its plan
   (``build_plan``) and as the skeleton the reference's ``quant_model`` is run on.
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from benchmarks.parity.suite import (BlockFit, OneBlock, _fit, exact_solve, installed, quant_record, recording_rows,
                                      reference_solve)
 from detection.convert import BLOCK_RENAMES, _norm_to_unfold, _reduction_to_unfold, convert_legacy
-from qwt_core import QwTConfig, fit_qwt, quant_state, quantizers, reparameterize, set_quant_state
+from qwt_core import QwTConfig, eval_arithmetic, fit_qwt, quant_state, quantizers, reparameterize, set_quant_state
 from qwt_core.qwt.driver import BlockStep
 from qwt_core.qwt.compensation import CompensatedBlock, LinearCompensation
 
@@ -434,6 +434,12 @@ def backbone_outputs(model: nn.Module, x: Tensor) -> list[Tensor]:
 
 
 def run_on_dump(dump: dict[str, Any]) -> tuple[dict[str, Any], DetSuiteRun]:
+    """:func:`_run_on_dump` in the detection pipeline's evaluation arithmetic (fp32 compensation)."""
+    with eval_arithmetic(fp16=False):
+        return _run_on_dump(dump)
+
+
+def _run_on_dump(dump: dict[str, Any]) -> tuple[dict[str, Any], DetSuiteRun]:
     """(the dump in the suite's names, the suite's run on its weights and inputs)."""
     from detection.adapters import SwinBackboneAdapter
     from detection.quantize import calibrate_detector, quantize_detector
@@ -480,7 +486,7 @@ def run_on_dump(dump: dict[str, Any]) -> tuple[dict[str, Any], DetSuiteRun]:
     own_outputs = None
     t0 = time.perf_counter()
     adapter = SwinBackboneAdapter(backbone)
-    cfg = QwTConfig(start_block=s["start_block"], fp16_eval=False)  # detection/pipeline.py's QwT settings
+    cfg = QwTConfig(start_block=s["start_block"])  # detection/pipeline.py's QwT settings
     steps = list(adapter.steps())
     blocks = ref["qwt"]
     if [st.name for st in steps] != [b["name"] for b in blocks]:
@@ -495,7 +501,7 @@ def run_on_dump(dump: dict[str, Any]) -> tuple[dict[str, Any], DetSuiteRun]:
     seconds["qwt_teacher_forced"] = time.perf_counter() - t0
     comps = []
     for st, b in zip(steps, blocks):  # the reference's W, b in the suite's compensation modules
-        comp = LinearCompensation(b["weight"].shape[0], b["weight"].shape[1], fp16_eval=cfg.fp16_eval)
+        comp = LinearCompensation(b["weight"].shape[0], b["weight"].shape[1])
         comp.weight.data.copy_(b["weight"])
         comp.bias.data.copy_(b["bias"])
         adapter.model.set_submodule(st.name, CompensatedBlock(adapter.model.get_submodule(st.name), comp.eval()))

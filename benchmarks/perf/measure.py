@@ -153,6 +153,7 @@ class PeakMemory:
 def run_probe(job: dict[str, Any]) -> dict[str, Any]:
     """Inside the subprocess: rebuild the calibrated model, then one fit under :class:`PeakMemory`."""
     from qwt_core import QwTConfig, fit_qwt, load_state
+    from qwt_core.qwt.config import solver_preset
 
     from .cases import ALL_CASES, Batches, build, case_by_key
     from .reference_fit import reference_fit
@@ -165,7 +166,7 @@ def run_probe(job: dict[str, Any]) -> dict[str, Any]:
     del built.fp
     adapter = built.blockwise(built.quant)
     batches = Batches(job["images"], job["batch"], case.size, seed=job.get("seed", 2), device=dev)
-    cfg = QwTConfig(store=job["store"], solver=job.get("solver", "streaming"))
+    cfg = QwTConfig(store=job["store"], **solver_preset(job.get("solver", "streaming")))  # type: ignore[arg-type]
     meter = PeakMemory(dev)
     meter.start()
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from typing import Any, Callable, Iterator
 
-from qwt_core.qwt import accumulator, compensation, driver, store
+from qwt_core.qwt import accumulator, compensation, driver, rows, store
 
 COMPONENTS = ("embed", "FP block passes", "quantized block passes", "normal equations (float64)",
               "solve", "propagation (fp32 compensation)", "feature store")
@@ -74,12 +74,12 @@ class FitProfile:
             patches.append((owner, name, vars(owner)[name] if own else None))
             setattr(owner, name, new)
 
-        ne = accumulator.NormalEquations
-        for name in ("update", "update_columns"):
-            patch(ne, name, self._counted(self._ne_macs(name == "update_columns"),
-                                          self._timed("normal equations (float64)", ne.__dict__[name])))
-        for name in ("solve", "residual"):
-            patch(ne, name, self._timed("solve", ne.__dict__[name]))
+        for ne in (accumulator.NormalEquations, rows.ReferenceRows):  # the two regressions
+            for name in ("update", "update_columns"):
+                patch(ne, name, self._counted(self._ne_macs(name == "update_columns"),
+                                              self._timed("normal equations (float64)", ne.__dict__[name])))
+            for name in ("solve", "residual"):
+                patch(ne, name, self._timed("solve", ne.__dict__[name]))
         for cls in (compensation.LinearCompensation, compensation.ConvCompensation):
             patch(cls, "add_to", self._timed("propagation (fp32 compensation)", cls.__dict__["add_to"]))
         fs = store.FeatureStore

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from qwt_core import CompensatedBlock, QwTConfig, full_precision, quant_state
-from qwt_core.qwt.accumulator import Solution
+from qwt_core.qwt.regression import Solution
 from qwt_core.qwt.compensation import ConvCompensation, LinearCompensation
 from qwt_core.qwt.driver import BlockwiseAdapter
 
@@ -67,7 +67,8 @@ def _linear_regression(X: Tensor, Y: Tensor) -> Solution:
     ss_tot = torch.sum((Y - Y.mean(dim=0)).pow(2))
     ss_res = torch.sum((Y - Y_pred).pow(2))
     r2 = float(1 - ss_res / ss_tot)
-    return Solution(W[None].float(), b[None].float(), r2 if math.isfinite(r2) else -math.inf)
+    r2 = r2 if math.isfinite(r2) else -math.inf
+    return Solution(W[None].float(), b[None].float(), r2, r2)
 
 
 def _conv_regression(X: Tensor, Y: Tensor, kernel_size: int, groups: int, ridge: float) -> tuple[Solution, int]:
@@ -92,7 +93,8 @@ def _conv_regression(X: Tensor, Y: Tensor, kernel_size: int, groups: int, ridge:
     ss_tot = torch.sum((Y - Y.mean(dim=0)).pow(2))
     ss_res = torch.sum((Y - Y_pred).pow(2))
     r2 = float(1 - ss_res / ss_tot)
-    return Solution(Wg.float(), bg.float(), r2 if math.isfinite(r2) else -math.inf), stride
+    r2 = r2 if math.isfinite(r2) else -math.inf
+    return Solution(Wg.float(), bg.float(), r2, r2), stride
 
 
 @torch.no_grad()
@@ -137,10 +139,9 @@ def reference_fit(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwT
                 sol.weight.zero_()
                 sol.bias.zero_()
             if step.kind == "linear":
-                comp: torch.nn.Module = LinearCompensation.from_solution(sol, cfg.fp16_eval, cfg.half_arith)
+                comp: torch.nn.Module = LinearCompensation.from_solution(sol)
             else:
-                comp = ConvCompensation.from_solution(sol, features.X.shape[1], cfg.kernel_size, stride,
-                                                      cfg.fp16_eval, cfg.half_arith)
+                comp = ConvCompensation.from_solution(sol, features.X.shape[1], cfg.kernel_size, stride)
             comp = comp.to(dev).eval()
             model.set_submodule(step.name, CompensatedBlock(block, comp))
             output_previous = torch.zeros(0, device=dev)

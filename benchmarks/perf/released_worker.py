@@ -274,10 +274,11 @@ class Suite:
     def fit(self, model: nn.Module, solver: str, out: dict[str, Any]) -> list[float]:
         """``fit_qwt`` with ``QwTConfig()`` (or that solver), under :class:`FitProfile`."""
         from qwt_core import QwTConfig, fit_qwt
+        from qwt_core.qwt.config import solver_preset
 
         from .profile import FitProfile
 
-        cfg = QwTConfig() if solver == "reference" else QwTConfig(solver=solver)  # type: ignore[arg-type]
+        cfg = QwTConfig(**solver_preset(solver))  # type: ignore[arg-type]
         blockwise = self.adapter.blockwise(model)
         clock = Timers(self.device).clock
         with FitProfile(blockwise, clock) as prof:

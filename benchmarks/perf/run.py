@@ -36,11 +36,11 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from qwt_core import QwTConfig, eval_arithmetic, fit_qwt, quant_state, save_state
 from qwt_core.records import RECORDS_DIR, make_record, write_record
-from qwt_core import QwTConfig, fit_qwt, quant_state, save_state
 from qwt_core.quant.primitives import per_channel_loop_search, search_uniform_range
 from qwt_core.qwt import halfdot
-from qwt_core.qwt.compensation import ConvCompensation, LinearCompensation
+from qwt_core.qwt.config import solver_preset
 
 from . import report
 from .cases import Batches, Built, Case, Plan, build, mmdet_available, plan_for
@@ -86,13 +86,6 @@ def _forward_all(built: Built, model: torch.nn.Module, images: list[torch.Tensor
         built.forward(model, x)
 
 
-def set_half_arith(model: torch.nn.Module, arith: str) -> None:
-    """Evaluate every installed compensation of ``model`` with this fp16 arithmetic."""
-    for m in model.modules():
-        if isinstance(m, (LinearCompensation, ConvCompensation)):
-            m.half_arith = arith
-
-
 def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
               metrics: dict[str, float], raw: dict[str, Any]) -> None:
     """Figures 1 and 4 for one model, and the profile of its fit."""
@@ -105,8 +98,8 @@ def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
     save_state(built.quant, state_dir / f"{case.key}.pt")
     images = list(Batches(plan.images, plan.batch, case.size, seed=2, device=device))
     store = TIME_STORE
-    cfg = QwTConfig(store=store, solver=OUR_SOLVER)
-    flat_cfg = QwTConfig(store=flat_store(device), solver=OUR_SOLVER)
+    cfg = QwTConfig(store=store, **solver_preset(OUR_SOLVER))  # type: ignore[arg-type]
+    flat_cfg = QwTConfig(store=flat_store(device), **solver_preset(OUR_SOLVER))  # type: ignore[arg-type]
     fitted: dict[str, Any] = {}
     clock = process_clock(device)
 
@@ -136,8 +129,7 @@ def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
     def qwt_eval(arith: str) -> Any:
         def run(_: Any) -> None:
             m = fitted["model"]
-            set_half_arith(m, arith)
-            with quant_state(m):
+            with quant_state(m), eval_arithmetic(True, arith):
                 _forward_all(built, m, images)
         return run
 
@@ -196,7 +188,7 @@ def reference_time(plan: Plan, device: torch.device, metrics: dict[str, float], 
     calib = next(iter(Batches(plan.calib_images, plan.calib_images, case.size, seed=1, device=device)))
     built.calibrate(built.quant, calib)
     images = list(Batches(plan.ref_images, plan.mem_batch, case.size, seed=2, device=device))
-    cfg = QwTConfig(store=TIME_STORE, solver=OUR_SOLVER)
+    cfg = QwTConfig(store=TIME_STORE, **solver_preset(OUR_SOLVER))  # type: ignore[arg-type]
     r2: dict[str, list[float]] = {}
     clock = process_clock(device)
     best: dict[str, Any] = {}

@@ -163,9 +163,12 @@ def search_log_sqrt2_delta(
 def per_channel_loop_search(
     x: Tensor, n_bits: int, channel_dim: int, percentiles: Sequence[float] = PERCENTILES
 ) -> tuple[Tensor, Tensor]:
-    """The reference's per-channel loop (one per-tensor search per channel, torch.quantile).
+    """The reference's per-channel loop (one per-tensor search per channel, torch.quantile): the
+    plain re-derivation of :func:`search_uniform_range` (the same ranges, channel by channel).
 
-    Kept only as the baseline of ``benchmarks/bench_quantizer_init.py``; do not use it.
+    The quantizers use the vectorized :func:`search_uniform_range`; this loop is its oracle in
+    ``tests/core/test_primitives.py`` and the baseline of ``benchmarks/bench_quantizer_init.py``
+    and the perf figures.
     """
     x2d = channels_first_2d(x.detach().float(), channel_dim)
     deltas, zps = [], []

@@ -1,4 +1,4 @@
-"""Least squares for QwT: Y ≈ X W + b per group, from accumulated normal equations or kept rows.
+"""Least squares for QwT from float64 normal equations (``QwTConfig.regression="sums"``).
 
 For G independent groups (G = 1 for a Linear compensation; G = number of conv groups for ResNet),
 with X_aug = [X, 1] (n, G, D + 1) and Y (n, G, O), ``update`` adds
@@ -8,30 +8,26 @@ with X_aug = [X, 1] (n, G, D + 1) and Y (n, G, O), ``update`` adds
     yy += Σ y²           (G, O)
 
 in float64. Memory is independent of the number of samples n (the count lives in A[:, -1, -1] and
-Σy in B[:, -1]). ``solve`` returns W (G, D, O), b (G, O) and the pooled coefficient of
-determination R² = 1 - SS_res / SS_tot over all outputs, with
-SS_res = Σyy - 2 tr(Wᵀ B) + tr(Wᵀ A W) and SS_tot = Σyy - Σ (Σy)² / n.
-
-With ``keep_rows=True`` (``QwTConfig.solver="reference"``) the object keeps the rows themselves
-instead, gathers them over processes, and solves with the released code's fp32 operations
-(:mod:`qwt_core.qwt.reference_solve`): the reference's W, b bit for bit, at the reference's memory.
+Σy in B[:, -1]); processes combine by summing (all-reduce). ``solve`` returns W (G, D, O), b (G, O)
+of W_aug = (A + λI)⁻¹ B in float64 (minimum-norm where A is numerically singular) and two pooled
+coefficients of determination R² = 1 - SS_res / SS_tot: of that solution (``r2``) and of the
+reference's kind of solution, inverse(fp32(A + λI)) @ fp32(B) (``r2_reference``), with
+SS_res = Σyy - 2 tr(Wᵀ B) + tr(Wᵀ A W) evaluated exactly on the sums and SS_tot = Σyy - Σ (Σy)² / n
+(tokens) or around the mean over the images of every output position (grouped conv).
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from .reference_solve import GatherFn, all_gather_rows, solve_rows
+from .regression import (GatherFn, PositionSums, ReduceFn, Solution, all_gather_rows, all_reduce_sum,
+                         check_columns, check_rows, r_squared)
 from .threads import one_thread
 
-ReduceFn = Callable[[Tensor], None]
-R2_FROM = ("fp32", "float64")  # whose R² decides keep / zero (see NormalEquations.solve)
 SINGULAR_RTOL = 1e-12  # eigenvalue ratio of XᵀX below which a direction counts as absent
 SINGLE_THREAD_MAX_DIM = 4096  # CPU factorizations up to this size run on one thread (see _lapack_threads)
 BUFFER_BYTES = 16 << 20  # float64 copy of one update chunk (x and y each; below glibc's 32 MiB mmap ceiling)
@@ -53,43 +49,25 @@ def _lapack_threads(A: Tensor) -> Iterator[None]:
         yield
 
 
-def all_reduce_sum(t: Tensor) -> None:
-    """Sum ``t`` in place over all processes when torch.distributed is initialised."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-
-
-@dataclass
-class Solution:
-    """Fitted compensation of G groups: out_g = x_g @ weight[g] + bias[g]."""
-
-    weight: Tensor  # (G, D, O), float32
-    bias: Tensor  # (G, O), float32
-    r2: float
-
-
 class NormalEquations:
-    """Accumulate XᵀX, XᵀY, Σy² batch by batch (or keep the rows); solve once.
+    """Accumulate XᵀX, XᵀY, Σy² batch by batch; all-reduce; solve once (see module doc).
 
     Args:
         in_dim: D, features per group; out_dim: O, outputs per group; groups: G.
         ridge: λ added to the diagonal of A (all D+1 entries) before solving; 0 = plain normal
             equations (the reference for ViT/DeiT/Swin), 1e-3 for the grouped-conv fit.
-        keep_rows: keep every row (fp32) and solve as the reference does (see module doc).
     """
 
     def __init__(self, in_dim: int, out_dim: int, groups: int = 1, ridge: float = 0.0,
-                 device: torch.device | str = "cpu", keep_rows: bool = False) -> None:
+                 device: torch.device | str = "cpu") -> None:
         self.in_dim, self.out_dim, self.groups, self.ridge = in_dim, out_dim, groups, ridge
-        self.keep_rows = keep_rows
-        self._kept: list[tuple[Tensor, Tensor]] = []  # (x, y) rows of each update, keep_rows only
-        self.rows: tuple[Tensor, Tensor] | None = None  # (X (n, G, D), Y (n, G, O)) once combined
+        self.positions = PositionSums()  # Σ_b y per conv output position (update_columns only)
         # rows converted to float64 at a time: the float64 copies of one chunk stay below
         # BUFFER_BYTES each whatever the batch size (the sums are the same up to float64 rounding
         # order); the copies go to buffers kept between updates (a fresh allocation of that size
         # costs more in page faults than the conversion itself)
         self.chunk_rows = max(256, BUFFER_BYTES // (8 * groups * max(in_dim + 1, out_dim)))
-        size = 0 if keep_rows else in_dim + 1
+        size = in_dim + 1
         self.A = torch.zeros(groups, size, size, dtype=torch.float64, device=device)
         self.B = torch.zeros(groups, size, out_dim, dtype=torch.float64, device=device)
         self.yy = torch.zeros(groups, out_dim, dtype=torch.float64, device=device)
@@ -98,8 +76,6 @@ class NormalEquations:
     @property
     def count(self) -> int:
         """Rows seen (all processes once combined)."""
-        if self.keep_rows:
-            return self.rows[0].shape[0] if self.rows is not None else sum(x.shape[0] for x, _ in self._kept)
         return int(round(float(self.A[0, -1, -1])))
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> Tensor:
@@ -117,14 +93,7 @@ class NormalEquations:
     @torch.no_grad()
     def update(self, x: Tensor, y: Tensor) -> None:
         """x: (n, G, D) or (n, D) when G = 1; y: (n, G, O) or (n, O)."""
-        if x.dim() == 2:
-            x, y = x[:, None], y[:, None]
-        if x.shape[1:] != (self.groups, self.in_dim) or y.shape[1:] != (self.groups, self.out_dim):
-            raise ValueError(f"expected x (n, {self.groups}, {self.in_dim}) and y (n, {self.groups}, "
-                             f"{self.out_dim}), got {tuple(x.shape)} and {tuple(y.shape)}")
-        if self.keep_rows:  # own copies: the caller's buffers may be reused for the next batch
-            self._kept.append((x.float().clone(), y.float().clone()))
-            return
+        x, y = check_rows(x, y, self.groups, self.in_dim, self.out_dim)
         n, G, D, O = x.shape[0], self.groups, self.in_dim, self.out_dim
         step = math.ceil(n / math.ceil(n / self.chunk_rows)) if n else 1  # equal chunks
         for start in range(0, n, step):  # bounds the float64 copies
@@ -139,22 +108,15 @@ class NormalEquations:
             self._add(xt @ xa.transpose(0, 1), xt @ yb.transpose(0, 1), yb.pow(2).sum(0))
 
     @torch.no_grad()
-    def update_columns(self, x: Tensor, y: Tensor) -> Tensor:
+    def update_columns(self, x: Tensor, y: Tensor) -> None:
         """The same sums from column-major tensors: x (B, G, D, *S), y (B, G, O, *S), one regression
         row per image and position of S (e.g. the output pixels of a grouped convolution, without
-        unfolding them into rows). Returns Σ over the images of y, (G, O, *S) float64 (what the
-        ResNet R² needs per position)."""
+        unfolding them into rows); also adds Σ over the images of y per position, (G, O, *S)
+        float64, for the ResNet SS_tot."""
+        check_columns(x, y, self.groups, self.in_dim, self.out_dim)
         B, S = x.shape[0], tuple(x.shape[3:])
-        if (x.shape[1:3] != (self.groups, self.in_dim) or y.shape[:3] != (B, self.groups, self.out_dim)
-                or tuple(y.shape[3:]) != S):
-            raise ValueError(f"expected x (B, {self.groups}, {self.in_dim}, *S) and y (B, {self.groups}, "
-                             f"{self.out_dim}, *S), got {tuple(x.shape)} and {tuple(y.shape)}")
         L = math.prod(S)
         G, D, O = self.groups, self.in_dim, self.out_dim
-        if self.keep_rows:  # rows (b, *s) x (G, D) as the reference unfolds them, through update()
-            order = (0, *range(3, x.dim()), 1, 2)
-            self.update(x.permute(order).reshape(-1, G, D), y.permute(order).reshape(-1, G, O))
-            return y.to(torch.float64).sum(0)
         per_image = 8 * G * max(D + 1, O) * max(L, 1)
         step = max(1, min(B, BUFFER_BYTES // per_image))
         step = math.ceil(B / math.ceil(B / step)) if B else 1  # equal chunks
@@ -173,7 +135,7 @@ class NormalEquations:
             yb = yb.view(G, O, m * L)
             sq = torch.mul(yb, yb, out=self._buffer("sq", (G, O, m * L)))
             self._add(xa @ xa.transpose(1, 2), xa @ yb.transpose(1, 2), sq.sum(-1))
-        return sums
+        self.positions.add(sums, B)
 
     def _add(self, aa: Tensor, ab: Tensor, yy: Tensor) -> None:
         """Add one chunk's sums: X_augᵀX_aug (G, D+1, D+1), X_augᵀY (G, D+1, O), Σy² (G, O)."""
@@ -182,61 +144,34 @@ class NormalEquations:
         self.yy += yy
 
     def all_reduce(self, reduce: ReduceFn = all_reduce_sum, gather: GatherFn = all_gather_rows) -> None:
-        """Combine the statistics of all processes (call on every rank before ``solve``): sum the
-        sums with ``reduce``, or concatenate the kept rows in rank order with ``gather``."""
-        if self.keep_rows:
-            X = gather(torch.cat([x for x, _ in self._kept]))
-            Y = gather(torch.cat([y for _, y in self._kept]))
-            self._kept = []
-            self.rows = (X, Y)
-            self.yy = Y.double().pow(2).sum(0)  # (G, O)
-            return
+        """Sum the statistics of all processes with ``reduce`` (every rank, before ``solve``);
+        ``gather`` is unused (no rows are kept)."""
         for t in (self.A, self.B, self.yy):
             reduce(t)
+        self.positions.all_reduce(reduce)
 
-    def solve(self, r2_from: str = "fp32", ss_tot: float | None = None) -> Solution:
-        """Solve the normal equations of every group: W_aug = (A + λI)⁻¹ B in float64 (the
-        minimum-norm solution where A is numerically singular).
-
-        ``r2_from`` says whose R² is returned, the statistic the driver keeps or zeroes a block by:
-        - ``"fp32"`` (default): R² of the reference's kind of solution, ``inverse(A + λI) @ B`` in
-          fp32. It differs where A is numerically singular (cond ≳ 1/eps_fp32, e.g. the LayerNorm
-          output that feeds Swin's first block): the fp32 solution is dominated by rounding, its
-          R² is negative and the reference leaves the block uncompensated; so does this rule.
-          Elsewhere it equals the float64 R² up to fp32 rounding.
-        - ``"float64"``: R² of the float64 (minimum-norm) solution, which can compensate such blocks.
-        ``ss_tot``: the total sum of squares R² is taken against (default: around the mean of
-        every output column, Σyy - (Σy)² / n); R² = 1 - SS_res / SS_tot with SS_res evaluated
-        exactly (float64) on the accumulated sums.
-        """
-        if r2_from not in R2_FROM:
-            raise ValueError(f"r2_from must be one of {R2_FROM}, got {r2_from!r}")
-        if self.keep_rows:  # the reference's own fp32 solution and R² (r2_from does not apply)
-            if self.rows is None:
-                self.all_reduce(reduce=lambda t: None, gather=lambda t: t)
-            W, b, r2 = solve_rows(*self.rows, ridge=self.ridge, ss_tot=ss_tot)  # type: ignore[misc]
-            return Solution(W, b, r2)
-        if ss_tot is None:
+    def solve(self) -> Solution:
+        """W_aug = (A + λI)⁻¹ B per group in float64 (the minimum-norm solution where A is
+        numerically singular), with its R² (``r2``) and the R² of the reference's kind of solution,
+        ``inverse(fp32(A + λI)) @ fp32(B)`` (``r2_reference``). The two differ where A is
+        numerically singular (cond ≳ 1/eps_fp32, e.g. the LayerNorm output that feeds Swin's first
+        block): the fp32 solution is dominated by rounding and its R² is negative; elsewhere they
+        agree up to fp32 rounding. SS_res is evaluated exactly (float64) on the sums."""
+        ss_tot = self.positions.ss_tot(self.yy)
+        if ss_tot is None:  # around the mean of every output column: Σyy - (Σy)² / n
             ss_tot = float((self.yy - self.B[:, -1].pow(2) / self.A[0, -1, -1]).sum())
         with _lapack_threads(self.A):
             W_aug = self._solve_lstsq()
-            decide = self._solve_fp32() if r2_from == "fp32" else W_aug
-        r2 = 1 - self._ss_res(decide) / ss_tot if ss_tot > 0 else 0.0
-        if not math.isfinite(r2):
-            r2 = -math.inf
-        return Solution(W_aug[:, :-1].float(), W_aug[:, -1].float(), r2)
+            W_ref = self._solve_fp32()
+        return Solution(W_aug[:, :-1].float(), W_aug[:, -1].float(), r_squared(self._ss_res(W_aug), ss_tot),
+                        r_squared(self._ss_res(W_ref), ss_tot))
 
     def _ss_res(self, W_aug: Tensor) -> float:
         """Σ ||y - x_aug W_aug||² over all groups, from the sums: Σyy - 2<W, B> + <W, A W>."""
         return float(self.yy.sum() - 2 * (W_aug * self.B).sum() + (W_aug * (self.A @ W_aug)).sum())
 
     def residual(self, sol: Solution) -> float:
-        """SS_res = Σ ||y - x W - b||² of a solution (float64; from the sums, or the kept rows)."""
-        if self.keep_rows:
-            assert self.rows is not None, "call all_reduce() (or solve()) first"
-            X, Y = self.rows
-            return float(sum(((Y[:, g] - (X[:, g] @ sol.weight[g] + sol.bias[g])).double()).pow(2).sum()
-                             for g in range(self.groups)))
+        """SS_res = Σ ||y - x W - b||² of a solution (float64, from the sums)."""
         return self._ss_res(torch.cat([sol.weight, sol.bias[:, None]], 1).to(self.A))
 
     def _ridged(self) -> Tensor:

@@ -7,7 +7,7 @@ the block in full precision and quantized on the same input X (the output of the
 quantized-and-compensated blocks before it), accumulates Y = FP(X) - Q(X) ≈ X W + b, solves,
 installs ``CompensatedBlock``, and feeds Q(X) + c(X) (then ``after``) to block k + 1. As in the
 reference, the features passed on while fitting go through the compensation in fp32; only the
-installed wrapper at evaluation uses the fp16 product (``QwTConfig.fp16_eval``).
+installed wrapper at evaluation uses the product of :func:`qwt_core.eval_arithmetic`.
 Each block is run twice per calibration batch: once in full precision, once quantized; the
 propagation to the next block reuses the stored quantized outputs (no third pass).
 """
@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..quant.state import full_precision, quant_state
-from .accumulator import NormalEquations, ReduceFn, all_reduce_sum
+from .accumulator import NormalEquations
 from .compensation import CompensatedBlock, ConvCompensation, LinearCompensation
 from .config import QwTConfig
-from .reference_solve import GatherFn, all_gather_rows
+from .regression import GatherFn, ReduceFn, Regression, all_gather_rows, all_reduce_sum, gate
+from .rows import ReferenceRows
 from .store import FeatureStore, Recycler
 
 
@@ -93,33 +94,6 @@ def _columns(x: Tensor, y: Tensor, cfg: QwTConfig) -> tuple[Tensor, Tensor, dict
     return xc, yc, {"stride": stride, "groups": groups, "in_channels": C}
 
 
-class PositionSums:
-    """Σ over images of Y (B, C, H, W) per (channel, y, x): the reference's ResNet R² takes
-    SS_tot around the mean of every output position over the images:
-    SS_tot = Σ y² - Σ_{c,h,w} (Σ_b y)² / B."""
-
-    def __init__(self) -> None:
-        self.sums: Tensor | None = None  # (C, H, W) float64
-        self.images = torch.zeros((), dtype=torch.float64)
-
-    def update(self, y: Tensor) -> None:
-        self.add(y.to(torch.float64).sum(0), y.shape[0])
-
-    def add(self, sums: Tensor, images: int) -> None:
-        """Add Σ_b y of ``images`` images, (C, H, W) float64 (or any shape reshaping to it)."""
-        self.sums = sums if self.sums is None else self.sums + sums.view_as(self.sums)
-        self.images = self.images.to(sums.device) + images
-
-    def all_reduce(self, reduce: ReduceFn) -> None:
-        assert self.sums is not None
-        reduce(self.sums)
-        reduce(self.images)
-
-    def ss_tot(self, yy: Tensor) -> float:
-        assert self.sums is not None
-        return float(yy.sum() - self.sums.pow(2).sum() / self.images)
-
-
 class Propagated:
     """The next block's inputs, computed batch by batch when read: ``after(Q(x) + c(x))`` from the
     stored block inputs x and quantized outputs Q(x), with the compensation in fp32 as the
@@ -147,20 +121,28 @@ class Propagated:
 Inputs = Union[FeatureStore, Propagated]
 
 
+def new_regression(cfg: QwTConfig, in_dim: int, out_dim: int, groups: int, ridge: float,
+                   device: torch.device) -> Regression:
+    """The regression ``cfg.regression`` names: ``"rows"`` -> :class:`ReferenceRows`, ``"sums"`` ->
+    :class:`NormalEquations`, looked up in this module when called (instrumentation may replace
+    either class here)."""
+    cls = ReferenceRows if cfg.regression == "rows" else NormalEquations
+    return cls(in_dim, out_dim, groups, ridge, device=device)
+
+
 def fit_block(block: nn.Module, step: BlockStep, inputs: Inputs, cfg: QwTConfig, reduce: ReduceFn,
               index: int, keep: bool = True, gather: GatherFn = all_gather_rows
               ) -> tuple[nn.Module, tuple[FeatureStore, FeatureStore] | None, BlockReport]:
-    """Fit the compensation of one block. Reads (and consumes) ``inputs`` once; with ``keep``
-    also returns the block inputs and quantized outputs, from which :class:`Propagated` makes the
-    next block's inputs once the compensation is known."""
+    """Fit the compensation of one block: for every batch X, Y = FP(X) - Q(X) into the regression
+    (tokens: rows (n, D) -> (n, O); ResNet: grouped-conv columns); combine over processes; solve;
+    gate; build the module. Reads (and consumes) ``inputs`` once; with ``keep`` also returns the
+    block inputs and quantized outputs, from which :class:`Propagated` makes the next block's
+    inputs once the compensation is known."""
     src = inputs.inputs if isinstance(inputs, Propagated) else inputs
-    where, dev = cfg.store, src.device
-    kept = (FeatureStore(where, dev, src.recycler), FeatureStore(where, dev, src.recycler)) if keep else None
-    acc: NormalEquations | None = None
-    rows = cfg.solver == "reference"  # keep every row and solve as released (else float64 sums)
-    positions = PositionSums() if step.kind == "conv" else None
+    kept = (FeatureStore(cfg.store, src.device, src.recycler),
+            FeatureStore(cfg.store, src.device, src.recycler)) if keep else None
+    reg: Regression | None = None
     geom: dict = {}
-    ss_tot = None
     for x in inputs.drain():
         with full_precision(block):
             fp = step.call(block, x)
@@ -169,45 +151,34 @@ def fit_block(block: nn.Module, step: BlockStep, inputs: Inputs, cfg: QwTConfig,
         own = fp.data_ptr() not in (x.data_ptr(), q.data_ptr()) and fp._base is None
         y = fp.sub_(q) if own else fp - q
         if step.kind == "linear":
-            xr, yr = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-            if acc is None:
-                acc = NormalEquations(xr.shape[-1], yr.shape[-1], 1, cfg.linear_ridge, device=x.device,
-                                      keep_rows=rows)
-            acc.update(xr, yr)
+            xr, yr = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])  # (n, D), (n, O)
+            reg = reg or new_regression(cfg, xr.shape[-1], yr.shape[-1], 1, cfg.linear_ridge, x.device)
+            reg.update(xr, yr)
         else:
-            xc, yc, geom = _columns(x, y, cfg)
-            if acc is None:
-                acc = NormalEquations(xc.shape[2], yc.shape[2], xc.shape[1], cfg.conv_ridge, device=x.device,
-                                      keep_rows=rows)
-            assert positions is not None
-            positions.add(acc.update_columns(xc, yc), y.shape[0])
+            xc, yc, geom = _columns(x, y, cfg)  # (B, G, D, h, w), (B, G, O/G, h, w)
+            reg = reg or new_regression(cfg, xc.shape[2], yc.shape[2], xc.shape[1], cfg.conv_ridge, x.device)
+            reg.update_columns(xc, yc)
         if kept is not None:
             kept[0].append(x)
             kept[1].append(q)
         del fp, y, q, x
-    if acc is None:
+    if reg is None:
         raise ValueError("QwT needs at least one calibration batch")
-    acc.release()
-    acc.all_reduce(reduce, gather)
-    if positions is not None:
-        positions.all_reduce(reduce)
-        ss_tot = positions.ss_tot(acc.yy)
-    sol = acc.solve("float64" if cfg.solver == "lstsq" else "fp32", ss_tot=ss_tot)
-    applied = sol.r2 > 0 and index >= cfg.start_block
+    reg.release()
+    reg.all_reduce(reduce, gather)
+    sol = reg.solve()
+    applied, r2 = gate(sol, index, cfg)
     if not applied:
         sol.weight.zero_()
         sol.bias.zero_()
-    if step.kind == "linear":
-        comp: nn.Module = LinearCompensation.from_solution(sol, cfg.fp16_eval, cfg.half_arith)
-    else:
-        comp = ConvCompensation.from_solution(sol, geom["in_channels"], cfg.kernel_size,
-                                              geom["stride"], cfg.fp16_eval, cfg.half_arith)
-    n_out = acc.count * acc.out_dim * acc.groups
-    mse_before = float(acc.yy.sum()) / n_out
-    report = BlockReport(index, step.name, sol.r2, applied, mse_before,
-                         acc.residual(sol) / n_out if applied else mse_before, acc.count,
+    comp = (LinearCompensation.from_solution(sol) if step.kind == "linear" else
+            ConvCompensation.from_solution(sol, geom["in_channels"], cfg.kernel_size, geom["stride"]))
+    n_out = reg.count * reg.out_dim * reg.groups
+    mse_before = float(reg.yy.sum()) / n_out
+    report = BlockReport(index, step.name, r2, applied, mse_before,
+                         reg.residual(sol) / n_out if applied else mse_before, reg.count,
                          {k: v for k, v in geom.items() if k != "in_channels"})
-    return comp.to(dev).eval(), kept, report
+    return comp.to(src.device).eval(), kept, report
 
 
 @torch.no_grad()
@@ -224,8 +195,8 @@ def fit_qwt(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwTConfig
     Args:
         batches: calibration images (B, 3, H, W); with several processes each rank passes its own
             shard; before each solve ``gather`` concatenates the regression rows over processes in
-            rank order (``solver="reference"``), ``reduce`` sums the normal equations (streaming
-            solvers) and the ResNet R² position sums.
+            rank order (``regression="rows"``), ``reduce`` sums the normal equations
+            (``regression="sums"``) and the ResNet R² position sums.
         on_block: called with each block's report (progress / logging).
     Returns:
         one :class:`BlockReport` per block.

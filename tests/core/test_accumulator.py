@@ -1,10 +1,14 @@
-"""Streaming normal equations equal batch least squares; R²; distributed reduction hook."""
+"""The two QwT regressions: float64 normal equations equal batch least squares; kept rows give the
+released fp32 solution bit for bit; both take the ResNet SS_tot per position; the gate; presets."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from qwt_core import NormalEquations
+from qwt_core import SOLVER_PRESETS, NormalEquations, QwTConfig, ReferenceRows, Solution, gate
+from qwt_core.qwt.driver import _columns
 
 pytestmark = pytest.mark.machine_kernels  # LAPACK / GEMM results compared (make test reruns it under ISA caps)
 
@@ -73,10 +77,10 @@ def test_ridge_and_singular_fallback() -> None:
     y = x[:, :2] * 3
     acc = NormalEquations(5, 2)
     acc.update(x, y)
-    s = acc.solve("float64")
+    s = acc.solve()
     assert torch.isfinite(s.weight).all() and s.r2 > 0.999
     # the reference's fp32 inverse fails on an exactly singular XᵀX: no positive R², zero compensation
-    assert acc.solve("fp32").r2 == float("-inf")
+    assert s.r2_reference == float("-inf")
     ridge = NormalEquations(5, 2, ridge=1e-3)
     ridge.update(x, y)
     xa = torch.cat([x, torch.ones(40, 1)], 1).double()
@@ -126,32 +130,90 @@ def test_kept_rows_give_the_reference_token_solution_bit_for_bit() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(6, 50, 24, generator=g) * torch.linspace(0.1, 3, 24)  # (images, tokens, D)
     y = x @ torch.randn(24, 16, generator=g) * 0.1 + torch.randn(6, 50, 16, generator=g)
-    acc = NormalEquations(24, 16, keep_rows=True)
+    acc = ReferenceRows(24, 16)
     for i in range(0, 6, 4):  # two batches, as the driver feeds them
         acc.update(x[i:i + 4].reshape(-1, 24), y[i:i + 4].reshape(-1, 16))
     acc.all_reduce()
     sol = acc.solve()
     W, b, r2 = _reference_token_regression(x, y)
     assert torch.equal(sol.weight[0], W) and torch.equal(sol.bias[0], b)
-    assert sol.r2 == pytest.approx(r2, rel=1e-5)
+    assert sol.r2 == pytest.approx(r2, rel=1e-5) and sol.r2_reference == sol.r2
+    assert acc.count == 300
+
+
+def _conv_data(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.relu(torch.randn(4, 8, 10, 10, generator=g))
+    y = torch.nn.functional.conv2d(x, torch.randn(12, 8, 3, 3, generator=g) * 0.1, stride=2, padding=1)
+    return x, y + torch.randn(y.shape, generator=g) * 0.05
 
 
 def test_kept_rows_give_the_reference_grouped_conv_solution_bit_for_bit() -> None:
-    from qwt_core.qwt.compensation import ConvCompensation, conv_rows, unfold_groups
-    from qwt_core.qwt.driver import PositionSums
-    g = torch.Generator().manual_seed(1)
-    x = torch.relu(torch.randn(4, 8, 10, 10, generator=g))
-    y = torch.nn.functional.conv2d(x, torch.randn(12, 8, 3, 3, generator=g) * 0.1, stride=2, padding=1)
-    y = y + torch.randn(y.shape, generator=g) * 0.05
-    groups, k = 2, 3
-    acc = NormalEquations(8 // groups * k * k, 12 // groups, groups, ridge=1e-3, keep_rows=True)
-    pos = PositionSums()
+    """Columns as the driver lays them out (:func:`_columns`), rows unfolded by ReferenceRows: the
+    released ResNet regression's W, b bit for bit, and its R² (SS_tot per output position)."""
+    from qwt_core.qwt.compensation import ConvCompensation
+    x, y = _conv_data()
+    cfg = QwTConfig(kernel_size=3, factor=4)  # 8 channels // 4 = 2 groups
+    acc = None
     for i in (0, 2):
-        acc.update(unfold_groups(x[i:i + 2], k, 2, groups), conv_rows(y[i:i + 2], groups))
-        pos.update(y[i:i + 2])
+        xc, yc, geom = _columns(x[i:i + 2], y[i:i + 2], cfg)  # (B, G, D, h, w), (B, G, O/G, h, w)
+        acc = acc or ReferenceRows(xc.shape[2], yc.shape[2], xc.shape[1], ridge=cfg.conv_ridge)
+        acc.update_columns(xc, yc)
+    assert acc is not None and geom["groups"] == 2
     acc.all_reduce()
-    sol = acc.solve(ss_tot=pos.ss_tot(acc.yy))
-    W, b, r2 = _reference_conv_regression(x, y, k, groups)
-    comp = ConvCompensation.from_solution(sol, 8, k, 2, fp16_eval=False)
+    sol = acc.solve()
+    W, b, r2 = _reference_conv_regression(x, y, 3, 2)
+    comp = ConvCompensation.from_solution(sol, 8, 3, 2)
     assert torch.equal(comp.weight, W) and torch.equal(comp.bias, b)
     assert sol.r2 == pytest.approx(r2, rel=1e-4)
+
+
+def test_both_regressions_agree_on_conv_columns() -> None:
+    """The same columns into both regressions: W, b agree to fp32 rounding of a well-conditioned
+    system, and the float64 R² (SS_tot per position, kept inside the regression) is the rows' R²."""
+    x, y = _conv_data(2)
+    cfg = QwTConfig(kernel_size=3, factor=4)
+    xc, yc, _ = _columns(x, y, cfg)
+    rows = ReferenceRows(xc.shape[2], yc.shape[2], xc.shape[1], ridge=cfg.conv_ridge)
+    sums = NormalEquations(xc.shape[2], yc.shape[2], xc.shape[1], ridge=cfg.conv_ridge)
+    for reg in (rows, sums):
+        reg.update_columns(xc[:3], yc[:3])
+        reg.update_columns(xc[3:], yc[3:])
+        reg.all_reduce()
+    a, b = rows.solve(), sums.solve()
+    torch.testing.assert_close(b.weight, a.weight, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(b.bias, a.bias, rtol=1e-3, atol=1e-4)
+    assert b.r2 == pytest.approx(a.r2, abs=1e-4) and b.r2_reference == pytest.approx(a.r2, abs=1e-4)
+    assert rows.count == sums.count == 4 * 5 * 5
+    assert rows.residual(a) == pytest.approx(sums.residual(a), rel=1e-6)
+
+
+def test_update_columns_equals_update_on_unfolded_rows() -> None:
+    """NormalEquations: column layout and row layout give the same sums (float64 rounding)."""
+    x, y = _conv_data(3)
+    xc, yc, _ = _columns(x, y, QwTConfig(kernel_size=3, factor=4))
+    G, D, O = xc.shape[1], xc.shape[2], yc.shape[2]
+    cols, rows = NormalEquations(D, O, G), NormalEquations(D, O, G)
+    cols.update_columns(xc, yc)
+    order = (0, 3, 4, 1, 2)  # rows (b, y, x), columns (group, feature)
+    rows.update(xc.permute(order).reshape(-1, G, D), yc.permute(order).reshape(-1, G, O))
+    for p, q in ((cols.A, rows.A), (cols.B, rows.B), (cols.yy, rows.yy)):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-9)
+
+
+def test_gate() -> None:
+    """reference: the fp32 solution's R²; float64: the solution's own; never before start_block."""
+    sol = Solution(torch.zeros(1, 2, 2), torch.zeros(1, 2), r2=0.5, r2_reference=-math.inf)
+    assert gate(sol, 3, QwTConfig()) == (False, -math.inf)
+    assert gate(sol, 3, QwTConfig(regression="sums", gate="float64")) == (True, 0.5)
+    assert gate(sol, 3, QwTConfig(regression="sums", gate="float64", start_block=4)) == (False, 0.5)
+
+
+def test_solver_presets_name_the_config() -> None:
+    for name, preset in SOLVER_PRESETS.items():
+        assert QwTConfig(**preset).solver == name  # type: ignore[arg-type]
+    assert QwTConfig().solver == "reference"
+    with pytest.raises(ValueError, match="needs regression='sums'"):
+        QwTConfig(regression="rows", gate="float64")
+    with pytest.raises(ValueError, match="regression"):
+        QwTConfig(regression="all")  # type: ignore[arg-type]

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from qwt_core import (CompensatedBlock, QwTConfig, calibrate_repq, fit_qwt, full_precision,
-                      quant_state)
+from qwt_core import (SOLVER_PRESETS, BlockStep, CompensatedBlock, QwTConfig, calibrate_repq, eval_arithmetic,
+                      fit_qwt, full_precision, quant_state)
 
 from .toy import (ConvAdapter, TinyConvNet, TinyTransformer, TransformerAdapter, quantize_convnet,
                   quantize_transformer)
@@ -33,13 +35,13 @@ def test_qwt_lowers_block_and_feature_error_on_held_out_inputs() -> None:
         q_block0 = model.blocks[0](x0)
         feats_before = model.features(held_out)
     fp_block0 = ref.blocks[0](ref.embed(held_out)).detach()
-    # (block 0's input, embed(x) of 12-dim tokens, has rank 13 < 33: the float64 solver handles it)
+    # (block 0's input, embed(x) of 12-dim tokens, has rank 13 < 33: the float64 gate keeps it)
     reports = fit_qwt(TransformerAdapter(model), [torch.randn(16, 20, 12) for _ in range(4)],
-                      QwTConfig(fp16_eval=False, solver="lstsq"))
+                      QwTConfig(**SOLVER_PRESETS["lstsq"]))  # type: ignore[arg-type]
     assert [r.name for r in reports] == ["blocks.0", "blocks.1", "blocks.2"]
     assert all(isinstance(b, CompensatedBlock) for b in model.blocks)
     assert all(r.applied and 0 < r.r2 < 1 and r.mse_after < r.mse_before for r in reports)
-    with torch.no_grad(), quant_state(model):
+    with torch.no_grad(), quant_state(model), eval_arithmetic(fp16=False):
         q_comp_block0 = model.blocks[0](x0)
         feats_after = model.features(held_out)
     fp_feats = ref.features(held_out).detach()
@@ -55,11 +57,21 @@ def test_driver_feeds_compensated_outputs_forward() -> None:
     calib = [torch.randn(8, 20, 12) for _ in range(2)]
     seen: list[torch.Tensor] = []
     hook = model.blocks[1].register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
-    fit_qwt(TransformerAdapter(model), calib, QwTConfig(fp16_eval=False))
+    fit_qwt(TransformerAdapter(model), calib, QwTConfig())
     hook.remove()
     with torch.no_grad(), quant_state(model):
         want = model.blocks[0](model.embed(calib[0]))  # wrapper now: Q(x) + c(x)
     torch.testing.assert_close(seen[0], want, rtol=0, atol=0)
+
+
+class FullPrecisionAdapter(TransformerAdapter):
+    """Its blocks are called in full precision even inside the fit's quant state: Q(x) = FP(x)."""
+
+    def steps(self) -> list[BlockStep]:
+        def call(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+            with full_precision(block):
+                return block(x)
+        return [dataclasses.replace(s, call=call) for s in super().steps()]
 
 
 def test_start_block_and_r2_gating() -> None:
@@ -72,18 +84,8 @@ def test_start_block_and_r2_gating() -> None:
     fp_model = TinyTransformer(depth=1).eval()
     quantize_transformer(fp_model, 8)
     calibrate_repq(fp_model, torch.randn(4, 20, 12))
-    for _, q in __import__("qwt_core").quantizers(fp_model):
-        q.enabled = False
-    adapter = TransformerAdapter(fp_model)
-    from qwt_core.quant import state
-
-    orig = state.quant_state
-    try:  # keep the model in full precision for the whole fit, so Y = FP - Q = 0
-        import qwt_core.qwt.driver as drv
-        drv.quant_state = lambda m, weight=True, act=True: orig(m, weight=False, act=False)
-        reports = fit_qwt(adapter, [torch.randn(4, 20, 12)])
-    finally:
-        drv.quant_state = orig
+    reports = fit_qwt(FullPrecisionAdapter(fp_model), [torch.randn(4, 20, 12)])
+    assert reports[0].mse_before == 0.0  # Y = FP(x) - Q(x) = 0 exactly
     assert reports[0].r2 <= 0 and not reports[0].applied
     assert float(fp_model.blocks[0].compensation.weight.abs().sum()) == 0.0
 
@@ -97,10 +99,10 @@ def test_conv_qwt_lowers_error_with_stride_two_block() -> None:
     with torch.no_grad(), quant_state(model):
         before = model(held_out)
     reports = fit_qwt(ConvAdapter(model), [torch.randn(16, 3, 12, 12) for _ in range(4)],
-                      QwTConfig(kernel_size=3, factor=4, fp16_eval=False))
+                      QwTConfig(kernel_size=3, factor=4))
     assert [r.extra["stride"] for r in reports] == [1, 2, 1]
     assert [r.extra["groups"] for r in reports] == [2, 2, 4]
-    with torch.no_grad(), quant_state(model):
+    with torch.no_grad(), quant_state(model), eval_arithmetic(fp16=False):
         after = model(held_out)
     want = ref(held_out).detach()
     assert _err(after, want) < _err(before, want)
@@ -123,20 +125,21 @@ def test_feature_stores_give_identical_fits() -> None:
 def test_reference_rule_zeroes_a_rank_deficient_block_that_lstsq_compensates() -> None:
     """Block 0's input, embed(x) for 12-dim tokens, spans 13 of its 33 augmented dimensions: XᵀX is
     singular. The reference inverts it in fp32, gets a solution dominated by rounding with a
-    negative R², and keeps the block at zero; ``solver="reference"`` reaches the same decision
-    while the float64 minimum-norm solve (``"lstsq"``) compensates the block."""
+    negative R², and keeps the block at zero; the reference gate reaches the same decision (on
+    kept rows and on float64 sums alike) while the float64 gate (``"lstsq"``) compensates the block."""
     model, _ = _transformer()
     calib = [torch.randn(16, 20, 12) for _ in range(4)]
     by = {}
-    for solver in ("reference", "lstsq"):
+    for solver in SOLVER_PRESETS:
         m = copy.deepcopy(model)
-        by[solver] = fit_qwt(TransformerAdapter(m), calib, QwTConfig(fp16_eval=False, solver=solver))
-        if solver == "reference":
+        by[solver] = fit_qwt(TransformerAdapter(m), calib, QwTConfig(**SOLVER_PRESETS[solver]))  # type: ignore[arg-type]
+        if solver != "lstsq":
             assert float(m.blocks[0].compensation.weight.detach().abs().sum()) == 0.0
-    ref, lst = by["reference"], by["lstsq"]
-    assert ref[0].r2 < 0 and not ref[0].applied
+    for ref in (by["reference"], by["streaming"]):
+        assert ref[0].r2 < 0 and not ref[0].applied
+        assert all(r.applied and r.r2 > 0 for r in ref[1:])  # full-rank blocks are kept
+    lst = by["lstsq"]
     assert lst[0].r2 > 0 and lst[0].applied
-    assert all(r.applied and r.r2 > 0 for r in ref[1:])  # full-rank blocks are kept
 
 
 @torch.no_grad()
@@ -156,12 +159,13 @@ def test_conv_r2_is_taken_around_per_position_means() -> None:
         q = blk(x)
         with full_precision(blk):
             y = blk(x) - q  # (B, C, H, W)
-    cfg = QwTConfig(kernel_size=3, factor=4, fp16_eval=False)
+    cfg = QwTConfig(kernel_size=3, factor=4)
     report = fit_qwt(adapter, calib, cfg)[0]
     # direct re-derivation: grouped ridge fit on unfolded patches, then the reference's R²
-    from qwt_core.qwt.compensation import conv_rows, unfold_groups
     g = report.extra["groups"]
-    xr, yr = unfold_groups(x, 3, 1, g).double(), conv_rows(y, g).double()  # (n, G, D), (n, G, O)
+    cols = F.unfold(x, 3, padding=1)  # (B, C*9, L), (c, ky, kx) per group
+    xr = cols.transpose(1, 2).reshape(-1, g, cols.shape[1] // g).double()  # (n, G, D)
+    yr = y.permute(0, 2, 3, 1).reshape(-1, g, y.shape[1] // g).double()  # (n, G, O)
     pred = torch.empty_like(yr)
     for k in range(g):
         xa = torch.cat([xr[:, k], torch.ones(len(xr), 1, dtype=torch.float64)], 1)
@@ -184,7 +188,7 @@ def test_fit_propagates_in_fp32_and_evaluates_in_fp16() -> None:
     calib = [torch.randn(8, 20, 12) for _ in range(2)]
     seen: list[torch.Tensor] = []
     hook = model.blocks[2].register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
-    fit_qwt(TransformerAdapter(model), calib, QwTConfig(solver="lstsq"))  # fp16_eval (default)
+    fit_qwt(TransformerAdapter(model), calib, QwTConfig(**SOLVER_PRESETS["lstsq"]))  # type: ignore[arg-type]
     hook.remove()
     c0, wrapped = model.blocks[0], model.blocks[1]
     W0, b0 = c0.compensation.weight.detach(), c0.compensation.bias.detach()
@@ -195,5 +199,7 @@ def test_fit_propagates_in_fp32_and_evaluates_in_fp16() -> None:
         x1 = (c0.block(x0) + x0 @ W0) + b0  # what block 1 saw while fitting
         out = wrapped.block(x1)
         assert torch.equal(seen[0], (out + x1 @ W) + b)
-        assert torch.equal(wrapped.eval()(x1), (out + (x1.half() @ W.half()).float()) + b)
+        assert torch.equal(wrapped.eval()(x1), (out + (x1.half() @ W.half()).float()) + b)  # the default
         assert not torch.equal(seen[0], wrapped(x1))
+        with eval_arithmetic(fp16=False):  # detection's evaluation arithmetic: the fp32 product
+            assert torch.equal(wrapped(x1), (out + x1 @ W) + b)

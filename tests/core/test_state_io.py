@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwt_core import QwTConfig, calibrate_repq, fit_qwt, load_state, model_size, quant_state, save_state
+from qwt_core import (CompensatedBlock, QwTConfig, calibrate_repq, eval_arithmetic, fit_qwt, load_state,
+                      model_size, quant_state, save_state)
 
 from .toy import TinyTransformer, TransformerAdapter, quantize_transformer
 
@@ -29,6 +30,39 @@ def test_save_load_bit_identical(tmp_path) -> None:
     with torch.no_grad(), quant_state(model), quant_state(fresh):
         assert torch.equal(model(x), fresh(x))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_state_carries_no_evaluation_arithmetic_and_old_files_load(tmp_path) -> None:
+    """The specs saved hold the geometry only; a file written before the evaluation arithmetic was
+    a context (its specs carry ``fp16_eval`` / ``half_arith``) loads the same, and the reloaded
+    model follows :func:`eval_arithmetic` whatever the file says."""
+    torch.manual_seed(4)
+    model = _calibrated()
+    path = tmp_path / "state.pt"
+    save_state(model, path)
+    payload = torch.load(path, weights_only=False)
+    assert all(set(spec) == {"kind", "in_dim", "out_dim"} for spec in payload["compensated"].values())
+    for spec in payload["compensated"].values():  # as an older version wrote them
+        spec.update(fp16_eval=False, half_arith="emulated")
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    fresh = TinyTransformer(qkv_bias=False).eval()
+    quantize_transformer(fresh, 4)
+    load_state(fresh, old)
+    assert any(isinstance(m, CompensatedBlock) for m in fresh.modules())
+    x = torch.randn(5, 20, 12)
+    with torch.no_grad(), quant_state(model), quant_state(fresh):
+        assert torch.equal(model(x), fresh(x))
+        with eval_arithmetic(fp16=False):
+            assert torch.equal(model(x), fresh(x))
+    # each reloaded compensation evaluates the fp16 product by default, not the file's fp32 one
+    comp = next(m.compensation for m in fresh.modules()
+                if isinstance(m, CompensatedBlock) and m.compensation.weight.abs().sum() > 0)
+    t = torch.randn(5, 20, comp.weight.shape[0])
+    with torch.no_grad():
+        assert torch.equal(comp(t), (t.half() @ comp.weight.half()).float() + comp.bias)
+        with eval_arithmetic(fp16=False):
+            assert torch.equal(comp(t), t @ comp.weight + comp.bias)
 
 
 def test_load_errors_name_the_file(tmp_path) -> None:

@@ -65,7 +65,7 @@ def test_fit_profile_restores_what_it_wraps() -> None:
     before = (accumulator.NormalEquations.update, store.FeatureStore._put, driver.full_precision,
               [s.call for s in adapter.steps()])
     with FitProfile(adapter) as prof:
-        fit_qwt(adapter, [torch.randn(8, 20, 12) for _ in range(2)], QwTConfig(fp16_eval=False))
+        fit_qwt(adapter, [torch.randn(8, 20, 12) for _ in range(2)], QwTConfig())
     assert prof.seconds["FP block passes"] > 0 and prof.seconds["quantized block passes"] > 0
     assert prof.seconds["normal equations (float64)"] > 0
     after = (accumulator.NormalEquations.update, store.FeatureStore._put, driver.full_precision,

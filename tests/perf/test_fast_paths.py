@@ -1,10 +1,12 @@
 """The performance paths of evaluation return the reference arithmetic's bits.
 
-* ``half_arith="native"`` on CPU: the result against PyTorch's own fp16 ``matmul`` / grouped
+* ``eval_arithmetic(half_arith="native")`` on CPU: the result against PyTorch's own fp16 ``matmul`` / grouped
   ``conv2d`` on the same machine, bit for bit, on shapes with and without a tail of D mod 4 terms,
   strided and 3x3 convolutions, whichever path ran (the ordered fp32 re-implementation of ATen's
   fp16 dot product where the probe of the same shapes matched, the native kernel elsewhere); and
   the ordered dot against the plain loop of ATen's summation order (identical on any machine).
+* ``"emulated"``: fp16 values within half an fp16 ulp plus the fp32 summation error of the exact
+  product of the fp16 operands (float64), and its fp16 rounding almost everywhere.
 * the integer-zero-point rewrite of the uniform fake quantizer against the quantizer itself,
   signed zeros, NaN, infinities and values far outside the range included, and its refusal of
   the cases where the rewrite would not be exact.
@@ -39,8 +41,36 @@ def _values(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 def test_native_half_matmul_is_the_native_kernel_bit_for_bit(shape: tuple[int, ...], d: int, o: int) -> None:
     x, w = _values(shape, 1), _values((d, o), 2) * 0.05
     assert _same_bits(halfdot.half_matmul(x, w, "native"), (x.half() @ w.half()).float())
-    emulated = halfdot.half_matmul(x, w, "emulated")
-    assert _same_bits(emulated, (x.half().float() @ w.half().float()).half().float())
+
+
+def _check_emulated(out: torch.Tensor, exact: torch.Tensor, magnitude: torch.Tensor, d: int) -> None:
+    """``out`` is what "emulated" promises of the fp16 operands' product ``exact`` (float64, exact
+    up to float64 rounding): fp16 values, each the fp16 rounding of a sum in fp32 (any order), so
+    |out - exact| <= half an fp16 ulp of exact + the fp32 summation error d·2⁻²⁴·Σ|x_d w_d|, and
+    equal to fp16(exact) except where exact lies that close to a rounding boundary."""
+    assert out.dtype == torch.float32 and torch.equal(out.half().float(), out)  # fp16-representable
+    ulp16 = torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(2.0 ** -14))) - 10)
+    bound = 0.5 * ulp16 + d * 2.0 ** -24 * magnitude
+    assert bool(((out.double() - exact).abs() <= bound).all())
+    same = out.double() == exact.half().double()  # (float64 -> fp16: one rounding)
+    assert float(same.double().mean()) > 0.99
+
+
+@pytest.mark.parametrize("shape, d, o", [((3, 50, 96), 96, 96), ((2, 41, 101), 101, 77), ((40, 3), 3, 5)])
+def test_emulated_half_matmul_is_an_fp32_product_of_fp16_operands_rounded_to_fp16(
+        shape: tuple[int, ...], d: int, o: int) -> None:
+    x, w = _values(shape, 11), _values((d, o), 12) * 0.05
+    xh, wh = x.half().double(), w.half().double()
+    assert not torch.equal(xh, x.double())  # the operands really get rounded
+    _check_emulated(halfdot.half_matmul(x, w, "emulated"), xh @ wh, xh.abs() @ wh.abs(), d)
+
+
+def test_emulated_half_conv_is_an_fp32_product_of_fp16_operands_rounded_to_fp16() -> None:
+    x, w = _values((2, 24, 9, 9), 13), _values((48, 8, 3, 3), 14) * 0.05
+    xh, wh = x.half().double(), w.half().double()
+    exact = F.conv2d(xh, wh, None, 2, 1, 1, 3)
+    magnitude = F.conv2d(xh.abs(), wh.abs(), None, 2, 1, 1, 3)
+    _check_emulated(halfdot.half_conv2d(x, w, 2, 1, 3, "emulated"), exact, magnitude, 8 * 9)
 
 
 @pytest.mark.machine_kernels
