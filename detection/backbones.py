@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.methods import QWT
+
 SWIN_TYPES = ("SwinTransformer",)
 RESNET_TYPES = ("ResNet", "ResNetV1d", "ResNeXt")
 SUPPORTED = ", ".join(SWIN_TYPES + RESNET_TYPES)
@@ -27,7 +29,6 @@ DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
     "swin": ("fp", "repq", "repq+qwt"),
     "resnet": ("fp", "percentile", "percentile+qwt"),
 }
-QWT = "+qwt"
 ALL_METHODS: tuple[str, ...] = ("fp",) + tuple(m + s for k in KIND_METHODS.values() for m in k for s in ("", QWT))
 
 

@@ -40,7 +40,7 @@ class StateInfo:
         return bool(self.compensated)
 
 
-def read_state_info(path: str | os.PathLike[str], what: str = "--load-state") -> StateInfo:
+def read_state_info(path: str | os.PathLike[str], what: str = "state file") -> StateInfo:
     """Open a state written by :func:`save_state` without a model: its meta and compensated blocks.
 
     Raises :class:`StateFileError` (one line naming the file) for a missing, truncated or foreign
@@ -55,11 +55,11 @@ def read_state_info(path: str | os.PathLike[str], what: str = "--load-state") ->
     except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile,
             AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
         reason = (" ".join(str(e).split()).split(". ")[0] or type(e).__name__)[:120]
-        raise StateFileError(f"{what} {path}: not a readable calibrated state written by --save-state "
+        raise StateFileError(f"{what} {path}: not a readable calibrated state written by save_state "
                              f"(truncated or another kind of file: {type(e).__name__}: {reason})") from None
     if (not isinstance(payload, dict) or payload.get("format") != FORMAT
             or not isinstance(payload.get("compensated"), dict) or not isinstance(payload.get("meta", {}), dict)):
-        raise StateFileError(f"{what} {path}: not a calibrated state written by --save-state "
+        raise StateFileError(f"{what} {path}: not a calibrated state written by save_state "
                              f"(expected format {FORMAT})")
     return StateInfo(dict(payload.get("meta") or {}), tuple(payload["compensated"]))
 

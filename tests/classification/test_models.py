@@ -45,7 +45,7 @@ def test_end_to_end_records(name: str, imagenet_dir, tmp_path) -> None:
     else:
         methods = ("fp", "repq", "repq+qwt")
     cfg = ExperimentConfig(model=name, data_dir=str(imagenet_dir), tiny=True, methods=methods,
-                           results_dir=str(tmp_path), factor=16, **FAST)
+                           results_dir=str(tmp_path), qwt=QwTConfig(factor=16), **FAST)
     returned = run_experiment(cfg)
     records = load_records(tmp_path, "imagenet")
     assert sorted(r["method"] for r in records) == sorted(methods) == sorted(r["method"] for r in returned)

@@ -1,4 +1,4 @@
-"""qwt_core.records: the layer below the pipelines; provenance of a clean tree."""
+"""runtime.records: the layer below the pipelines; provenance of a clean tree."""
 from __future__ import annotations
 
 import ast
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qwt_core.records import dataset_entry, git_info, make_record, write_record
+from runtime.records import dataset_entry, git_info, make_record, write_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def test_generated_results_do_not_make_the_tree_dirty(tmp_path: Path) -> None:
 
 
 def test_write_record_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import qwt_core.records as records_mod
+    import runtime.records as records_mod
 
     rec = make_record(suite="demo", model="m", method="fp", w_bits=None, a_bits=None, metrics={"top1": 1.0},
                       images=1, partial=False, seed=0, config={}, dataset=dataset_entry("demo", None, "val", 1, 1))

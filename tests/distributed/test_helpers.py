@@ -1,4 +1,4 @@
-"""qwt_core.distributed: shards without padding, and the collectives on a real gloo group of 2
+"""runtime.distributed: shards without padding, and the collectives on a real gloo group of 2
 processes (torch.multiprocessing), including the all-reduced QwT normal equations and how
 mmengine's test sampler + result collection (the detection evaluation) count every image once."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from qwt_core import NormalEquations
-from qwt_core import distributed as qd
+from runtime import distributed as qd
 
 WORLD = 2
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
