@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ def read_state_info(path: str | os.PathLike[str], what: str = "state file") -> S
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile,
-            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
+            AttributeError, ImportError, IndexError, KeyError, TypeError, struct.error) as e:
         reason = (" ".join(str(e).split()).split(". ")[0] or type(e).__name__)[:120]
         raise StateFileError(f"{what} {path}: not a readable calibrated state written by save_state "
                              f"(truncated or another kind of file: {type(e).__name__}: {reason})") from None
