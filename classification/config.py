@@ -19,15 +19,19 @@ class ClassificationConfig(RunConfig):
     FP16_EVAL: ClassVar[bool] = True  # the reference evaluates the compensation in fp16
 
     model: str | None = None  # registry name
-    pretrained: bool = True  # False: random init (tests, smoke runs)
+    pretrained: bool = True  # the pretrained weights (off: random init, for tests and smoke runs)
     tiny: bool = False  # small random-init variant of the model (tests, smoke runs; never for tables)
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # JSON constructor overrides, checked against the constructor before the run
+    # JSON constructor overrides, checked against the constructor before the run
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 64  # eval and QwT batch size
     calib_size: int = 32  # RepQ-ViT calibration images: one batch of augmented train images (reference 32)
     calib_augment: bool = True  # training augmentation on the calibration images (reference)
-    class_subset: bool = False  # val/ holds a subset of the model's classes: map each class folder to the model's class by its name (ImageNet wnid or class index); recorded as a class subset
+    # val/ holds a subset of the model's classes: map each class folder to the model's class by its name
+    # (ImageNet wnid or class index); recorded as a class subset
+    class_subset: bool = False
     suite: str = field(default="imagenet", metadata={"flag": False})  # the records' suite
-    spec: ModelSpec | None = field(default=None, repr=False, metadata={"flag": False, "record": False})  # use this spec instead of the registry's
+    # use this spec instead of the registry's
+    spec: ModelSpec | None = field(default=None, repr=False, metadata={"flag": False, "record": False})
 
 
 ExperimentConfig = ClassificationConfig  # the name the Python API has used

@@ -21,12 +21,15 @@ class DetectionConfig(RunConfig):
     qwt_img_size: int = 224  # QwT images are resized to this square, keep_ratio False, no flip (SPEC)
     qwt_batch_size: int = 8  # QwT images per batch
     feature_probe: int = 4  # held-out val images (test items 1..N) for the backbone feature error metric; 0: off
-    window_pad: Literal["zero", "exact"] = "zero"  # padding of the normalized tokens after the reparameterized norm1: 'zero' (the reference code) or 'exact' (named improvement: -b, same FP function)
+    # padding of the normalized tokens after the reparameterized norm1: 'zero' (the reference code) or 'exact'
+    # (named improvement: -b, same FP function)
+    window_pad: Literal["zero", "exact"] = "zero"
     work_dir: str | None = None  # mmengine work dir (logs); default work_dirs/<detector>
     launcher: Literal["none", "pytorch"] = "none"  # 'pytorch' under torchrun for several GPUs
     log_interval: int = 50  # mmengine logger interval
     cfg_options: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})  # mmengine config overrides
-    on_block: Callable[[Any], None] | None = field(default=None, metadata={"flag": False, "record": False})  # per-block QwT report callback
+    # per-block QwT report callback
+    on_block: Callable[[Any], None] | None = field(default=None, metadata={"flag": False, "record": False})
 
 
 DetectionRun = DetectionConfig  # the name the Python API has used

@@ -14,16 +14,18 @@ backbone is refused in one line before any work):
     percentile_strict     the same with the backbone conv inputs at a_bits
     <base>+qwt            plus grouped-conv QwT per residual block (``kernel_size``, ``factor``)
 
-Each evaluated method gives one record (:mod:`runtime.records`, suite "coco", metrics in
-percent) written to ``results_dir`` on rank 0 as soon as the method is evaluated, so a run that
-fails later keeps them. ``run_experiment`` is what the CLI calls.
+The steps are :func:`runtime.experiment.run`'s with :class:`DetectionTask`. Each evaluated
+method gives one record (:mod:`runtime.records`, suite "coco", metrics in percent) written to
+``results_dir`` on rank 0 as soon as the method is evaluated, so a run that fails later keeps
+them. ``run_experiment`` is what the CLI calls.
 
-Before any work (:func:`check_request`): options in range (bits, methods, seed, workers, device,
+Before any work (:meth:`DetectionTask.plan`, :meth:`DetectionTask.check_state`,
+:meth:`DetectionTask.check_inputs`): options in range (bits, methods, seed, workers, device,
 sizes), output folder and state file writable, COCO files present, checkpoint readable and of this
 detector, ``--load-state`` a readable detection state of this detector and bits, and the images
 the calibration will read (first val image, probe images, QwT train images) decodable. After the
 weights are loaded and before the FP evaluation: the state's weights fingerprint and
-``--start-block`` against the backbone's blocks.
+``--qwt-start-block`` against the backbone's blocks.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from qwt_core import quantizers
 from qwt_core.state_io import module_device
 from runtime import distributed as dist_mod
 from runtime import preflight
-from runtime.config import RunConfig, check_bits_value, flag_of
+from runtime.config import DEFAULT_CHECKPOINT_DIR, RunConfig, check_bits_value, flag_of
 from runtime.errors import BadInput, CheckpointError
 from runtime.experiment import (
     CalibrationData,
@@ -66,7 +68,7 @@ from .backbones import (
 from .config import DetectionConfig, DetectionRun  # noqa: F401  (DetectionRun: the name the Python API has used)
 
 METHODS = ALL_METHODS  # every method of some backbone; a run takes those of its detector's backbone
-DEFAULT_CKPT_DIR = "checkpoints"
+DEFAULT_CKPT_DIR = DEFAULT_CHECKPOINT_DIR  # the one checkpoint folder default (runtime.config)
 ExperimentError = BadInput  # a bad request (bits, methods, detector, files); the message is one line
 
 
@@ -297,10 +299,6 @@ def blockwise(model: nn.Module, kind: str):  # noqa: ANN201
     return ResNetBackboneAdapter(model)
 
 
-def _n_blocks(model: nn.Module, kind: str) -> int:
-    return len(blockwise(model, kind).steps())
-
-
 def backbone_of(run: DetectionConfig, cfg, name: str) -> str:  # noqa: ANN001
     """The backbone kind of the config, its methods (default or checked) set on ``run``, and the
     options that only one kind takes; BackboneError / ExperimentError before any work."""
@@ -463,7 +461,7 @@ class DetectionTask:
             "detector": ctx.plan.model, "config_file": str(ctx.plan.extra["config_path"]),
             "checkpoint": str(ctx.extra["ckpt"]), "checkpoint_format": ctx.extra["checkpoint_format"],
             "data_dir": str(mm.get("data_root")), "backbone": kind, "quant_method": base,
-            "iou_types": ctx.plan.extra["iou_types"], "methods": ctx.plan.methods,
+            "iou_types": ctx.plan.extra["iou_types"], "methods": ctx.plan.methods, "device": ctx.plan.device,
             "repq_calibration": "first test-loader image (config test pipeline)",
             "qwt_calibration": f"{cfg.qwt_size} train images, {cfg.qwt_img_size}x{cfg.qwt_img_size}, keep_ratio False, no flip, seeded sample of the images the training dataset keeps (filter_cfg {train_filter_cfg(mm)})",
             **({"patch_embed_a_bits": 8, "attn_scale": "q * scale before matmul1 (mmdet/RepQ-ViT)"}

@@ -53,9 +53,11 @@ class RunConfig:
     WORKERS: ClassVar[int] = 2  # the suite's default loader workers (capped at the CPUs available)
     FP16_EVAL: ClassVar[bool] = True  # the suite's reference evaluation arithmetic for the compensation
 
-    data_dir: str | None = None  # dataset root (ImageNet: train/ and val/ class folders; COCO 2017: annotations/, val2017/, train2017/)
+    # dataset root (ImageNet: train/ and val/ class folders; COCO 2017: annotations/, val2017/, train2017/)
+    data_dir: str | None = None
     checkpoint: str | None = None  # weights file replacing the default (pretrained / release) weights
-    checkpoint_dir: str = DEFAULT_CHECKPOINT_DIR  # folder of the release checkpoints and local weights (make: CKPT_DIR)
+    # folder of the release checkpoints and local weights (make: CKPT_DIR)
+    checkpoint_dir: str = DEFAULT_CHECKPOINT_DIR
     w_bits: int = 4  # weight bits, 2..8
     a_bits: int = 4  # activation bits, 2..8
     methods: tuple[str, ...] | None = None  # comma list (default: the model's fp, <method>, <method>+qwt)
@@ -64,10 +66,14 @@ class RunConfig:
     workers: int | None = None  # loader workers, >= 0 (default: the suite's, at most the CPUs available)
     val_limit: int | None = None  # evaluate only N >= 1 val images (recorded as partial; default: all)
     qwt_size: int = 512  # QwT regression images (reference 512)
-    eval_fp16: bool | None = None  # QwT compensation in fp16 at evaluation (default: the suite's reference: classification on, detection off)
-    half_arith: Literal["native", "emulated"] = "native"  # fp16 evaluation arithmetic: native fp16 (the reference, bit for bit) or emulated (fp16 operands and result, fp32 product: fast on CPUs)
+    # QwT compensation in fp16 at evaluation (default: the suite's reference: classification on, detection off)
+    eval_fp16: bool | None = None
+    # fp16 evaluation arithmetic: native fp16 (the reference, bit for bit) or emulated (fp16 operands and
+    # result, fp32 product: fast on CPUs)
+    half_arith: Literal["native", "emulated"] = "native"
     save_state: str | None = None  # write the calibrated state to this file (with a fingerprint of the FP weights)
-    load_state: str | None = None  # load a calibrated state instead of calibrating (same model, method, bits and FP weights)
+    # load a calibrated state instead of calibrating (same model, method, bits and FP weights)
+    load_state: str | None = None
     results_dir: str | None = str(RECORDS_DIR)  # record root (default results/records)
     progress: bool = True  # progress bars on stderr
     command: str | None = field(default=None, metadata={"flag": False})  # recorded command line

@@ -262,7 +262,7 @@ def _steps(task: Task, ctx: Context, on_record: Callable[[dict[str, Any]], None]
                 times["qwt_s"] = sum(r.extra.get("seconds", 0.0) for r in blocks)
                 has_qwt = fitted = True
             emit(variant + QWT, qmodel, times, fp_ref, blocks, {**extra, "qwt_state_loaded": not fitted})
-        if cfg.save_state and (ctx.state is None or fitted) and ctx.is_main:  # 9
+        if cfg.save_state and ctx.is_main:  # 9 (a loaded state is written again: the same tensors)
             save_state(qmodel, cfg.save_state, meta={**task.state_meta(ctx, variant), "method": variant,
                                                     "w_bits": cfg.w_bits, "a_bits": cfg.a_bits, "qwt": has_qwt,
                                                     "weights_fingerprint": ctx.fingerprint,
