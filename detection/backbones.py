@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.errors import BadInput
 from runtime.methods import QWT
 
 SWIN_TYPES = ("SwinTransformer",)
@@ -32,7 +33,7 @@ DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
 ALL_METHODS: tuple[str, ...] = ("fp",) + tuple(m + s for k in KIND_METHODS.values() for m in k for s in ("", QWT))
 
 
-class BackboneError(ValueError):
+class BackboneError(BadInput):
     """A detector this suite cannot quantize; the message is one line for the user."""
 
 

@@ -91,7 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"mmdet/mmcv (with ops) are not installed ({e}): run `make install`")
     import logging
 
-    from .data import DataError
     from .pipeline import DetectionConfig, run_experiment
 
     rank = int(os.environ.get("RANK", "0"))
@@ -101,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert isinstance(run, DetectionConfig)
         run.cfg_options = _cfg_options(args.cfg_options)
         run_experiment(run)
-    except (BadInput, DataError) as e:
+    except BadInput as e:  # DataError, BackboneError, CheckpointError, PreflightError are BadInput
         return fail(str(e))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted: the records of the methods already evaluated are kept", file=sys.stderr)
