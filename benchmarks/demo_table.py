@@ -4,10 +4,10 @@ Demo records (suite ``demo``) are small models on the digits data, run at severa
 several seeds. Per (model, method, bits) the table gives the number of seeds and, per metric,
 mean ± sample std (ddof=1) over seeds. Per seed the newest full record counts; partial
 (``--val-limit``) records count only when a seed has no full one, and such rows are marked partial
-(:func:`demo_groups`: the same selection feeds the per-block plots). Whatever models exist are
-rendered, one section per model, with the metrics a reader compares (:data:`COLUMNS`; every other
-metric stays in the records). A metric a record lists in ``metrics_absent`` (COCO size buckets
-without objects) is absent, not zero. Below the tables, :func:`qwt_effect` compares each
+(:func:`benchmarks.rows.demo_groups`: the same selection feeds the per-block plots). Whatever
+models exist are rendered, one section per model, with the metrics a reader compares
+(:data:`COLUMNS`; every other metric stays in the records). A metric a record lists in
+``metrics_absent`` (COCO size buckets without objects) is absent, not zero. Below the tables, :func:`qwt_effect` compares each
 ``+qwt`` method with its baseline seed by seed.
 
 Other code calls :func:`render_demo` (records dir -> markdown file).
@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import registry
-from benchmarks.render import (GENERATED, Footnotes, cells, load_suite, markdown_table, records_frame,
-                               write_if_changed)
+from benchmarks.plots import PLOT_DIR, plot_jobs, render_plots
+from benchmarks.render import GENERATED, Footnotes, load_suite, markdown_table, write_if_changed
+from benchmarks.rows import demo_groups
 
 #: the columns of the demo tables, in order (those the model's records have); every other metric
 #: (top-5 aside: AP50/AP75, COCO size buckets, ...) stays in the records
@@ -54,45 +55,6 @@ def _mean_std(records: list[dict[str, Any]], metric: str, digits: int) -> str:
 def _method_rank(method: str) -> tuple[int, str]:
     order = registry.METHOD_ORDER
     return (order.index(method), "") if method in order else (len(order), method)
-
-
-@dataclass(frozen=True)
-class DemoGroup:
-    """The records of one demo row (model, method, bits): per seed the newest full record (or the
-    newest partial one when no seed has a full run)."""
-
-    used: tuple[dict[str, Any], ...]  # what the row averages, by seed
-    shown: int  # seeds with any record
-    runs: int  # records of the row, all seeds and runs
-    partial: bool  # only partial runs
-
-    def seeds_text(self) -> str:
-        text = str(len(self.used))
-        if self.partial:
-            text += " (partial)"
-        elif len(self.used) < self.shown:
-            text += f" (+{self.shown - len(self.used)} partial, excluded)"
-        if self.runs > self.shown:
-            text += f"; newest of {self.runs} runs"
-        return text
-
-
-def demo_groups(records: list[dict[str, Any]]) -> dict[tuple[str, str, int, int], DemoGroup]:
-    """(model, method, w_bits, a_bits) (fp bits -1) -> :class:`DemoGroup`: what the table and
-    the plots show."""
-    frame = records_frame(records)
-    per_seed = cells(frame, ("model", "method", "w_bits", "a_bits", "seed"))
-    by_row: dict[tuple, list] = {}
-    for (model, method, w, a, _seed), cell in per_seed.items():
-        by_row.setdefault((model, method, w, a), []).append(cell)
-    out = {}
-    for key, seed_cells in by_row.items():
-        shown = [c.shown for c in seed_cells]
-        full = [r for r in shown if not r["partial"]]
-        used = full or shown  # partial seeds count only when no seed has a full run
-        out[key] = DemoGroup(tuple(sorted(used, key=lambda r: r["seed"])), len(shown),
-                             sum(c.n for c in seed_cells), not full)
-    return out
 
 
 def demo_table(records: list[dict[str, Any]], model: str, notes: Footnotes) -> pd.DataFrame:
@@ -265,7 +227,6 @@ def demo_markdown(records: list[dict[str, Any]]) -> str:
                   "([docs/demo.md](../docs/demo.md)).",
                   "", *[f"- {line}" for line in effect], ""]
     parts += ["## Provenance", "", *notes.lines(), ""]
-    from benchmarks.plots import PLOT_DIR, plot_jobs
     links = [f"- [{job.label}]({PLOT_DIR}/{job.name})" for job in plot_jobs("demo", records)]
     if links:
         parts += ["## Per-block QwT diagnostics (R², error before/after; mean and range over the seeds of "
@@ -283,6 +244,5 @@ def render_demo(records_dir: str | os.PathLike[str], out_path: str | os.PathLike
     out_path = Path(out_path)
     write_if_changed(out_path, demo_markdown(load_suite(records_dir, "demo")))
     if plots:
-        from benchmarks.plots import render_plots
         render_plots(records_dir, out_path.parent, suites=("demo",))
     return out_path

@@ -1,13 +1,18 @@
-"""Published numbers, transcribed from the seed READMEs in ``../shared/seeds/`` (never computed).
+"""Published numbers: the seed files, the :class:`PaperValue` record, and the other papers' tables,
+transcribed from the seed READMEs in ``../shared/seeds/`` (never computed).
 
+The QwT paper's own numbers live with the models they describe, in :data:`benchmarks.registry.MODELS`
+(the one home of each model's facts); this module holds what the registry's rows cite beside them.
 Every value carries the seed file it was copied from (``PaperValue.seed``);
-``tests/benchmarks/test_paper_values.py`` parses those markdown tables and checks this file
-against them, so a typo here fails the tests.
+``tests/benchmarks/test_paper_values.py`` parses those markdown tables and checks
+``benchmarks.registry.PAPER_VALUES`` (QwT's and these) against them, so a typo fails the tests.
 
 Sources:
   * ``QWT_IMAGENET`` (seed 002): QwT's ImageNet table, top-1 %, RepQ-ViT (ViT/DeiT/Swin) or
-    Percentile (ResNet, conv inputs at 8 bits as in the released code), with and without QwT.
-  * ``QWT_COCO`` (seed 000): QwT's COCO table, AP box / AP mask %, RepQ-ViT with and without QwT.
+    Percentile (ResNet, conv inputs at 8 bits as in the released code), with and without QwT
+    (in :mod:`benchmarks.registry`).
+  * ``QWT_COCO`` (seed 000): QwT's COCO table, AP box / AP mask %, RepQ-ViT with and without QwT
+    (in :mod:`benchmarks.registry`).
   * ``REPQ_COCO`` (seed 003): RepQ-ViT's own COCO table (same setting as our ``repq`` rows; it
     differs from the RepQ-ViT numbers QwT reports for some cells, e.g. Mask R-CNN Swin-S W4/A4).
   * ``APHQ_COCO`` (seed 004): APHQ-ViT's COCO table: full precision and APHQ-ViT at W4/A4
@@ -46,34 +51,6 @@ class PaperValue:
         return SOURCE_NAMES[self.seed]
 
 
-# --- seed 002: QwT ImageNet top-1 (%) -------------------------------------------------------
-# model, FP, base W4/A4, base+QwT W4/A4, base W6/A6, base+QwT W6/A6 (base: RepQ-ViT or Percentile)
-_IMAGENET = [
-    ("deit_tiny", 72.2, 58.2, 61.4, 71.0, 71.2),
-    ("deit_small", 79.9, 69.0, 71.5, 78.9, 79.1),
-    ("deit_base", 81.8, 75.9, 77.1, 81.2, 81.4),
-    ("deit_tiny_distilled", 74.5, 62.9, 64.7, 73.3, 73.6),
-    ("deit_small_distilled", 81.2, 70.2, 76.2, 80.4, 80.5),
-    ("deit_base_distilled", 83.3, 75.7, 77.7, 82.7, 82.8),
-    ("vit_small", 81.4, 65.8, 70.8, 80.5, 80.7),
-    ("vit_base", 84.5, 68.5, 76.3, 83.6, 83.9),
-    ("swin_tiny", 81.4, 73.0, 75.5, 80.6, 80.7),
-    ("swin_small", 83.2, 80.2, 80.4, 82.8, 82.9),
-    ("resnet18", 71.0, 58.3, 68.9, 70.7, 71.0),
-    ("resnet50", 76.6, 68.4, 74.5, 76.0, 76.8),
-    ("resnet101", 77.3, 74.7, 76.4, 77.1, 77.2),
-]
-
-# --- seed 000: QwT COCO (AP box, AP mask) ----------------------------------------------------
-# detector, FP, RepQ W4/A4, RepQ+QwT W4/A4, RepQ W6/A6, RepQ+QwT W6/A6
-_COCO = [
-    ("mask_rcnn_swin_t", (46.0, 41.6), (36.1, 36.0), (36.3, 36.0), (45.5, 41.3), (45.4, 41.3)),
-    ("mask_rcnn_swin_s", (48.5, 43.3), (42.6, 40.0), (43.1, 40.4), (47.6, 42.9), (48.0, 43.1)),
-    ("cascade_mask_rcnn_swin_t", (50.4, 43.7), (47.0, 41.4), (47.6, 41.8), (50.1, 43.5), (50.1, 43.6)),
-    ("cascade_mask_rcnn_swin_s", (51.9, 45.0), (49.3, 43.1), (49.9, 43.4), (51.4, 44.6), (51.7, 44.8)),
-    ("cascade_mask_rcnn_swin_b", (51.9, 45.0), (49.3, 43.1), (50.0, 43.7), (51.5, 44.8), (51.8, 45.0)),
-]
-
 # --- seed 003: RepQ-ViT's own COCO table -----------------------------------------------------
 # detector, FP, RepQ W4/A4, RepQ W6/A6
 _REPQ_COCO = [
@@ -93,38 +70,28 @@ _APHQ_COCO = [
 ]
 
 
-def _box_mask(model: str, method: str, bits: int | None, pair: tuple[float, float],
-              seed: str) -> list[PaperValue]:
-    return [PaperValue("coco", model, method, bits, bits, metric, value, seed)
-            for metric, value in zip(("bbox_mAP", "segm_mAP"), pair)]
+def values(suite: str, model: str, method: str, bits: int | None, value: float | tuple[float, float],
+           seed: str) -> list[PaperValue]:
+    """One published cell as :class:`PaperValue` s: top-1 (ImageNet) or (AP box, AP mask) (COCO)."""
+    if suite == "imagenet":
+        if not isinstance(value, float):
+            raise TypeError(f"{model} {method}: an ImageNet cell is one top-1 value, got {value!r}")
+        return [PaperValue(suite, model, method, bits, bits, "top1", value, seed)]
+    if not isinstance(value, tuple):
+        raise TypeError(f"{model} {method}: a COCO cell is (AP box, AP mask), got {value!r}")
+    return [PaperValue(suite, model, method, bits, bits, metric, v, seed)
+            for metric, v in zip(("bbox_mAP", "segm_mAP"), value)]
 
 
 def _build() -> tuple[PaperValue, ...]:
     out: list[PaperValue] = []
-    for model, fp, b4, q4, b6, q6 in _IMAGENET:
-        base = "percentile" if model.startswith("resnet") else "repq"
-        for method, bits, value in (("fp", None, fp), (base, 4, b4), (base + "+qwt", 4, q4),
-                                    (base, 6, b6), (base + "+qwt", 6, q6)):
-            out.append(PaperValue("imagenet", model, method, bits, bits, "top1", value, QWT_IMAGENET))
-    for model, fp, b4, q4, b6, q6 in _COCO:
-        for method, bits, pair in (("fp", None, fp), ("repq", 4, b4), ("repq+qwt", 4, q4),
-                                   ("repq", 6, b6), ("repq+qwt", 6, q6)):
-            out += _box_mask(model, method, bits, pair, QWT_COCO)
     for model, fp, b4, b6 in _REPQ_COCO:
         for method, bits, pair in (("fp", None, fp), ("repq", 4, b4), ("repq", 6, b6)):
-            out += _box_mask(model, method, bits, pair, REPQ_COCO)
+            out += values("coco", model, method, bits, pair, REPQ_COCO)
     for model, fp, a4 in _APHQ_COCO:
-        out += _box_mask(model, "fp", None, fp, APHQ_COCO) + _box_mask(model, "aphq", 4, a4, APHQ_COCO)
+        out += values("coco", model, "fp", None, fp, APHQ_COCO) + values("coco", model, "aphq", 4, a4, APHQ_COCO)
     return tuple(out)
 
 
-#: every transcribed number
-PAPER_VALUES: tuple[PaperValue, ...] = _build()
-
-
-def lookup(suite: str, model: str, method: str, w_bits: int | None, a_bits: int | None,
-           seed: str | None = None) -> list[PaperValue]:
-    """Published values for one setting (optionally from one seed file only)."""
-    return [v for v in PAPER_VALUES
-            if (v.suite, v.model, v.method, v.w_bits, v.a_bits) == (suite, model, method, w_bits, a_bits)
-            and (seed is None or v.seed == seed)]
+#: every transcribed number of the other papers' tables (the QwT paper's are in benchmarks.registry.MODELS)
+REFERENCE_VALUES: tuple[PaperValue, ...] = _build()

@@ -25,8 +25,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from benchmarks.records import RecordError
 from benchmarks.render import load_suite, write_if_changed
+from benchmarks.rows import custom_groups, demo_groups, paper_cells
+from runtime.records import RecordError
 
 PLOT_DIR = "qwt_blocks"  # under the results dir
 SUITES = ("imagenet", "coco", "demo")
@@ -60,7 +61,6 @@ def plot_jobs(suite: str, records: list[dict[str, Any]]) -> list[PlotJob]:
     """The plots of ``suite``'s table rows whose records have per-block data."""
     jobs: list[PlotJob] = []
     if suite == "demo":
-        from benchmarks.demo_table import demo_groups
         for _, group in sorted(demo_groups(records).items()):
             recs = tuple(r for r in group.used if r["blocks"])
             if not recs:
@@ -71,12 +71,11 @@ def plot_jobs(suite: str, records: list[dict[str, Any]]) -> list[PlotJob]:
                      + (" (partial runs)" if group.partial else ""))
             jobs.append(PlotJob(plot_name(suite, r0), label, recs))
         return jobs
-    from benchmarks.tables import custom_groups, paper_cells
     for _, rec in sorted(paper_cells(records).items()):
         if rec["blocks"]:
             jobs.append(PlotJob(plot_name(suite, rec), f"{rec['model']} {rec['method']} {_bits(rec)}", (rec,)))
-    for key, group in sorted(custom_groups(records).items()):
-        rec = group[0]
+    for key, newest_first in sorted(custom_groups(records).items()):
+        rec = newest_first[0]
         if rec["blocks"]:
             what = key[-1]
             jobs.append(PlotJob(plot_name(suite, rec, f"__custom_{_slug(what)}"),

@@ -13,6 +13,9 @@ that produces it (and how many partial / custom runs exist). Partial and custom 
 their own section, one row per (model, method, bits, what differs), newest run first: they never
 hide a paper-cell run, and a paper-cell run never hides them.
 
+Imports go one way (no cycle, ``tests/test_import_cycles.py``): ``registry``, ``render``,
+``paper_cell`` -> ``rows`` (which records make which row) -> ``plots`` -> ``demo_table`` -> ``tables``.
+
 CLI (what ``make tables`` / ``make tables-check`` run)::
 
     python -m benchmarks.tables render --records results/records --out results
@@ -32,10 +35,12 @@ import pandas as pd
 
 from benchmarks import registry
 from benchmarks.demo_table import demo_markdown
-from benchmarks.paper_cell import fills_paper_cell, label
-from benchmarks.records import BENCHMARK_SPLITS, RecordError
+from benchmarks.paper_cell import fills_paper_cell
+from benchmarks.plots import PLOT_DIR, expected_plots, plot_jobs, render_plots
 from benchmarks.render import (GENERATED, Footnotes, Pick, bits_key, cells, fmt, fmt_delta, load_suite,
-                               markdown_table, pick, records_frame, write_if_changed)
+                               markdown_table, records_frame, write_if_changed)
+from benchmarks.rows import custom_groups
+from runtime.records import BENCHMARK_SPLITS, RecordError
 
 PAPER_SUITES = ("imagenet", "coco")
 TABLE_FILES = {"imagenet": "imagenet.md", "coco": "coco.md", "demo": "demo.md"}
@@ -55,23 +60,6 @@ def _delta(suite: str, ours: dict[str, float], paper: dict[str, float]) -> str:
     if not paper:
         return "—"
     return " / ".join(fmt_delta(ours.get(m), paper.get(m)) for m in registry.SUITE_METRICS[suite])
-
-
-def paper_cells(records: list[dict[str, Any]]) -> dict[tuple[str, str, int, int], dict[str, Any]]:
-    """(model, method, w_bits, a_bits) (fp bits -1) -> the record its cell shows: the newest of
-    the records that fill a paper cell."""
-    return {k: p.shown for k, p in cells(records_frame([r for r in records if fills_paper_cell(r)])).items()
-            if p.shown is not None}
-
-
-def custom_groups(records: list[dict[str, Any]]) -> dict[tuple[str, str, int, int, str], list[dict[str, Any]]]:
-    """(model, method, w_bits, a_bits, what differs) -> its partial / custom records, newest first."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for rec in records:
-        if not fills_paper_cell(rec):
-            groups.setdefault((rec["model"], rec["method"], *bits_key(rec["w_bits"], rec["a_bits"]), label(rec)),
-                              []).append(rec)
-    return {k: list(pick(records_frame(g)).records) for k, g in groups.items()}
 
 
 def ours_cell(suite: str, exp: registry.Experiment | None, cell: Pick, notes: Footnotes,
@@ -201,7 +189,6 @@ def custom_table(suite: str, records: list[dict[str, Any]], notes: Footnotes) ->
 
 def plot_links(suite: str, records: list[dict[str, Any]]) -> list[str]:
     """Markdown links to the per-block plots of this suite's table rows (see benchmarks.plots)."""
-    from benchmarks.plots import PLOT_DIR, plot_jobs
     return [f"- [{job.label}]({PLOT_DIR}/{job.name})" for job in plot_jobs(suite, records)]
 
 
@@ -287,14 +274,12 @@ def render(records_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         if write_if_changed(Path(out_dir) / name, text):
             written.append(Path(out_dir) / name)
     if plots:
-        from benchmarks.plots import render_plots
         written += render_plots(records_dir, out_dir)
     return written
 
 
 def check(records_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> list[str]:
     """Problems with ``out_dir``'s tables: each differs from a fresh render of the records."""
-    from benchmarks.plots import expected_plots
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
         render(records_dir, tmp, plots=False)

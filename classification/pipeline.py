@@ -214,7 +214,7 @@ class ClassificationTask:
             "arch": spec.arch, "family": spec.family, "input_size": spec.input_size, "crop_pct": spec.crop_pct,
             "interpolation": spec.interpolation, "mean": list(spec.mean), "std": list(spec.std),
             "model_kwargs": spec.kwargs, "model_overrides": dict(cfg.model_kwargs),
-            "paper_fp_top1": spec.paper_fp_top1, "class_subset": cfg.class_subset})
+            "class_subset": cfg.class_subset})
 
     def data(self, ctx: Context, model: nn.Module) -> CalibrationData:
         """Every calibration image decoded now, before any evaluation: a bad train image stops the run here."""

@@ -1,9 +1,13 @@
 """Registry of classification models: how to build each one and how to feed it.
 
 A :class:`ModelSpec` names a constructor (timm or torchvision), its keyword arguments, the pinned
-pretrained tag, the eval transform (input size, crop_pct, interpolation, mean/std) and the paper's
-full-precision top-1. ``register(spec)`` adds a model (the embedded demo registers its small digit
-models this way); ``get(name)`` raises :class:`UnknownModelError` listing the registered names.
+pretrained tag, the eval transform (input size, crop_pct, interpolation, mean/std) and the family
+whose adapter quantizes it. Which models the suite benchmarks, their display names and the paper's
+values are not kept here: they live in the experiment registry (``benchmarks/registry.py``), and
+``tests/classification/test_models.py`` checks that every ImageNet model registered there has a
+constructor here, of the same family. ``register(spec)`` adds a model (the embedded demo registers
+its small digit models this way); ``get(name)`` raises :class:`UnknownModelError` listing the
+registered names.
 
 Pretrained tags: the reference used timm 0.4.12; each tag below is the timm 1.x tag whose weights
 are the ones timm 0.4.12 served under the bare name, i.e. whose FP top-1 equals the paper's FP
@@ -53,7 +57,9 @@ class ModelSpec:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    paper_fp_top1: float | None = None  # FP column of the QwT table
+    #: deprecated, always None: the paper's FP top-1 lives in benchmarks/registry.py (``Model.paper``);
+    #: kept until classification/pipeline.py stops copying it into the records' config
+    paper_fp_top1: float | None = None
     tiny_kwargs: dict[str, Any] = field(default_factory=dict)  # small random-init variant (tests)
     tiny_input_size: int = 32  # input size of the tiny variant
 
@@ -106,7 +112,7 @@ def get(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}; valid models: {' '.join(names())}") from None
 
 
-# --- the QwT ImageNet table ------------------------------------------------------------------
+# --- constructors of the ImageNet models (which ones the suite benchmarks: benchmarks/registry.py) --
 _VIT_TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 _SWIN_TINY = dict(img_size=32, patch_size=2, embed_dim=24, depths=(2, 2), num_heads=(2, 4),
                   window_size=4, num_classes=10)
@@ -119,36 +125,28 @@ _SWIN = dict(family="swin", crop_pct=0.9, tiny_kwargs=_SWIN_TINY)
 _BRECQ = "BRECQ release v1.0 (https://github.com/yhhhli/BRECQ/releases/tag/v1.0)"
 
 TABLE: tuple[ModelSpec, ...] = (
-    ModelSpec("vit_small", arch="vit_small_patch16_224", pretrained_tag="augreg_in21k_ft_in1k",
-              paper_fp_top1=81.4, **_VIT),
-    ModelSpec("vit_base", arch="vit_base_patch16_224", pretrained_tag="augreg_in21k_ft_in1k",
-              paper_fp_top1=84.5, **_VIT),
-    ModelSpec("deit_tiny", arch="deit_tiny_patch16_224", pretrained_tag="fb_in1k", paper_fp_top1=72.2, **_DEIT),
-    ModelSpec("deit_small", arch="deit_small_patch16_224", pretrained_tag="fb_in1k", paper_fp_top1=79.9, **_DEIT),
-    ModelSpec("deit_base", arch="deit_base_patch16_224", pretrained_tag="fb_in1k", paper_fp_top1=81.8, **_DEIT),
-    ModelSpec("deit_tiny_distilled", arch="deit_tiny_distilled_patch16_224", pretrained_tag="fb_in1k",
-              paper_fp_top1=74.5, **_DEIT),
-    ModelSpec("deit_small_distilled", arch="deit_small_distilled_patch16_224", pretrained_tag="fb_in1k",
-              paper_fp_top1=81.2, **_DEIT),
-    ModelSpec("deit_base_distilled", arch="deit_base_distilled_patch16_224", pretrained_tag="fb_in1k",
-              paper_fp_top1=83.3, **_DEIT),
-    ModelSpec("swin_tiny", arch="swin_tiny_patch4_window7_224", pretrained_tag="ms_in1k",
-              paper_fp_top1=81.4, **_SWIN),
-    ModelSpec("swin_small", arch="swin_small_patch4_window7_224", pretrained_tag="ms_in1k",
-              paper_fp_top1=83.2, **_SWIN),
+    ModelSpec("vit_small", arch="vit_small_patch16_224", pretrained_tag="augreg_in21k_ft_in1k", **_VIT),
+    ModelSpec("vit_base", arch="vit_base_patch16_224", pretrained_tag="augreg_in21k_ft_in1k", **_VIT),
+    ModelSpec("deit_tiny", arch="deit_tiny_patch16_224", pretrained_tag="fb_in1k", **_DEIT),
+    ModelSpec("deit_small", arch="deit_small_patch16_224", pretrained_tag="fb_in1k", **_DEIT),
+    ModelSpec("deit_base", arch="deit_base_patch16_224", pretrained_tag="fb_in1k", **_DEIT),
+    ModelSpec("deit_tiny_distilled", arch="deit_tiny_distilled_patch16_224", pretrained_tag="fb_in1k", **_DEIT),
+    ModelSpec("deit_small_distilled", arch="deit_small_distilled_patch16_224", pretrained_tag="fb_in1k", **_DEIT),
+    ModelSpec("deit_base_distilled", arch="deit_base_distilled_patch16_224", pretrained_tag="fb_in1k", **_DEIT),
+    ModelSpec("swin_tiny", arch="swin_tiny_patch4_window7_224", pretrained_tag="ms_in1k", **_SWIN),
+    ModelSpec("swin_small", arch="swin_small_patch4_window7_224", pretrained_tag="ms_in1k", **_SWIN),
     ModelSpec("resnet18", family="resnet", arch="resnet18", builder="torchvision",
               checkpoint_name="resnet18_imagenet.pth.tar",
-              checkpoint_source=f"{_BRECQ}: resnet18_imagenet.pth.tar", paper_fp_top1=71.0,
+              checkpoint_source=f"{_BRECQ}: resnet18_imagenet.pth.tar",
               tiny_kwargs=_RESNET_TINY_BASIC, tiny_input_size=64),
     ModelSpec("resnet50", family="resnet", arch="resnet50", builder="torchvision",
               checkpoint_name="resnet50_imagenet.pth.tar",
-              checkpoint_source=f"{_BRECQ}: resnet50_imagenet.pth.tar", paper_fp_top1=76.6,
+              checkpoint_source=f"{_BRECQ}: resnet50_imagenet.pth.tar",
               tiny_kwargs=_RESNET_TINY_BOTTLENECK, tiny_input_size=64),
     ModelSpec("resnet101", family="resnet", arch="resnet101", builder="torchvision",
               checkpoint_name="resnet101-63fe2227.pth",
               checkpoint_source="torchvision: https://download.pytorch.org/models/resnet101-63fe2227.pth",
-              paper_fp_top1=77.3, tiny_kwargs=_RESNET_TINY_BOTTLENECK),
+              tiny_kwargs=_RESNET_TINY_BOTTLENECK),
 )
 for _spec in TABLE:
     register(_spec)
-PAPER_MODELS: tuple[str, ...] = tuple(s.name for s in TABLE)

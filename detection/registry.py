@@ -1,4 +1,8 @@
-"""The detectors this suite registers: config file, checkpoint, paper numbers.
+"""The detectors this suite can build: config file, checkpoint, architecture facts.
+
+Which detectors the suite benchmarks, their display names and the papers' values live in the
+experiment registry (``benchmarks/registry.py``); ``tests/benchmarks/test_registry.py`` checks that
+every COCO model registered there has an entry here, with the same backbone family.
 
 ``DETECTORS``: the five detectors of the QwT COCO table. Their checkpoints are the
 Swin-Transformer-Object-Detection releases (mmdet 2.x, official Swin key names) that the QwT paper
@@ -11,7 +15,7 @@ R-CNN 3x (RepQ-ViT + QwT).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -26,10 +30,7 @@ class Detector:
     kind: str  # "mask_rcnn" | "cascade_mask_rcnn"
     embed_dims: int
     depths: tuple[int, ...]
-    fp: tuple[float, float]  # paper FP (box AP, mask AP)
     params_m: float  # #params of the release table (millions)
-    # paper RepQ-ViT / RepQ-ViT+QwT (box, mask) at W4A4 and W6A6
-    paper: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -42,28 +43,18 @@ class Detector:
 
 DETECTORS: dict[str, Detector] = {d.name: d for d in [
     Detector("mask_rcnn_swin_t", "mask_rcnn_swin_t_3x_coco.py", "mask_rcnn_swin_tiny_patch4_window7.pth",
-             "mask_rcnn", 96, (2, 2, 6, 2), (46.0, 41.6), 48,
-             {"repq@w4a4": (36.1, 36.0), "repq+qwt@w4a4": (36.3, 36.0),
-              "repq@w6a6": (45.5, 41.3), "repq+qwt@w6a6": (45.4, 41.3)}),
+             "mask_rcnn", 96, (2, 2, 6, 2), 48),
     Detector("mask_rcnn_swin_s", "mask_rcnn_swin_s_3x_coco.py", "mask_rcnn_swin_small_patch4_window7.pth",
-             "mask_rcnn", 96, (2, 2, 18, 2), (48.5, 43.3), 69,
-             {"repq@w4a4": (42.6, 40.0), "repq+qwt@w4a4": (43.1, 40.4),
-              "repq@w6a6": (47.6, 42.9), "repq+qwt@w6a6": (48.0, 43.1)}),
+             "mask_rcnn", 96, (2, 2, 18, 2), 69),
     Detector("cascade_mask_rcnn_swin_t", "cascade_mask_rcnn_swin_t_3x_coco.py",
              "cascade_mask_rcnn_swin_tiny_patch4_window7.pth", "cascade_mask_rcnn", 96, (2, 2, 6, 2),
-             (50.4, 43.7), 86,
-             {"repq@w4a4": (47.0, 41.4), "repq+qwt@w4a4": (47.6, 41.8),
-              "repq@w6a6": (50.1, 43.5), "repq+qwt@w6a6": (50.1, 43.6)}),
+             86),
     Detector("cascade_mask_rcnn_swin_s", "cascade_mask_rcnn_swin_s_3x_coco.py",
              "cascade_mask_rcnn_swin_small_patch4_window7.pth", "cascade_mask_rcnn", 96, (2, 2, 18, 2),
-             (51.9, 45.0), 107,
-             {"repq@w4a4": (49.3, 43.1), "repq+qwt@w4a4": (49.9, 43.4),
-              "repq@w6a6": (51.4, 44.6), "repq+qwt@w6a6": (51.7, 44.8)}),
+             107),
     Detector("cascade_mask_rcnn_swin_b", "cascade_mask_rcnn_swin_b_3x_coco.py",
              "cascade_mask_rcnn_swin_base_patch4_window7.pth", "cascade_mask_rcnn", 128, (2, 2, 18, 2),
-             (51.9, 45.0), 145,
-             {"repq@w4a4": (49.3, 43.1), "repq+qwt@w4a4": (50.0, 43.7),
-              "repq@w6a6": (51.5, 44.8), "repq+qwt@w6a6": (51.8, 45.0)}),
+             145),
 ]}
 
 
@@ -78,7 +69,6 @@ class ZooDetector:
     config: str  # "mmdet::<dir>/<file>.py" (resolved in the installed mmdet package)
     url: str  # openmmlab checkpoint (mmdet 3.x layout: state_dict + meta), looked up in --ckpt-dir
     backbone: str  # "resnet" | "swin" (detection.backbones kinds)
-    title: str  # as the tables print it
 
     @property
     def checkpoint(self) -> str:
@@ -94,14 +84,14 @@ class ZooDetector:
 ZOO_DETECTORS: dict[str, ZooDetector] = {d.name: d for d in [
     ZooDetector("mask_rcnn_r50_fpn_1x", "mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py",
                 f"{ZOO}/mask_rcnn/mask_rcnn_r50_fpn_1x_coco/mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth",
-                "resnet", "Mask RCNN + R50-FPN 1x (mmdet)"),
+                "resnet"),
     ZooDetector("retinanet_r50_fpn_1x", "mmdet::retinanet/retinanet_r50_fpn_1x_coco.py",
                 f"{ZOO}/retinanet/retinanet_r50_fpn_1x_coco/retinanet_r50_fpn_1x_coco_20200130-c2398f9e.pth",
-                "resnet", "RetinaNet + R50-FPN 1x (mmdet)"),
+                "resnet"),
     ZooDetector("mmdet_mask_rcnn_swin_t_3x", "mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py",
                 f"{ZOO}/swin/mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco/"
                 "mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth",
-                "swin", "Mask RCNN + Swin_T 3x (mmdet)"),
+                "swin"),
 ]}
 
 #: every name ``--detector`` accepts

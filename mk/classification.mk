@@ -21,13 +21,10 @@ else
 CLS_RUN = $(PY) -m torch.distributed.run --standalone --nproc_per_node $(GPUS) -m classification
 endif
 
-CLS_TRANSFORMERS := vit_small vit_base deit_tiny deit_small deit_base deit_tiny_distilled \
-                    deit_small_distilled deit_base_distilled swin_tiny swin_small
-CLS_RESNETS      := resnet18 resnet50 resnet101
-CLS_MODELS       := $(CLS_TRANSFORMERS) $(CLS_RESNETS)
-CLS_PAPER_BITS   := w4a4 w6a6
-CLS_TARGETS      := $(foreach m,$(CLS_MODELS),$(foreach b,$(CLS_PAPER_BITS),imagenet-$(m)-$(b))) \
-                    $(foreach m,$(CLS_RESNETS),$(foreach b,$(CLS_PAPER_BITS),imagenet-$(m)-strict-$(b)))
+# the table's targets (each model's w4a4 / w6a6, then the ResNet strict ones) come from the experiment
+# registry, the one list of models (benchmarks/registry.py: standard library only, any python 3 runs it)
+REGISTRY_PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+CLS_TARGETS := $(shell $(REGISTRY_PY) -m benchmarks.registry targets imagenet)
 
 # imagenet-<model>[-strict]-w<W>a<A>: $(1) is the stem "<model>[-strict]-w<W>a<A>"
 cls_words  = $(subst -, ,$(1))

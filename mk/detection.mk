@@ -7,19 +7,21 @@
 # fp,percentile,percentile+qwt for ResNet); COCO_ARGS passes extra CLI options
 # (e.g. COCO_ARGS="--val-limit 500").
 # Beyond the paper (no paper values): mmdet's own configs with their openmmlab checkpoints
-# (file names in detection/registry.py, ZOO_DETECTORS; they go in CKPT_DIR too):
+# (file names in detection/registry.py, ZOO_DETECTORS; they go in CKPT_DIR too; the list: benchmarks/registry.py):
 #   make coco-mask_rcnn_r50_fpn_1x-w4a4 COCO=/data/coco     # also retinanet_r50_fpn_1x, mmdet_mask_rcnn_swin_t_3x
 #   make coco-zoo-all COCO=/data/coco
 COCO         ?= data/coco
 COCO_METHODS ?=
 COCO_ARGS    ?=
-COCO_PAPER_DETECTORS := mask_rcnn_swin_t mask_rcnn_swin_s cascade_mask_rcnn_swin_t cascade_mask_rcnn_swin_s cascade_mask_rcnn_swin_b
-COCO_ZOO_DETECTORS := mask_rcnn_r50_fpn_1x retinanet_r50_fpn_1x mmdet_mask_rcnn_swin_t_3x
-COCO_DETECTORS := $(COCO_PAPER_DETECTORS) $(COCO_ZOO_DETECTORS)
-# the quantized methods of each zoo detector's backbone
-COCO_QUANT_mask_rcnn_r50_fpn_1x := percentile,percentile+qwt
-COCO_QUANT_retinanet_r50_fpn_1x := percentile,percentile+qwt
-COCO_QUANT_mmdet_mask_rcnn_swin_t_3x := repq,repq+qwt
+# the detectors (the paper's, then those beyond it) and each one's quantized methods come from the
+# experiment registry (benchmarks/registry.py), read when a recipe needs them
+REGISTRY_PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+coco_registry = $(shell $(REGISTRY_PY) -m benchmarks.registry $(1))
+COCO_PAPER_DETECTORS = $(call coco_registry,models coco)
+COCO_ZOO_DETECTORS = $(call coco_registry,models coco --beyond-paper)
+COCO_DETECTORS = $(COCO_PAPER_DETECTORS) $(COCO_ZOO_DETECTORS)
+# the quantized methods of a detector's backbone, e.g. percentile,percentile+qwt
+coco_quant = $(call coco_registry,methods coco $(1))
 
 # one process, or torchrun with GPUS processes (mmengine's 'pytorch' launcher)
 ifeq ($(strip $(GPUS)),1)
@@ -49,6 +51,6 @@ coco-all: $(STAMP)
 
 .PHONY: coco-zoo-all
 coco-zoo-all: $(STAMP)
-	$(foreach d,$(COCO_ZOO_DETECTORS),$(MAKE) --no-print-directory coco-$(d)-w4a4 COCO_METHODS=fp,$(COCO_QUANT_$(d)) && \
-	  $(MAKE) --no-print-directory coco-$(d)-w6a6 COCO_METHODS=$(COCO_QUANT_$(d)) && ) true
+	$(foreach d,$(COCO_ZOO_DETECTORS),$(MAKE) --no-print-directory coco-$(d)-w4a4 COCO_METHODS=fp,$(call coco_quant,$(d)) && \
+	  $(MAKE) --no-print-directory coco-$(d)-w6a6 COCO_METHODS=$(call coco_quant,$(d)) && ) true
 	$(if $(wildcard mk/tables.mk),$(MAKE) --no-print-directory tables)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.demo_table import F64
-from benchmarks.records import RECORDS_DIR, load_records, write_record
+from runtime.records import RECORDS_DIR, load_records, write_record
 
 from . import data, detection_data
 from .models import CHECKPOINTS, CLASSIFIERS

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.records import RECORDS_DIR, make_record, write_record
+from runtime.records import RECORDS_DIR, make_record, write_record
 from qwt_core import QwTConfig, fit_qwt, quant_state, save_state
 from qwt_core.quant.primitives import per_channel_loop_search, search_uniform_range
 from qwt_core.qwt import halfdot

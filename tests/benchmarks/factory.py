@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.records import BENCHMARK_SPLITS, SCHEMA, dataset_entry, validate, write_record
+from runtime.records import BENCHMARK_SPLITS, SCHEMA, dataset_entry, validate, write_record
 
 
 def reference_config(suite: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.paper_cell import deviations, fills_paper_cell, label
-from benchmarks.records import SCHEMA, load_records, upgrade, validate
+from runtime.records import SCHEMA, load_records, upgrade, validate
 
 from .factory import record
 

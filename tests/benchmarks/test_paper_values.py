@@ -1,4 +1,5 @@
-"""The transcription in benchmarks/paper_values.py matches the seed READMEs' markdown tables."""
+"""The transcribed numbers (the QwT paper's in benchmarks/registry.py, the other papers' in
+benchmarks/paper_values.py) match the seed READMEs' markdown tables."""
 from __future__ import annotations
 
 import re
@@ -24,8 +25,7 @@ def _norm(name: str) -> str:
 
 def _model(suite: str, text: str) -> str:
     name = _norm(re.sub(r"\(.*?\)", "", text))
-    names = {_norm(registry.display(m) if suite == "imagenet" else m): m
-             for m in (registry.IMAGENET_MODELS if suite == "imagenet" else registry.COCO_MODELS)}
+    names = {_norm(m.display if suite == "imagenet" else m.name): m.name for m in registry.models(suite)}
     assert name in names, f"seed model {text!r} matches no registry model"
     return names[name]
 
@@ -110,7 +110,7 @@ def parse_aphq_coco() -> dict[Key, float]:
 
 
 def transcribed(seed: str) -> dict[Key, float]:
-    return {(v.model, v.method, v.w_bits, v.a_bits, v.metric): v.value for v in pv.PAPER_VALUES if v.seed == seed}
+    return {(v.model, v.method, v.w_bits, v.a_bits, v.metric): v.value for v in registry.PAPER_VALUES if v.seed == seed}
 
 
 @pytestmark_seeds
@@ -127,7 +127,7 @@ def test_transcription_matches_seed(seed: str) -> None:
 
 
 def test_registry_covers_every_paper_row() -> None:
-    for v in pv.PAPER_VALUES:
+    for v in registry.PAPER_VALUES:
         if v.source != "QwT":
             continue
         exp = registry.get(v.suite, v.model, v.method, v.w_bits, v.a_bits)

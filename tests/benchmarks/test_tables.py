@@ -11,8 +11,8 @@ import pytest
 from benchmarks import tables
 from benchmarks.demo_table import render_demo
 from benchmarks.plots import PLOT_DIR
-from benchmarks.records import RecordError
 from benchmarks.render import load_suite
+from runtime.records import RecordError
 
 from .factory import blocks, record, write, write_raw
 

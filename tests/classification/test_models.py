@@ -1,4 +1,6 @@
-"""Every registered model of the QwT table, as a tiny random-init model of the same classes:
+"""Every ImageNet model of the experiment registry (benchmarks/registry.py), as a tiny random-init
+model of the same classes: it has a constructor of the registry's family, builds and runs, its
+adapter finds every residual block, an unknown name is refused with the list of registered names;
 fp -> RepQ-ViT / Percentile -> + QwT end to end with records, RepQ-ViT's reparameterization keeps
 the FP function, and QwT lowers the error of the final features on held-out images."""
 from __future__ import annotations
@@ -7,8 +9,12 @@ import copy
 
 import pytest
 import torch
+from timm.models.swin_transformer import SwinTransformerBlock
+from timm.models.vision_transformer import Block
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from benchmarks.records import load_records
+from benchmarks import registry as experiments
 from classification import registry
 from classification.adapters import for_family
 from classification.build import build_model
@@ -16,24 +22,51 @@ from classification.data import calibration_sets, val_loader
 from classification.pipeline import ExperimentConfig, run_experiment
 from qwt_core import QwTConfig, calibrate_repq, fit_qwt, full_precision, set_quant_state
 from qwt_core.qwt.compensation import CompensatedBlock
+from runtime.records import load_records
 
 from .conftest import FAST, N_CLASSES, VAL_PER_CLASS
 
-MODELS = registry.PAPER_MODELS
+MODELS = [m.name for m in experiments.models("imagenet")]
 RESNET_ALL = ("fp", "percentile", "percentile+qwt", "percentile_strict", "percentile_strict+qwt")
+#: the residual blocks QwT compensates, by class (found here without the adapters)
+BLOCK_TYPES = (Block, SwinTransformerBlock, BasicBlock, Bottleneck)
 
 
-def test_the_table_is_registered() -> None:
-    assert set(MODELS) == {"vit_small", "vit_base", "deit_tiny", "deit_small", "deit_base",
-                           "deit_tiny_distilled", "deit_small_distilled", "deit_base_distilled",
-                           "swin_tiny", "swin_small", "resnet18", "resnet50", "resnet101"}
-    for name in MODELS:
-        spec = registry.get(name)
-        assert spec.paper_fp_top1 is not None
-        if spec.family == "resnet":
-            assert spec.checkpoint_name and spec.checkpoint_source
-        else:
-            assert spec.pretrained_tag, name  # pinned timm 1.x tag
+def test_constructors_are_the_registered_models() -> None:
+    """No model is benchmarked without a constructor, and no constructor is left out of the tables."""
+    assert {s.name for s in registry.TABLE} == set(MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_constructor_matches_the_registry(name: str) -> None:
+    spec = registry.get(name)
+    assert spec.family == experiments.model(name).family
+    if spec.family == "resnet":
+        assert spec.checkpoint_name and spec.checkpoint_source  # the paper's release checkpoint
+    else:
+        assert spec.pretrained_tag, name  # pinned timm 1.x tag
+
+
+def _blocks(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, BLOCK_TYPES)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_tiny_model_builds_and_its_adapter_finds_every_block(name: str) -> None:
+    model, spec = build_model(name, tiny=True)
+    x = torch.randn(2, 3, spec.input_size, spec.input_size)  # (B, C, H, W)
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert logits.shape == (2, spec.kwargs["num_classes"]) and torch.isfinite(logits).all()
+    steps = for_family(spec.family).blockwise(model).steps()
+    assert [s.name for s in steps] == _blocks(model) != []
+
+
+def test_unknown_model_lists_the_registered_ones() -> None:
+    with pytest.raises(registry.UnknownModelError) as err:
+        build_model("deit_huge", tiny=True)
+    message = str(err.value)
+    assert "deit_huge" in message and all(name in message.split() for name in MODELS)
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from benchmarks.records import load_records
 from detection.registry import DETECTORS
+from runtime.records import load_records
 
 from .helpers import TINY_DEPTHS
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.records import load_records
 from detection.registry import ZOO_DETECTORS
+from runtime.records import load_records
 
 from .zoo_helpers import build_random, tiny_zoo_config, zoo_checkpoint
 
