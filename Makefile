@@ -37,6 +37,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	env $(ISA_AVX2) $(PY) -m pytest -q -p no:cacheprovider -m machine_kernels tests
 	env $(ISA_DEFAULT) $(PY) -m pytest -q -p no:cacheprovider -m machine_kernels tests
+	$(dir $(PY))lint-imports
 
 gpu-check: $(STAMP)
 	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
               "(run it where a GPU is, or --device cpu for a self-test)")
         return 0
     if device.type == "cuda":
-        from qwt_core.distributed import bind_device
+        from runtime.distributed import bind_device
 
         device = bind_device(device)
         print(f"gpu-check on {torch.cuda.get_device_name(device)} ({device}), torch {torch.__version__}, "

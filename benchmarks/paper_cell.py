@@ -6,17 +6,33 @@ reference's settings. Anything else is a *partial or custom run*: the tables lis
 with what differs, and it never hides (nor is hidden by) a paper-cell run.
 
 :func:`deviations` names every difference of one record (``[]``: it fills its cell);
-:func:`fills_paper_cell` is ``not deviations(record)``. Settings missing from a record's config
-(older records) count as the reference's.
+:func:`fills_paper_cell` is ``not deviations(record)``. The settings are read into the suite's
+typed run config (:func:`runtime.legacy.read_config`, which also reads the older flat / nested
+schemas) and compared with the reference defaults: the run config's field defaults and
+``QwTConfig()``'s, every QwT field (the dataclass is not spelled out here, so new fields are
+compared too). A setting the record does not hold is a deviation (``<setting> not recorded``),
+never taken for the reference's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
-from qwt_core.records import BENCHMARK_SPLITS
+from classification.config import ClassificationConfig
+from detection.config import DetectionConfig
+from qwt_core import QwTConfig
+from runtime.config import RunConfig
+from runtime.legacy import read_config
+from runtime.records import BENCHMARK_SPLITS
 
 PAPER_SUITES = ("imagenet", "coco")
+SUITE_CONFIG: dict[str, type[RunConfig]] = {"imagenet": ClassificationConfig, "coco": DetectionConfig}
+#: QwT fields that do not change a result (where the block inputs live between blocks)
+NOT_SETTINGS = ("store",)
+
+
+def _always(rec: dict[str, Any]) -> bool:
+    return True
 
 
 def _quantized(rec: dict[str, Any]) -> bool:
@@ -28,38 +44,43 @@ def _qwt(rec: dict[str, Any]) -> bool:
 
 
 @dataclass(frozen=True)
-class Reference:
-    """One setting of the reference runs: ``config[key]`` (``key`` may be dotted: ``qwt.solver``)
-    must equal ``value`` for the records ``applies`` to."""
+class Setting:
+    """One setting of the reference runs: ``key`` is a run-config field or ``qwt.<field>``; it
+    is compared for the records ``applies`` to."""
 
     key: str
-    value: Any
-    applies: Callable[[dict[str, Any]], bool] = lambda rec: True
+    applies: Callable[[dict[str, Any]], bool] = _always
 
-    def get(self, config: dict[str, Any]) -> tuple[bool, Any]:
-        """(present, value) of the key in ``config``."""
-        node: Any = config
-        for part in self.key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return False, None
-            node = node[part]
-        return True, node
+    def value(self, cfg: RunConfig) -> Any:
+        if self.key == "eval_fp16":
+            return cfg.fp16_eval if cfg.eval_fp16 is not None else None
+        if self.key.startswith("qwt."):
+            return getattr(cfg.qwt, self.key[4:])
+        return getattr(cfg, self.key)
+
+    def reference(self, cls: type[RunConfig]) -> Any:
+        if self.key == "eval_fp16":
+            return cls.FP16_EVAL
+        if self.key.startswith("qwt."):
+            return getattr(QwTConfig(), self.key[4:])
+        return {f.name: f for f in fields(cls)}[self.key].default if self.key != "model_kwargs" else {}
+
+
+def _qwt_settings() -> tuple[Setting, ...]:
+    return tuple(Setting(f"qwt.{f.name}", _qwt) for f in fields(QwTConfig)
+                 if f.name not in NOT_SETTINGS)
 
 
 #: the reference's settings per suite (what the paper's numbers were measured with)
-REFERENCE: dict[str, tuple[Reference, ...]] = {
+SETTINGS: dict[str, tuple[Setting, ...]] = {
     "imagenet": (
-        Reference("tiny", False), Reference("pretrained", True), Reference("model_overrides", {}),
-        Reference("calib_size", 32, _quantized), Reference("calib_augment", True, _quantized),
-        Reference("qwt_size", 512, _qwt), Reference("start_block", 0, _qwt),
-        Reference("kernel_size", 1, _qwt), Reference("factor", 64, _qwt),
-        Reference("qwt.solver", "reference", _qwt), Reference("qwt.half_arith", "native", _qwt),
+        Setting("tiny"), Setting("pretrained"), Setting("model_kwargs"),
+        Setting("calib_size", _quantized), Setting("calib_augment", _quantized),
+        Setting("qwt_size", _qwt), Setting("eval_fp16", _qwt), Setting("half_arith", _qwt), *_qwt_settings(),
     ),
     "coco": (
-        Reference("window_pad", "zero", _quantized),
-        Reference("qwt_size", 512, _qwt), Reference("qwt_img_size", 224, _qwt), Reference("start_block", 0, _qwt),
-        Reference("qwt_solver", "reference", _qwt),
-        Reference("kernel_size", 1, _qwt), Reference("factor", 64, _qwt),  # ResNet backbones (beyond the paper)
+        Setting("window_pad", _quantized),
+        Setting("qwt_size", _qwt), Setting("qwt_img_size", _qwt), Setting("eval_fp16", _qwt), *_qwt_settings(),
     ),
 }
 
@@ -72,7 +93,7 @@ def deviations(rec: dict[str, Any]) -> list[str]:
     """What keeps ``rec`` out of its paper cell, in words ([] when nothing does).
 
     The dataset: not the suite's benchmark split, a class subset, or partial (``--val-limit``);
-    then every reference setting of :data:`REFERENCE` the record's config differs from."""
+    then every setting of :data:`SETTINGS` the record's config differs from or does not hold."""
     suite = rec["suite"]
     out: list[str] = []
     bench = BENCHMARK_SPLITS.get(suite)
@@ -86,12 +107,16 @@ def deviations(rec: dict[str, Any]) -> list[str]:
     if rec["partial"]:
         total = ds.get("split_images")
         out.append(f"partial ({rec['images']} of {total} images)" if total else f"partial ({rec['images']} images)")
-    for ref in REFERENCE.get(suite, ()):
-        if not ref.applies(rec):
-            continue
-        present, value = ref.get(rec["config"])
-        if present and value != ref.value:
-            out.append(f"{ref.key}={_fmt(value)}")
+    cls = SUITE_CONFIG.get(suite)
+    if cls is not None:
+        cfg, missing = read_config(cls, rec["config"])
+        for setting in SETTINGS[suite]:
+            if not setting.applies(rec):
+                continue
+            if setting.key in missing:
+                out.append(f"{setting.key} not recorded")
+            elif (value := setting.value(cfg)) != setting.reference(cls):
+                out.append(f"{setting.key}={_fmt(value)}")
     return out
 
 

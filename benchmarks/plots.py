@@ -27,7 +27,7 @@ import pandas as pd
 
 from benchmarks.render import load_suite, write_if_changed
 from benchmarks.rows import custom_groups, demo_groups, paper_cells
-from qwt_core.records import RecordError
+from runtime.records import RecordError
 
 PLOT_DIR = "qwt_blocks"  # under the results dir
 SUITES = ("imagenet", "coco", "demo")

@@ -40,7 +40,7 @@ from benchmarks.plots import PLOT_DIR, expected_plots, plot_jobs, render_plots
 from benchmarks.render import (GENERATED, Footnotes, Pick, bits_key, cells, fmt, fmt_delta, load_suite,
                                markdown_table, records_frame, write_if_changed)
 from benchmarks.rows import custom_groups
-from qwt_core.records import BENCHMARK_SPLITS, RecordError
+from runtime.records import BENCHMARK_SPLITS, RecordError
 
 PAPER_SUITES = ("imagenet", "coco")
 TABLE_FILES = {"imagenet": "imagenet.md", "coco": "coco.md", "demo": "demo.md"}

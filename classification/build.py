@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from qwt_core.state_io import state_dict_mismatch
+from runtime.config import DEFAULT_CHECKPOINT_DIR  # one default for Make (CKPT_DIR), both CLIs and the docs
 
 from . import registry
 from .errors import CheckpointError, ClassificationError, PretrainedUnavailableError, first_sentence
@@ -34,7 +35,6 @@ from .registry import ModelSpec
 TORCHVISION_RESNETS = {"resnet18": ("BasicBlock", [2, 2, 2, 2]), "resnet34": ("BasicBlock", [3, 4, 6, 3]),
                        "resnet50": ("Bottleneck", [3, 4, 6, 3]), "resnet101": ("Bottleneck", [3, 4, 23, 3]),
                        "resnet152": ("Bottleneck", [3, 8, 36, 3])}
-DEFAULT_CHECKPOINT_DIR = "checkpoints"  # one default for Make (CKPT_DIR), both CLIs and the docs
 LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pth")  # <arch>.<tag><suffix> in the checkpoint folder (timm models)
 HUB_PROBE_TIMEOUT_S = 5.0
 

@@ -19,7 +19,7 @@ augmentation is seeded by (seed, its train index), so an image is the same tenso
 process loads it and in whatever order (several processes: see docs/distributed.md).
 - several processes: :func:`val_loader` and :func:`calibration_sets` take ``rank`` and
   ``world_size`` and return this rank's contiguous shard (no padding, the union is the whole set
-  once; :func:`qwt_core.distributed.shard_batches`).
+  once; :func:`runtime.distributed.shard_batches`).
 - unreadable images: every image is opened by :func:`read_image`, which raises
   :class:`ImageReadError` naming the file (the calibration images are all loaded before the FP
   evaluation, so a bad train image stops the run before any work; a bad val image stops it when it
@@ -45,7 +45,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from qwt_core.distributed import shard_batches
+from runtime.distributed import shard_batches
 
 from .errors import DataLayoutError, ImageReadError
 from .registry import ModelSpec
@@ -176,7 +176,7 @@ def val_loader(spec: ModelSpec, data_dir: str | Path, batch_size: int, workers: 
                val_limit: int | None = None, rank: int = 0, world_size: int = 1,
                targets: list[int] | None = None) -> DataLoader:
     """Val batches, in order; with ``world_size`` > 1 only this rank's batches
-    (:func:`qwt_core.distributed.shard_batches`: the one-process batches split contiguously,
+    (:func:`runtime.distributed.shard_batches`: the one-process batches split contiguously,
     no padding)."""
     ds = val_dataset(spec, data_dir, val_limit, targets)
     if world_size > 1:
@@ -235,7 +235,7 @@ def calibration_sets(spec: ModelSpec, data_dir: str | Path, calib_size: int, qwt
                      ) -> tuple[Tensor | None, list[Tensor]]:
     """(RepQ-ViT batch (calib_size, 3, H, W), this rank's QwT batches) from the train split. The QwT set is the same whatever ``world_size`` is: the first
     ``qwt_size`` entries of the seeded permutation, split by
-    :func:`qwt_core.distributed.shard_batches`. ``need_calib=False`` skips the RepQ-ViT batch
+    :func:`runtime.distributed.shard_batches`. ``need_calib=False`` skips the RepQ-ViT batch
     (None; ranks other than 0 receive it by broadcast).
 
     Raises DataLayoutError when the train split has fewer images than asked for, and

@@ -1,14 +1,16 @@
-"""Errors raised on bad input. The CLI prints :func:`one_line` of the error and exits with status 2."""
+"""Errors raised on bad input: the classification kinds of :class:`runtime.errors.BadInput`
+(the CLI prints :func:`runtime.errors.one_line` of the error and exits with status 2)."""
 from __future__ import annotations
 
-import re
+from runtime.errors import BadInput, CheckpointError, first_sentence, one_line
+
+__all__ = ["ClassificationError", "DataLayoutError", "ImageReadError", "CheckpointError",
+           "PretrainedUnavailableError", "MethodError", "one_line", "first_sentence"]
+
+ClassificationError = BadInput  # bad input (model, bits, data, checkpoint, weights, options)
 
 
-class ClassificationError(Exception):
-    """Bad input (model, bits, data, checkpoint, weights, options); the message says what to do."""
-
-
-class DataLayoutError(ClassificationError):
+class DataLayoutError(BadInput):
     """The dataset folder is missing or not in the ``train/`` + ``val/`` class-folder layout."""
 
 
@@ -16,39 +18,9 @@ class ImageReadError(DataLayoutError):
     """An image file that cannot be decoded; the message names the file."""
 
 
-class CheckpointError(ClassificationError):
-    """A checkpoint or calibrated state that is missing, unreadable or does not match."""
-
-
-class PretrainedUnavailableError(ClassificationError):
+class PretrainedUnavailableError(BadInput):
     """Pretrained weights cannot be fetched (offline, empty cache)."""
 
 
-class MethodError(ClassificationError):
+class MethodError(BadInput):
     """A method that does not exist for the model's family."""
-
-
-_WORKER_TRACEBACK = re.compile(r"^(?:[\w.]+\.)?(\w+Error): (.*)$")
-
-
-def one_line(error: BaseException) -> str:
-    """The error's message on one line.
-
-    An error raised in a DataLoader worker process reaches the main process with the worker's
-    traceback in its message ("Caught ImageReadError in DataLoader worker process 0. Original
-    Traceback ..."); its last line holds the original message, which is what the user needs."""
-    text = str(error)
-    if "Original Traceback" in text:
-        for line in reversed(text.strip().splitlines()):
-            m = _WORKER_TRACEBACK.match(line.strip())
-            if m:
-                text = m.group(2)
-                break
-    return " ".join(text.split())
-
-
-def first_sentence(error: BaseException, limit: int = 120) -> str:
-    """The first sentence of an error's message, on one line (library messages can be long)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    head = text.split(". ")[0]
-    return head if len(head) <= limit else head[:limit - 3] + "..."

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.errors import BadInput
+from runtime.methods import QWT
+
 SWIN_TYPES = ("SwinTransformer",)
 RESNET_TYPES = ("ResNet", "ResNetV1d", "ResNeXt")
 SUPPORTED = ", ".join(SWIN_TYPES + RESNET_TYPES)
@@ -27,11 +30,10 @@ DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
     "swin": ("fp", "repq", "repq+qwt"),
     "resnet": ("fp", "percentile", "percentile+qwt"),
 }
-QWT = "+qwt"
 ALL_METHODS: tuple[str, ...] = ("fp",) + tuple(m + s for k in KIND_METHODS.values() for m in k for s in ("", QWT))
 
 
-class BackboneError(ValueError):
+class BackboneError(BadInput):
     """A detector this suite cannot quantize; the message is one line for the user."""
 
 

@@ -30,9 +30,9 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from classification.adapters.resnet import EDGE_BITS, REFERENCE_CONV_A_BITS
 from mmdet.models.backbones import ResNet, ResNetV1d, ResNeXt
 from qwt_core import BlockStep, LayerSpec, QuantConv2d, QuantLinear, calibrate_repq, quantize_layers
+from runtime.methods import EDGE_BITS, REFERENCE_CONV_A_BITS
 
 RESNETS = (ResNet, ResNetV1d, ResNeXt)
 METHODS = ("percentile", "percentile_strict")

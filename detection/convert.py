@@ -37,8 +37,7 @@ from qwt_core.state_io import state_dict_mismatch
 UNFOLD_ORDER = [0, 2, 1, 3]  # unfold slot p <- official neighbour UNFOLD_ORDER[p] (self-inverse)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used with the requested detector; the message says why."""
+from runtime.errors import CheckpointError  # noqa: E402  (the one checkpoint error of both suites)
 
 
 def _reduction_to_unfold(w: Tensor) -> Tensor:  # (O, 4C) official -> (O, 4C) unfold

@@ -26,13 +26,15 @@ from mmengine.config import Config, ConfigDict
 from mmengine.dataset import Compose, pseudo_collate
 from torch import Tensor, nn
 
+from runtime.errors import BadInput
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 # the filter of the reference's mmdet 2.x training datasets (CustomDataset defaults); used for the
 # QwT images when a config's training dataset declares no filter_cfg
 REFERENCE_TRAIN_FILTER = {"filter_empty_gt": True, "min_size": 32}
 
 
-class DataError(ValueError):
+class DataError(BadInput):
     """Missing or unusable dataset files; the message says what to provide."""
 
 

@@ -36,7 +36,7 @@ coco-%: $(STAMP)
 	$(eval _bits := $(lastword $(subst -, ,$*)))
 	$(if $(filter $(_det),$(COCO_DETECTORS)),,$(error unknown detector '$(_det)'; choose from $(COCO_DETECTORS)))
 	$(if $(filter w%,$(_bits)),,$(error expected coco-<detector>-w<b>a<b>, got coco-$*))
-	$(DET_RUN) --detector $(_det) --data-root $(COCO) --ckpt-dir $(CKPT_DIR) \
+	$(DET_RUN) --detector $(_det) --data-dir $(COCO) --checkpoint-dir $(CKPT_DIR) \
 	  --w-bits $(patsubst w%,%,$(firstword $(subst a, ,$(_bits)))) --a-bits $(lastword $(subst a, ,$(_bits))) \
 	  $(if $(strip $(COCO_METHODS)),--methods $(COCO_METHODS)) --device $(DEVICE) $(COCO_ARGS)
 	$(if $(wildcard mk/tables.mk),$(MAKE) --no-print-directory tables)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ class StateInfo:
         return bool(self.compensated)
 
 
-def read_state_info(path: str | os.PathLike[str], what: str = "--load-state") -> StateInfo:
+def read_state_info(path: str | os.PathLike[str], what: str = "state file") -> StateInfo:
     """Open a state written by :func:`save_state` without a model: its meta and compensated blocks.
 
     Raises :class:`StateFileError` (one line naming the file) for a missing, truncated or foreign
@@ -53,13 +54,13 @@ def read_state_info(path: str | os.PathLike[str], what: str = "--load-state") ->
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile,
-            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
+            AttributeError, ImportError, IndexError, KeyError, TypeError, struct.error) as e:
         reason = (" ".join(str(e).split()).split(". ")[0] or type(e).__name__)[:120]
-        raise StateFileError(f"{what} {path}: not a readable calibrated state written by --save-state "
+        raise StateFileError(f"{what} {path}: not a readable calibrated state written by save_state "
                              f"(truncated or another kind of file: {type(e).__name__}: {reason})") from None
     if (not isinstance(payload, dict) or payload.get("format") != FORMAT
             or not isinstance(payload.get("compensated"), dict) or not isinstance(payload.get("meta", {}), dict)):
-        raise StateFileError(f"{what} {path}: not a calibrated state written by --save-state "
+        raise StateFileError(f"{what} {path}: not a calibrated state written by save_state "
                              f"(expected format {FORMAT})")
     return StateInfo(dict(payload.get("meta") or {}), tuple(payload["compensated"]))
 

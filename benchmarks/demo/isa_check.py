@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks.demo_table import Effect, qwt_effects
 from benchmarks.render import load_suite, write_if_changed
-from qwt_core.machine import describe
+from runtime.machine import describe
 
 METRIC_TEXT = {"kl_fp": "KL(FP‖Q), %", "top1": "top-1, points", "bbox_mAP": "box AP, points",
                "segm_mAP": "mask AP, points"}

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.demo_table import F64
-from qwt_core.records import RECORDS_DIR, load_records, write_record
+from runtime.records import RECORDS_DIR, load_records, write_record
 
 from . import data, detection_data
 from .models import CHECKPOINTS, CLASSIFIERS
@@ -141,13 +141,15 @@ def run_classifier(job: Job, s: Settings, records_root: Path, command: str, solv
     written straight into the demo suite; with ``solver="lstsq"`` the ``+qwt`` records are renamed
     ``<base>+qwt_f64`` (the table's float64-solve rows)."""
     from classification.pipeline import ExperimentConfig, run_experiment
+    from qwt_core import QwTConfig
+    from qwt_core.qwt.config import SOLVER_PRESETS
 
     def config(results_dir: str) -> ExperimentConfig:
         return ExperimentConfig(
             model=job.model, data_dir=str(data.DEFAULT_ROOT), w_bits=job.bits, a_bits=job.bits,
             methods=job.methods, checkpoint=str(s.checkpoints / f"{job.model}.pth"), workers=0, device="cpu",
             seed=job.seed, calib_size=s.calib_size, qwt_size=s.qwt_size, val_limit=s.test_limit,
-            results_dir=results_dir, suite=SUITE, command=command, progress=False, qwt_solver=solver)
+            results_dir=results_dir, suite=SUITE, command=command, progress=False, qwt=QwTConfig(**SOLVER_PRESETS[solver]))
 
     if solver == "reference":
         return [Path(r["_path"]) for r in run_experiment(config(str(records_root)))]
@@ -158,6 +160,8 @@ def run_classifier(job: Job, s: Settings, records_root: Path, command: str, solv
 def run_detector(job: Job, s: Settings, records_root: Path, command: str, solver: str = "reference") -> list[Path]:
     """One invocation of the detection pipeline (FP, RepQ-ViT, RepQ-ViT + QwT on the backbone)."""
     from detection.pipeline import DetectionRun, run_experiment
+    from qwt_core import QwTConfig
+    from qwt_core.qwt.config import SOLVER_PRESETS
 
     log_dir = REPO / "work_dirs" / "demo"  # mmengine / pycocotools output of each call
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -165,12 +169,12 @@ def run_detector(job: Job, s: Settings, records_root: Path, command: str, solver
     with tempfile.TemporaryDirectory(prefix="qwt-demo-") as tmp, open(log_path, "w") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         run = DetectionRun(
-            config=str(DETECTOR_CONFIG), data_root=str(detection_data.DEFAULT_ROOT),
+            config=str(DETECTOR_CONFIG), data_dir=str(detection_data.DEFAULT_ROOT),
             checkpoint=str(s.checkpoints / f"{DETECTOR}.pth"), w_bits=job.bits, a_bits=job.bits,
             methods=job.methods, seed=job.seed, device="cpu", qwt_size=s.det_qwt_size, qwt_img_size=s.det_qwt_img_size,
             qwt_batch_size=16, val_limit=s.test_limit, results_dir=tmp, workers=0, log_interval=10**6,
             work_dir=str(Path(tmp) / "work_dir"), command=command,
-            cfg_options={"log_level": "WARNING"}, qwt_solver=solver)
+            cfg_options={"log_level": "WARNING"}, qwt=QwTConfig(**SOLVER_PRESETS[solver]))
         records = run_experiment(run)
         return _relabel(records, records_root, command, F64 if solver != "reference" else "")
 

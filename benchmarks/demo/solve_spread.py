@@ -28,6 +28,8 @@ SOLVERS = ("reference", "lstsq")
 
 def run(model: str, bits: int, seed: int, out: Path) -> None:
     from classification.pipeline import ExperimentConfig, run_experiment
+    from qwt_core import QwTConfig
+    from qwt_core.qwt.config import SOLVER_PRESETS
 
     from . import data
     from .models import CHECKPOINTS, CLASSIFIERS, register_classifiers
@@ -42,7 +44,7 @@ def run(model: str, bits: int, seed: int, out: Path) -> None:
             model=model, data_dir=str(data.DEFAULT_ROOT), w_bits=bits, a_bits=bits,
             methods=("fp", base, base + "+qwt"), checkpoint=str(CHECKPOINTS / f"{model}.pth"), workers=0,
             device="cpu", seed=seed, calib_size=32, qwt_size=256, results_dir=str(out / f"records_{solver}"),
-            suite="demo", command="solve_spread", progress=False, qwt_solver=solver,
+            suite="demo", command="solve_spread", progress=False, qwt=QwTConfig(**SOLVER_PRESETS[solver]),
             save_state=str(out / f"state_{solver}.pt"))
         recs = run_experiment(cfg)
         kl = {r["method"]: r["metrics"].get("kl_fp") for r in recs}

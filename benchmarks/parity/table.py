@@ -66,7 +66,7 @@ def write_json(path: str, a: Any, results: list[ModelResult], seconds: float, mo
     import sys
     from pathlib import Path
 
-    from qwt_core.records import provenance
+    from runtime.records import provenance
     doc = {"summary": summary(results, tool), "failed": sum(len(r.failed) for r in results),
            "deciding": sum(len(r.deciding) for r in results), "seconds": seconds,
            **{k: str(v) if v else None for k, v in where.items()},

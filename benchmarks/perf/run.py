@@ -37,7 +37,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from qwt_core import QwTConfig, eval_arithmetic, fit_qwt, quant_state, save_state
-from qwt_core.records import RECORDS_DIR, make_record, write_record
+from runtime.records import RECORDS_DIR, make_record, write_record
 from qwt_core.quant.primitives import per_channel_loop_search, search_uniform_range
 from qwt_core.qwt import halfdot
 from qwt_core.qwt.config import solver_preset

@@ -17,11 +17,9 @@ from torch import Tensor, nn
 from torchvision.models.resnet import ResNet
 
 from qwt_core import BlockStep, LayerSpec
+from runtime.methods import EDGE_BITS, REFERENCE_CONV_A_BITS
 
 from .base import Blockwise, FamilyAdapter
-
-EDGE_BITS = 8  # conv1 and fc: weights and inputs
-REFERENCE_CONV_A_BITS = 8  # conv inputs in the released code, whatever a_bits says
 
 
 def _check(model: nn.Module) -> ResNet:

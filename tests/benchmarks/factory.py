@@ -5,7 +5,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qwt_core.records import BENCHMARK_SPLITS, SCHEMA, dataset_entry, validate, write_record
+from runtime.records import BENCHMARK_SPLITS, SCHEMA, dataset_entry, validate, write_record
+
+
+def reference_config(suite: str) -> dict[str, Any]:
+    """The config a run with every reference setting records (benchmarks.paper_cell counts a
+    missing setting as a deviation): the suite's run config defaults, ``qwt`` nested."""
+    from classification.config import ClassificationConfig
+    from detection.config import DetectionConfig
+    from runtime.config import record_config
+
+    if suite == "imagenet":
+        return {**record_config(ClassificationConfig()), "model_overrides": {}}
+    return record_config(DetectionConfig()) if suite == "coco" else {}
 
 
 def record(suite: str, model: str, method: str, bits: int | None, metrics: dict[str, float], *,
@@ -24,7 +36,8 @@ def record(suite: str, model: str, method: str, bits: int | None, metrics: dict[
     rec = {"schema": SCHEMA, "suite": suite, "model": model, "method": method, "w_bits": bits,
            "a_bits": bits, "metrics": metrics, "images": images, "partial": partial, "seed": seed,
            "dataset": dataset_entry(suite, f"/data/{suite}", "val", split_images, classes, class_subset),
-           "model_size": None, "times": {}, "blocks": blocks or [], "config": config or {},
+           "model_size": None, "times": {}, "blocks": blocks or [],
+           "config": {**reference_config(suite), **(config or {})},
            "provenance": {"date": date, "git_commit": commit, "git_dirty": False, "command": command,
                           "versions": {"python": "3.11"}, "device": "cpu", "world_size": 1}, **extra}
     return validate(rec)

@@ -7,18 +7,39 @@ from pathlib import Path
 import pytest
 
 from benchmarks.paper_cell import deviations, fills_paper_cell, label
-from qwt_core.records import SCHEMA, load_records, upgrade, validate
+from runtime.records import SCHEMA, load_records, upgrade, validate
 
 from .factory import record
 
-IMAGENET_QWT = {"calib_size": 32, "calib_augment": True, "qwt_size": 512, "start_block": 0, "kernel_size": 1,
-                "factor": 64, "tiny": False, "pretrained": True, "model_overrides": {},
-                "qwt": {"solver": "reference", "half_arith": "native"}}
-COCO_QWT = {"window_pad": "zero", "qwt_size": 512, "qwt_img_size": 224, "start_block": 0}
+from classification.config import ClassificationConfig
+from detection.config import DetectionConfig
+from runtime.config import record_config
+
+# the reference settings as both suites record them now (every field, qwt nested)
+IMAGENET_QWT = {**record_config(ClassificationConfig(model="deit_small")), "model_overrides": {}}
+COCO_QWT = record_config(DetectionConfig(detector="mask_rcnn_swin_t"))
+# what a classification +qwt record held before the shared run config (flat QwT keys + nested qwt)
+LEGACY_IMAGENET_QWT = {"calib_size": 32, "calib_augment": True, "qwt_size": 512, "start_block": 0, "kernel_size": 1,
+                       "factor": 64, "tiny": False, "pretrained": True, "model_overrides": {},
+                       "qwt_solver": "reference", "half_arith": "native",
+                       "qwt": {"start_block": 0, "fp16_eval": True, "kernel_size": 1, "factor": 64, "conv_ridge": 1e-3,
+                               "linear_ridge": 0.0, "store": "device", "solver": "reference", "half_arith": "native"}}
+# ... and a detection one (flat, no nested qwt, no ridges)
+LEGACY_COCO_QWT = {"window_pad": "zero", "qwt_size": 512, "qwt_img_size": 224, "start_block": 0,
+                   "qwt_solver": "reference", "qwt_fp16_eval": False, "kernel_size": 1, "factor": 64}
+
+
+def _qwt(config: dict, **changes) -> dict:
+    return {**config, "qwt": {**config["qwt"], **changes}}
+
+
+def exactly(rec: dict, config: dict) -> dict:
+    """``rec`` with exactly ``config`` (the factory fills in the reference settings a test leaves out)."""
+    return {**rec, "config": config}
 
 
 def _imagenet(config: dict, **kw) -> dict:
-    return record("imagenet", "deit_small", "repq+qwt", 4, {"top1": 71.0}, config=config, **kw)
+    return exactly(record("imagenet", "deit_small", "repq+qwt", 4, {"top1": 71.0}, **kw), config)
 
 
 def test_reference_full_split_fills_the_cell() -> None:
@@ -31,17 +52,19 @@ def test_reference_full_split_fills_the_cell() -> None:
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"qwt": {"solver": "lstsq", "half_arith": "native"}}, "qwt.solver=lstsq"),
-    ({"qwt": {"solver": "reference", "half_arith": "emulated"}}, "qwt.half_arith=emulated"),
+    ({"qwt": {"solver": "lstsq"}}, "qwt.solver=lstsq"),
+    ({"half_arith": "emulated"}, "half_arith=emulated"),
+    ({"eval_fp16": False}, "eval_fp16=False"),
     ({"tiny": True}, "tiny=True"),
     ({"pretrained": False}, "pretrained=False"),
-    ({"model_overrides": {"depth": 2}}, "model_overrides={'depth': 2}"),
+    ({"model_overrides": {"depth": 2}}, "model_kwargs={'depth': 2}"),
     ({"qwt_size": 256}, "qwt_size=256"),
     ({"calib_augment": False}, "calib_augment=False"),
-    ({"start_block": 3}, "start_block=3"),
+    ({"qwt": {"start_block": 3}}, "qwt.start_block=3"),
+    ({"qwt": {"linear_ridge": 0.1}}, "qwt.linear_ridge=0.1"),
 ])
 def test_named_deviations_make_a_custom_row(change: dict, expected: str) -> None:
-    rec = _imagenet({**IMAGENET_QWT, **change})
+    rec = _imagenet(_qwt({**IMAGENET_QWT, **{k: v for k, v in change.items() if k != "qwt"}}, **change.get("qwt", {})))
     assert deviations(rec) == [expected] and not fills_paper_cell(rec)
 
 
@@ -94,10 +117,37 @@ def test_committed_records_still_load() -> None:
 
 def test_coco_resnet_backbone_qwt_kernel_and_factor_are_reference_settings() -> None:
     """A CNN-backbone detector fitted with another grouped-conv kernel or factor is a custom run."""
-    base = {**COCO_QWT, "qwt_solver": "reference", "kernel_size": 1, "factor": 64}
     rec = record("coco", "mask_rcnn_r50_fpn_1x", "percentile+qwt", 4, {"bbox_mAP": 1.0, "segm_mAP": 1.0},
-                 images=5000, config=base)
+                 images=5000, config=COCO_QWT)
     assert deviations(rec) == []
     rec = record("coco", "mask_rcnn_r50_fpn_1x", "percentile+qwt", 4, {"bbox_mAP": 1.0, "segm_mAP": 1.0},
-                 images=5000, config={**base, "kernel_size": 3})
-    assert deviations(rec) == ["kernel_size=3"]
+                 images=5000, config=_qwt(COCO_QWT, kernel_size=3))
+    assert deviations(rec) == ["qwt.kernel_size=3"]
+    eval16 = record("coco", "mask_rcnn_swin_t", "repq+qwt", 4, {"bbox_mAP": 1.0, "segm_mAP": 1.0}, images=5000,
+                    config={**COCO_QWT, "eval_fp16": True})
+    assert deviations(eval16) == ["eval_fp16=True"]  # the detection reference evaluates the compensation in fp32
+
+
+def test_a_missing_setting_is_a_deviation_not_the_reference() -> None:
+    no_qwt = {k: v for k, v in IMAGENET_QWT.items() if k != "qwt"}
+    devs = deviations(_imagenet(no_qwt))
+    assert "qwt.solver not recorded" in devs and "qwt.start_block not recorded" in devs
+    assert all(d.startswith("qwt.") and d.endswith(" not recorded") for d in devs)
+    assert deviations(_imagenet({k: v for k, v in IMAGENET_QWT.items() if k != "calib_size"})) == \
+        ["calib_size not recorded"]
+    # a setting of another method is not asked for: RepQ-ViT alone needs no QwT settings
+    assert fills_paper_cell(exactly(record("imagenet", "deit_small", "repq", 4, {"top1": 69.0}), no_qwt))
+
+
+def test_legacy_records_are_read_into_the_typed_config() -> None:
+    """The one legacy reader: flat QwT keys, nested qwt with run-level keys, renamed fields."""
+    assert deviations(_imagenet(LEGACY_IMAGENET_QWT)) == []
+    assert deviations(_imagenet({**LEGACY_IMAGENET_QWT, "qwt": {**LEGACY_IMAGENET_QWT["qwt"], "solver": "lstsq"}})) \
+        == ["qwt.solver=lstsq"]
+    # without the nested qwt only the flat keys are read: the rest is named as not recorded
+    assert deviations(_imagenet({**LEGACY_IMAGENET_QWT, "factor": 16, "qwt": {}})) == [
+        "eval_fp16 not recorded", "qwt.factor=16", "qwt.conv_ridge not recorded", "qwt.linear_ridge not recorded"]
+    coco = exactly(record("coco", "mask_rcnn_r50_fpn_1x", "percentile+qwt", 4, {"bbox_mAP": 1.0, "segm_mAP": 1.0},
+                          images=5000), LEGACY_COCO_QWT)
+    # the old detection records did not hold the ridges nor the fp16 arithmetic's half_arith: named
+    assert deviations(coco) == ["qwt.conv_ridge not recorded", "qwt.linear_ridge not recorded"]

@@ -12,7 +12,7 @@ from benchmarks import tables
 from benchmarks.demo_table import render_demo
 from benchmarks.plots import PLOT_DIR
 from benchmarks.render import load_suite
-from qwt_core.records import RecordError
+from runtime.records import RecordError
 
 from .factory import blocks, record, write, write_raw
 

@@ -10,7 +10,7 @@ import torch
 
 from classification.build import build_model
 from classification.cli import main
-from qwt_core.records import load_records
+from runtime.records import load_records
 
 from .conftest import FAST_ARGS
 
@@ -142,7 +142,7 @@ def test_cuda_requested_without_cuda(imagenet_dir, tmp_path, capsys) -> None:
     (["--workers", "-1"], "--workers must be an integer >= 0"),
     (["--model-kwargs", '{"foo": 1}'], "unexpected keyword argument 'foo'"),
     (["--methods", ","], "--methods names no method; valid methods for deit_tiny: fp,repq,repq+qwt"),
-    (["--start-block", "99"], "--start-block 99: deit_tiny has 2 QwT blocks (0..1)"),
+    (["--qwt-start-block", "99"], "--qwt-start-block 99: deit_tiny has 2 QwT blocks (0..1)"),
     (["--val-limit", "0"], "--val-limit must be >= 1 (omit it to evaluate every val image)"),
     (["--calib-size", "1000"], "--calib-size 1000 asks for more images than"),
     (["--qwt-size", "1000"], "--qwt-size 1000 asks for more images than"),
@@ -372,7 +372,7 @@ def test_local_timm_weights_in_the_checkpoint_folder(tmp_path) -> None:
 
 def test_defaults_device_and_workers() -> None:
     from classification.cli import build_parser, config_from_args
-    from qwt_core.preflight import available_cpus
+    from runtime.preflight import available_cpus
 
     args = build_parser().parse_args(["--model", "deit_tiny", "--data-dir", "x"])
     cfg = config_from_args(args, "cmd")
@@ -387,7 +387,7 @@ def test_qwt_named_options_reach_the_fit_and_the_record(imagenet_dir, tmp_path) 
     """--qwt-solver / --half-arith are named deviations: recorded in config.qwt, never a paper cell."""
     from benchmarks.paper_cell import deviations
     from classification.cli import main
-    from qwt_core.records import load_records
+    from runtime.records import load_records
     code = main(["--model", "deit_tiny", "--tiny", "--methods", "repq+qwt", "--data-dir", str(imagenet_dir),
                  "--results-dir", str(tmp_path / "r"), "--qwt-solver", "streaming", "--half-arith", "emulated",
                  "--calib-size", "8", "--qwt-size", "16", "--batch-size", "8", "--workers", "0", "--no-progress"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qwt_core.records import load_records
+from runtime.records import load_records
 
 from .conftest import FAST_ARGS
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 
 def make(target: str, imagenet: Path, results: Path, stamp: Path, extra: list[str] = ()) -> subprocess.CompletedProcess:
     stamp.touch()  # stands in for the installed-venv stamp: the test must not (re)install
-    cls_args = " ".join(["--tiny", "--factor", "16", "--results-dir", str(results), *FAST_ARGS])
+    cls_args = " ".join(["--tiny", "--qwt-factor", "16", "--results-dir", str(results), *FAST_ARGS])
     cmd = ["make", "--no-print-directory", "-C", str(REPO), target, f"IMAGENET={imagenet}",
            f"STAMP={stamp}", f"PY={sys.executable}", "CLS_TABLES=0", f"CLS_ARGS={cls_args}", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -71,7 +71,7 @@ def test_make_defaults_device_and_checkpoint_folder(tmp_path) -> None:
         return " ".join(proc.stdout.split())
 
     for target, ckpt in (("imagenet-deit_tiny-w4a4", "--checkpoint-dir checkpoints"),
-                         ("coco-mask_rcnn_swin_t-w4a4", "--ckpt-dir checkpoints")):
+                         ("coco-mask_rcnn_swin_t-w4a4", "--checkpoint-dir checkpoints")):
         assert "--device cuda" in dry(target, f"PY={gpu_python}") and ckpt in dry(target, f"PY={gpu_python}")
         here = "cuda" if __import__("torch").cuda.is_available() else "cpu"
         assert f"--device {here}" in dry(target, f"PY={sys.executable}")

@@ -22,7 +22,7 @@ from classification.data import calibration_sets, val_loader
 from classification.pipeline import ExperimentConfig, run_experiment
 from qwt_core import QwTConfig, calibrate_repq, fit_qwt, full_precision, set_quant_state
 from qwt_core.qwt.compensation import CompensatedBlock
-from qwt_core.records import load_records
+from runtime.records import load_records
 
 from .conftest import FAST, N_CLASSES, VAL_PER_CLASS
 
@@ -78,7 +78,7 @@ def test_end_to_end_records(name: str, imagenet_dir, tmp_path) -> None:
     else:
         methods = ("fp", "repq", "repq+qwt")
     cfg = ExperimentConfig(model=name, data_dir=str(imagenet_dir), tiny=True, methods=methods,
-                           results_dir=str(tmp_path), factor=16, **FAST)
+                           results_dir=str(tmp_path), qwt=QwTConfig(factor=16), **FAST)
     returned = run_experiment(cfg)
     records = load_records(tmp_path, "imagenet")
     assert sorted(r["method"] for r in records) == sorted(methods) == sorted(r["method"] for r in returned)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from qwt_core.records import load_records
+from runtime.records import load_records
 from classification import registry
 from classification.build import build_model
 from classification.data import calibration_indices, calibration_sets, eval_transform, strided_indices

@@ -1,5 +1,5 @@
 """Device placement, checked on the CPU: everything built after the model follows the model's
-parameters, and one place binds the device (``qwt_core.distributed.bind_device``).
+parameters, and one place binds the device (``runtime.distributed.bind_device``).
 
 The ``meta`` device stands in for a GPU: a model moved there must have every parameter and buffer
 there after a calibrated state is loaded into it (the loader builds the compensation modules).
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import qwt_core.distributed as qd
+import runtime.distributed as qd
 from qwt_core import CompensatedBlock, QwTConfig, calibrate_repq, fit_qwt, load_state, save_state
 from qwt_core.state_io import module_device
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from qwt_core.machine import ISA_CAP_ENV, describe, machine_info
+from runtime.machine import ISA_CAP_ENV, describe, machine_info
 
 _PROBE = """
 import hashlib, json, torch

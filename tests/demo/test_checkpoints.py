@@ -57,7 +57,7 @@ def test_detector_fp_map_matches_card(tmp_path):
 
     card = json.loads((models.CHECKPOINTS / f"{run.DETECTOR}.json").read_text())
     recs = run_experiment(DetectionRun(
-        config=str(run.DETECTOR_CONFIG), data_root=str(detection_data.build()),
+        config=str(run.DETECTOR_CONFIG), data_dir=str(detection_data.build()),
         checkpoint=str(models.CHECKPOINTS / f"{run.DETECTOR}.pth"), methods=("fp",),
         results_dir=tmp_path, workers=0, log_interval=10**6, work_dir=str(tmp_path / "wd")))
     got = recs[0]["metrics"]

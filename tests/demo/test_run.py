@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.demo import run
-from qwt_core.records import load_records
+from runtime.records import load_records
 
 
 def _reduced(tmp_path: Path, model: str, limit: int, f64: bool = False) -> tuple[list[dict], str]:
@@ -60,7 +60,7 @@ def test_reduced_demo_detector(tmp_path: Path):
 
 
 def test_partial_run_keeps_full_records(tmp_path: Path):
-    from qwt_core.records import make_record, write_record
+    from runtime.records import make_record, write_record
 
     full = make_record(suite="demo", model="demo_resnet", method="fp", w_bits=None, a_bits=None,
                        metrics={"top1": 99.0}, images=600, partial=False, seed=0, config={})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from detection.registry import DETECTORS
-from qwt_core.records import load_records
+from runtime.records import load_records
 
 from .helpers import TINY_DEPTHS
 
@@ -28,7 +28,7 @@ def test_tiny_detector_fp_repq_qwt_records(tiny, coco_root, tmp_path, name):
     results = tmp_path / "records"
     state = tmp_path / "state.pth"
     n_val = 2 if name == "mask_rcnn_swin_t" else 1
-    rc = _cli(["--config", cfg, "--data-root", coco_root, "--checkpoint", ckpt, "--w-bits", 4,
+    rc = _cli(["--config", cfg, "--data-dir", coco_root, "--checkpoint", ckpt, "--w-bits", 4,
                "--a-bits", 4, "--methods", "fp,repq,repq+qwt", "--device", "cpu", "--qwt-size", 4,
                "--qwt-img-size", 96, "--qwt-batch-size", 2, "--val-limit", n_val, "--workers", 0,
                "--results-dir", results, "--work-dir", tmp_path / "work", "--save-state", state,
@@ -67,7 +67,7 @@ def test_tiny_detector_fp_repq_qwt_records(tiny, coco_root, tmp_path, name):
     assert "filter_cfg" in recs["repq+qwt"]["config"]["qwt_calibration"]
     if name == "mask_rcnn_swin_t":  # reloading the calibrated state reproduces the numbers
         again = tmp_path / "again"
-        rc = _cli(["--config", cfg, "--data-root", coco_root, "--checkpoint", ckpt, "--methods",
+        rc = _cli(["--config", cfg, "--data-dir", coco_root, "--checkpoint", ckpt, "--methods",
                    "repq+qwt", "--device", "cpu", "--val-limit", 2, "--workers", 0,
                    "--results-dir", again, "--work-dir", tmp_path / "work", "--load-state", state])
         assert rc == 0
@@ -85,7 +85,7 @@ def test_runner_keeps_the_run_device(tiny, coco_root, tmp_path, monkeypatch):
     monkeypatch.setattr(runner_mod, "get_device", lambda: "meta")
     cfg, ckpt = tiny["mask_rcnn_swin_t"]
     results = tmp_path / "records"
-    rc = _cli(["--config", cfg, "--data-root", coco_root, "--checkpoint", ckpt, "--methods", "fp",
+    rc = _cli(["--config", cfg, "--data-dir", coco_root, "--checkpoint", ckpt, "--methods", "fp",
                "--device", "cpu", "--val-limit", 1, "--workers", 0, "--results-dir", results,
                "--work-dir", tmp_path / "work"])
     assert rc == 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from detection.registry import ZOO_DETECTORS
-from qwt_core.records import load_records
+from runtime.records import load_records
 
 from .zoo_helpers import build_random, tiny_zoo_config, zoo_checkpoint
 
@@ -94,7 +94,7 @@ def test_backbone_kinds_of_the_registered_and_other_configs():
 def test_unsupported_backbone_is_refused_in_one_line_before_any_work(capsys, tmp_path, coco_root):
     # no checkpoint exists: the refusal comes before the checkpoint (and data) checks
     err = _one_line_refusal(capsys, ["--config", "mmdet::hrnet/faster-rcnn_hrnetv2p-w18-1x_coco.py",
-                                     "--data-root", coco_root, "--checkpoint", tmp_path / "none.pth"],
+                                     "--data-dir", coco_root, "--checkpoint", tmp_path / "none.pth"],
                             tmp_path / "r")
     assert "backbone HRNet is not supported" in err and "ResNet, ResNetV1d, ResNeXt" in err
     assert "SwinTransformer" in err
@@ -102,10 +102,10 @@ def test_unsupported_backbone_is_refused_in_one_line_before_any_work(capsys, tmp
 
 def test_methods_of_the_other_backbone_are_refused(capsys, tmp_path, coco_root, zoo):
     cfg, ckpt = zoo["mask_rcnn_r50_fpn_1x"]
-    err = _one_line_refusal(capsys, ["--config", cfg, "--data-root", coco_root, "--checkpoint", ckpt,
+    err = _one_line_refusal(capsys, ["--config", cfg, "--data-dir", coco_root, "--checkpoint", ckpt,
                                      "--methods", "fp,repq"], tmp_path / "r")
     assert "ResNet backbone" in err and "percentile+qwt" in err
-    err = _one_line_refusal(capsys, ["--config", cfg, "--data-root", coco_root, "--checkpoint", ckpt,
+    err = _one_line_refusal(capsys, ["--config", cfg, "--data-dir", coco_root, "--checkpoint", ckpt,
                                      "--methods", "percentile,percentile+qwt", "--qwt-img-size", 100],
                             tmp_path / "r")
     assert "multiple of 32" in err
@@ -164,10 +164,10 @@ def test_zoo_detector_runs_to_records_and_reloads_bit_identically(zoo, coco_root
     base = QUANT[name]
     methods = f"fp,{base},{base}+qwt"
     results, state = tmp_path / "records", tmp_path / "state.pth"
-    common = ["--config", cfg, "--data-root", coco_root, "--device", "cpu", "--val-limit", 2, "--workers", 0,
+    common = ["--config", cfg, "--data-dir", coco_root, "--device", "cpu", "--val-limit", 2, "--workers", 0,
               "--work-dir", tmp_path / "work", "--feature-probe", 1]
     if name == "retinanet_r50_fpn_1x":  # the checkpoint as a URL (downloaded into --ckpt-dir)
-        common += ["--checkpoint", ckpt.as_uri(), "--ckpt-dir", tmp_path / "ckpts"]
+        common += ["--checkpoint", ckpt.as_uri(), "--checkpoint-dir", tmp_path / "ckpts"]
     else:
         common += ["--checkpoint", ckpt]
     rc = _cli([*common, "--methods", methods, "--qwt-size", 4, "--qwt-img-size", 96, "--qwt-batch-size", 2,
@@ -208,12 +208,12 @@ def test_strict_variant_and_conv_options_on_basic_blocks(coco_root, tmp_path):
     cfg = tiny_zoo_config(MASK_R50, tmp_path / "tiny_mask_rcnn_r18.py", resnet_depth=18)
     ckpt = zoo_checkpoint(cfg, tmp_path / "r18.pth")
     results = tmp_path / "records"
-    rc = _cli(["--config", cfg, "--data-root", coco_root, "--checkpoint", ckpt, "--device", "cpu",
+    rc = _cli(["--config", cfg, "--data-dir", coco_root, "--checkpoint", ckpt, "--device", "cpu",
                "--val-limit", 1, "--workers", 0, "--work-dir", tmp_path / "work", "--feature-probe", 0,
                "--methods", "percentile_strict+qwt", "--w-bits", 6, "--a-bits", 6, "--qwt-size", 2,
-               "--qwt-img-size", 64, "--kernel-size", 3, "--factor", 32, "--results-dir", results])
+               "--qwt-img-size", 64, "--qwt-kernel-size", 3, "--qwt-factor", 32, "--results-dir", results])
     assert rc == 0
     (r,) = load_records(results, "coco")
     assert r["method"] == "percentile_strict+qwt" and r["config"]["backbone_conv_a_bits"] == 6
-    assert (r["config"]["kernel_size"], r["config"]["factor"]) == (3, 32)
+    assert (r["config"]["qwt"]["kernel_size"], r["config"]["qwt"]["factor"]) == (3, 32)
     assert r["blocks"][0]["extra"]["groups"] == 64 // 32 and len(r["blocks"]) == 8  # R18: 2-2-2-2 BasicBlocks

@@ -30,11 +30,12 @@ def odd_imagenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a launched run: one thread per process (what torchrun sets for several
-    processes), short collective timeout, no inherited torchrun variables."""
+    processes), short collective timeout, no inherited torchrun variables, this checkout first on the path."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
-                        "QWT_FAIL_RANK", "QWT_FAIL_AT")}
-    env.update(OMP_NUM_THREADS="1", QWT_DIST_TIMEOUT_S="120", PYTHONUNBUFFERED="1")
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    # PYTHONPATH: the launched processes import this checkout (they run in a temporary folder)
+    env.update(OMP_NUM_THREADS="1", QWT_DIST_TIMEOUT_S="120", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     env.update(extra)
     return env
 

@@ -106,16 +106,16 @@ def test_records_equal_one_process(runs) -> None:
 
 
 def test_failing_worker_fails_the_run_and_keeps_finished_records(odd_imagenet, tmp_path) -> None:
-    """Rank 1 raises when QwT starts (after fp and repq were evaluated, while rank 0 waits in the
+    """Rank 1 raises when QwT starts (tests.distributed.failing_run monkeypatches the QwT step) (after fp and repq were evaluated, while rank 0 waits in the
     first all-reduce): the launcher exits non-zero with rank 1's error; the fp and repq records,
     complete and written by rank 0 as each finished, are kept; no repq+qwt record, no state."""
-    proc = launch("classification", ["--model", "deit_tiny", "--data-dir", str(odd_imagenet), *ARGS,
-                                     "--results-dir", str(tmp_path / "rec"), "--save-state",
-                                     str(tmp_path / "state.pt")], 2, tmp_path,
-                  QWT_FAIL_RANK="1", QWT_FAIL_AT="qwt", QWT_DIST_TIMEOUT_S="60")
+    proc = launch("tests.distributed.failing_run", ["1", "_fit", "--model", "deit_tiny", "--data-dir",
+                                                    str(odd_imagenet), *ARGS, "--results-dir", str(tmp_path / "rec"),
+                                                    "--save-state", str(tmp_path / "state.pt")], 2, tmp_path,
+                  QWT_DIST_TIMEOUT_S="60")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    assert "InjectedFailure: injected failure on rank 1 at stage 'qwt'" in out, out
+    assert "InjectedFailure: injected failure on rank 1 at step '_fit'" in out, out
     assert "deit_tiny repq w4a4: top1" in out  # it failed after two methods were evaluated...
     assert sorted(_records(tmp_path / "rec")) == ["fp", "repq"]  # ...whose records are kept
     assert not (tmp_path / "state.pt").exists() and not list(tmp_path.rglob("*.tmp"))

@@ -21,7 +21,7 @@ def test_two_processes_evaluate_every_val_image_once(tmp_path) -> None:
     root = write_synthetic_coco(tmp_path / "coco", n_val=3, n_train=8)
     cfg = tiny_config("mask_rcnn_swin_t", tmp_path)
     ckpt = tiny_checkpoint(cfg, tmp_path / "tiny.pth", legacy=True)
-    proc = launch("detection", ["--launcher", "pytorch", "--config", str(cfg), "--data-root", str(root),
+    proc = launch("detection", ["--launcher", "pytorch", "--config", str(cfg), "--data-dir", str(root),
                                 "--checkpoint", str(ckpt), "--methods", "fp,repq", "--device", "cpu",
                                 "--workers", "0", "--results-dir", str(tmp_path / "rec"),
                                 "--work-dir", str(tmp_path / "work")], 2, tmp_path)

@@ -7,7 +7,7 @@ _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 
 classes = tuple(str(i) for i in range(10))
 metainfo = dict(classes=classes)
-data_root = 'data/demo/digits-coco/'  # overridden by --data-root
+data_root = 'data/demo/digits-coco/'  # overridden by --data-dir (python -m detection)
 img_scale = (128, 128)
 
 model = dict(

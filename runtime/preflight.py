@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
+from .errors import BadInput
 
-class PreflightError(ValueError):
+
+class PreflightError(BadInput):
     """A run option that cannot work; the message is one line for the user."""
 
 

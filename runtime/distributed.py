@@ -12,8 +12,8 @@ is a no-op for a plain one-process run. The rest:
   many batches as ranks, so every batch is the same tensor it would be in one process;
 - :func:`broadcast_tensor` / :func:`broadcast_object`: rank 0's value on every rank;
 - :func:`gather_objects`: every rank's value, in rank order, on every rank;
-- :func:`all_reduce_sum_`: in-place sum (what QwT's normal equations use before each solve);
-- :func:`maybe_inject_failure`: test-only fault injection (``QWT_FAIL_RANK``, ``QWT_FAIL_AT``).
+QwT's normal equations are all-reduced by the algorithm itself (``qwt_core.qwt.accumulator``).
+Tests inject faults by monkeypatching a pipeline step (``tests/distributed/failing_run.py``).
 
 Environment: ``QWT_DIST_TIMEOUT_S`` (default 1800) bounds how long a collective waits for a rank
 that neither answers nor dies (torchrun already stops every worker when one exits non-zero).
@@ -32,13 +32,7 @@ from torch import Tensor
 
 DEFAULT_TIMEOUT_S = 1800.0  # 30 min: QwT of one ViT-B block on 512 images is far below this
 TIMEOUT_ENV = "QWT_DIST_TIMEOUT_S"
-FAIL_RANK_ENV = "QWT_FAIL_RANK"  # test-only: the rank that raises at stage QWT_FAIL_AT
-FAIL_AT_ENV = "QWT_FAIL_AT"
 log = logging.getLogger(__name__)
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by :func:`maybe_inject_failure` (tests of the failure path only)."""
 
 
 @dataclass(frozen=True)
@@ -180,20 +174,6 @@ def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[r
     return [part] if len(part) else []
 
 
-def all_reduce_sum_(t: Tensor) -> Tensor:
-    """Sum ``t`` over ranks, in place (moved through the communication device if needed)."""
-    if not is_initialized():
-        return t
-    dev = _comm_device()
-    if t.device == dev:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    else:
-        buf = t.to(dev)
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-        t.copy_(buf)
-    return t
-
-
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank (pickled; small objects only)."""
     if not is_initialized():
@@ -227,16 +207,3 @@ def gather_objects(obj: Any) -> list[Any]:
         torch.cuda.set_device(_comm_device())
     dist.all_gather_object(out, obj)
     return out
-
-
-def maybe_inject_failure(stage: str) -> None:
-    """Raise :class:`InjectedFailure` on rank ``$QWT_FAIL_RANK`` at stage ``$QWT_FAIL_AT``
-    (any stage if unset). Test-only: exercises the failure path of multi-process runs."""
-    want = os.environ.get(FAIL_RANK_ENV)
-    if want is None or want == "":
-        return
-    at = os.environ.get(FAIL_AT_ENV)
-    rank = int(os.environ.get("RANK", "0"))
-    if int(want) == rank and (not at or at == stage):
-        raise InjectedFailure(f"injected failure on rank {rank} at stage {stage!r} "
-                              f"({FAIL_RANK_ENV}={want}{f', {FAIL_AT_ENV}={at}' if at else ''})")

@@ -122,7 +122,7 @@ def versions() -> dict[str, str]:
 
 def provenance(command: str | None = None, device: str = "cpu", world_size: int = 1) -> dict[str, Any]:
     """Date, commit, command line, library versions, device, and the machine (CPU model, the ISA
-    its kernels use and any cap on it, GPU: :func:`qwt_core.machine.machine_info`)."""
+    its kernels use and any cap on it, GPU: :func:`runtime.machine.machine_info`)."""
     from .machine import machine_info
 
     sha, dirty = git_info()
