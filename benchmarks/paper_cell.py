@@ -15,8 +15,9 @@ never taken for the reference's.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from classification.config import ClassificationConfig
 from detection.config import DetectionConfig

@@ -28,8 +28,9 @@ import difflib
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -37,8 +38,19 @@ from benchmarks import registry
 from benchmarks.demo_table import demo_markdown
 from benchmarks.paper_cell import fills_paper_cell
 from benchmarks.plots import PLOT_DIR, expected_plots, plot_jobs, render_plots
-from benchmarks.render import (GENERATED, Footnotes, Pick, bits_key, cells, fmt, fmt_delta, load_suite,
-                               markdown_table, records_frame, write_if_changed)
+from benchmarks.render import (
+    GENERATED,
+    Footnotes,
+    Pick,
+    bits_key,
+    cells,
+    fmt,
+    fmt_delta,
+    load_suite,
+    markdown_table,
+    records_frame,
+    write_if_changed,
+)
 from benchmarks.rows import custom_groups
 from runtime.records import BENCHMARK_SPLITS, RecordError
 

@@ -24,8 +24,8 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from torch.distributed.elastic.multiprocessing.errors import record
 

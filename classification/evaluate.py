@@ -11,8 +11,8 @@ global batch order, exactly as one process sums its own batches (same numbers, s
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 from torch import Tensor, nn

@@ -16,8 +16,9 @@ column (see docs/classification.md for the per-model reasoning).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -74,13 +75,13 @@ class ModelSpec:
         """``arch.tag`` when a tag is pinned, else ``arch``."""
         return f"{self.arch}.{self.pretrained_tag}" if self.pretrained_tag else self.arch
 
-    def tiny(self) -> "ModelSpec":
+    def tiny(self) -> ModelSpec:
         """The same classes, small depth/width/image size (random init only)."""
         return dataclasses.replace(self, kwargs={**self.kwargs, **self.tiny_kwargs},
                                    input_size=self.tiny_input_size, crop_pct=1.0,
                                    pretrained_tag=None)
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "ModelSpec":
+    def with_overrides(self, overrides: dict[str, Any]) -> ModelSpec:
         """Constructor kwargs overridden (``img_size`` also sets the eval input size)."""
         spec = dataclasses.replace(self, kwargs={**self.kwargs, **overrides})
         if "img_size" in overrides:

@@ -7,11 +7,11 @@ by the calibration image size, recorded by :meth:`embed` (all calibration batche
 """
 from __future__ import annotations
 
-from typing import Sequence
-
-from torch import Tensor, nn
+from collections.abc import Sequence
 
 from mmdet.models.backbones.swin import SwinTransformer
+from torch import Tensor, nn
+
 from qwt_core import BlockStep
 
 

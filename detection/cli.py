@@ -24,7 +24,7 @@ import os
 import shlex
 import sys
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from runtime.config import build_parser, config_from_args, undeprecate
 from runtime.errors import EXIT_BAD_INPUT, BadInput, one_line

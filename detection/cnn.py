@@ -25,12 +25,13 @@ setting of the reference; classification uses fp16).
 """
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
+from mmdet.models.backbones import ResNet, ResNetV1d, ResNeXt
 from torch import Tensor, nn
 
-from mmdet.models.backbones import ResNet, ResNetV1d, ResNeXt
 from qwt_core import BlockStep, LayerSpec, QuantConv2d, QuantLinear, calibrate_repq, quantize_layers
 from runtime.methods import EDGE_BITS, REFERENCE_CONV_A_BITS
 

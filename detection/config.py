@@ -2,8 +2,9 @@
 (the CLI's flags are generated from these fields and their comments). Imports no mmdet."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from runtime.config import RunConfig
 

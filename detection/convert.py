@@ -28,10 +28,11 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+
 from qwt_core.state_io import state_dict_mismatch
 
 UNFOLD_ORDER = [0, 2, 1, 3]  # unfold slot p <- official neighbour UNFOLD_ORDER[p] (self-inverse)
@@ -68,14 +69,14 @@ def is_legacy(state_dict: Mapping[str, Tensor]) -> bool:
 BLOCK_RENAMES = ((".attn.", ".attn.w_msa."), (".mlp.fc1.", ".ffn.layers.0.0."), (".mlp.fc2.", ".ffn.layers.1."))
 
 
-def _rename(state_dict: Mapping[str, Tensor], to_mmdet3: bool) -> "OrderedDict[str, Tensor]":
+def _rename(state_dict: Mapping[str, Tensor], to_mmdet3: bool) -> OrderedDict[str, Tensor]:
     """Map backbone keys (and patch-merging tensors) between the two layouts; other keys pass."""
     stages = ("backbone.layers.", "backbone.stages.")
     proj = (".proj.", ".projection.")
     src, dst = (0, 1) if to_mmdet3 else (1, 0)
     reduction = _reduction_to_unfold if to_mmdet3 else _reduction_to_official
     norm = _norm_to_unfold if to_mmdet3 else _norm_to_official
-    out: "OrderedDict[str, Tensor]" = OrderedDict()
+    out: OrderedDict[str, Tensor] = OrderedDict()
     for k, v in state_dict.items():
         if k.startswith(stages[src]):
             if k.endswith(".attn_mask"):  # official Swin stores its shift masks; mmdet recomputes them
@@ -98,17 +99,17 @@ def _rename(state_dict: Mapping[str, Tensor], to_mmdet3: bool) -> "OrderedDict[s
     return out
 
 
-def convert_legacy(state_dict: Mapping[str, Tensor]) -> "OrderedDict[str, Tensor]":
+def convert_legacy(state_dict: Mapping[str, Tensor]) -> OrderedDict[str, Tensor]:
     """Swin-Transformer-Object-Detection state dict -> mmdet 3.x state dict (see module doc)."""
     return _rename(state_dict, to_mmdet3=True)
 
 
-def to_legacy(state_dict: Mapping[str, Tensor]) -> "OrderedDict[str, Tensor]":
+def to_legacy(state_dict: Mapping[str, Tensor]) -> OrderedDict[str, Tensor]:
     """mmdet 3.x state dict -> official-Swin layout (the inverse of :func:`convert_legacy`)."""
     return _rename(state_dict, to_mmdet3=False)
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, Tensor]":
+def read_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, Tensor]:
     """The state dict of a checkpoint file (``state_dict`` / ``model`` entry or the bare dict),
     without a DataParallel ``module.`` prefix."""
     if not os.path.isfile(path):

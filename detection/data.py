@@ -18,8 +18,8 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 from mmengine.config import Config, ConfigDict

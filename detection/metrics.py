@@ -6,7 +6,7 @@ actually evaluated (on a full val2017 run: all of them, so the numbers are CocoM
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from mmdet.evaluation.metrics import CocoMetric
 from mmdet.registry import METRICS

@@ -29,13 +29,13 @@ nothing.)
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Literal
+from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
+from mmdet.models.backbones.swin import ShiftWindowMSA, SwinTransformer, WindowMSA
 from torch import Tensor, nn
 
-from mmdet.models.backbones.swin import ShiftWindowMSA, SwinTransformer, WindowMSA
 from qwt_core import LayerSpec, LogSqrt2Quantizer, QuantLinear, QuantMatMul, calibrate_repq, quantize_layers
 
 PATCH_EMBED_A_BITS = 8  # the patch-embedding conv sees 8-bit (normalized image) inputs

@@ -10,12 +10,16 @@ Imports torch only. Stages, one entry point each:
 """
 from .calibrate import calibrate_repq
 from .quant.layers import QuantConv2d, QuantLinear, QuantMatMul
-from .quant.primitives import (PERCENTILES, fake_quant_log_sqrt2, fake_quant_uniform,
-                               search_log_sqrt2_delta, search_uniform_range)
+from .quant.primitives import (
+    PERCENTILES,
+    fake_quant_log_sqrt2,
+    fake_quant_uniform,
+    search_log_sqrt2_delta,
+    search_uniform_range,
+)
 from .quant.quantizers import LogSqrt2Quantizer, UniformQuantizer, check_bits
 from .quant.replace import LayerSpec, quantize_layers
-from .quant.state import (calibration, full_precision, quant_state, quantizers, set_quant_state,
-                          uncalibrated)
+from .quant.state import calibration, full_precision, quant_state, quantizers, set_quant_state, uncalibrated
 from .qwt.accumulator import NormalEquations
 from .qwt.arithmetic import eval_arithmetic
 from .qwt.compensation import CompensatedBlock, ConvCompensation, LinearCompensation

@@ -20,8 +20,9 @@ import json
 import re
 import sys
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 from qwt_core import QwTConfig
 from qwt_core.qwt.arithmetic import EvalArithmetic

@@ -47,10 +47,11 @@ import shlex
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SCHEMA = "qwt-record/2"
 SCHEMA_V1 = "qwt-record/1"

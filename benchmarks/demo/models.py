@@ -7,9 +7,10 @@ are committed in fp16 under ``checkpoints/`` with a JSON card each (see ``train_
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -27,9 +27,10 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmarks.demo_table import F64
 from runtime.records import RECORDS_DIR, load_records, write_record

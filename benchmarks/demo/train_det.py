@@ -64,8 +64,8 @@ def evaluate(cfg, checkpoint: Path) -> dict[str, float]:
 
 
 def train(out: Path, data_root: Path, epochs: int | None, work_dir: Path) -> dict:
-    from mmengine.runner import Runner
     from mmdet.utils import register_all_modules
+    from mmengine.runner import Runner
 
     register_all_modules()
     cfg = load_cfg(data_root, work_dir, epochs)

@@ -27,9 +27,10 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,20 @@ from torch import Tensor, nn
 from classification.adapters import for_family
 from classification.build import build_model, construct, resolve_spec
 from classification.registry import ModelSpec
-from qwt_core import (BlockStep, CompensatedBlock, LogSqrt2Quantizer, QuantConv2d, QuantLinear, QuantMatMul,
-                      QwTConfig, calibrate_repq, fit_qwt, quant_state, quantizers, set_quant_state)
+from qwt_core import (
+    BlockStep,
+    CompensatedBlock,
+    LogSqrt2Quantizer,
+    QuantConv2d,
+    QuantLinear,
+    QuantMatMul,
+    QwTConfig,
+    calibrate_repq,
+    fit_qwt,
+    quant_state,
+    quantizers,
+    set_quant_state,
+)
 from qwt_core.qwt import driver
 from qwt_core.qwt.config import solver_preset
 

@@ -18,15 +18,26 @@ The rows and measures of ``make parity`` (:mod:`benchmarks.parity.compare`), on 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
-
-from torch import Tensor
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+from torch import Tensor
 
-from benchmarks.parity.compare import REPARAM_KEYS, Row, fmt, plan_row, quant_row, quantizer_error, reparam_row, rel_inf
+from benchmarks.parity.compare import (
+    REPARAM_KEYS,
+    Row,
+    fmt,
+    plan_row,
+    quant_row,
+    quantizer_error,
+    rel_inf,
+    reparam_row,
+    state_dict_row,
+    teacher_forced_rows,
+    verdict,
+)
 from benchmarks.parity.compare import TOL as CLS_TOL
-from benchmarks.parity.compare import state_dict_row, teacher_forced_rows, verdict
 from benchmarks.parity.suite import plan_of
 
 from .suite import DetSuiteRun

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 STOOD_IN = ("mmcv_custom", "mmdet", "mmdet.models", "mmdet.models.backbones", "mmdet.models.builder",
             "mmdet.utils")

@@ -26,18 +26,27 @@ import contextlib
 import copy
 import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from benchmarks.parity.suite import (BlockFit, OneBlock, _fit, exact_solve, installed, quant_record, recording_rows,
-                                     reference_solve)
+from benchmarks.parity.suite import (
+    BlockFit,
+    OneBlock,
+    _fit,
+    exact_solve,
+    installed,
+    quant_record,
+    recording_rows,
+    reference_solve,
+)
 from detection.convert import BLOCK_RENAMES, _norm_to_unfold, _reduction_to_unfold, convert_legacy
 from qwt_core import QwTConfig, eval_arithmetic, fit_qwt, quant_state, quantizers, reparameterize, set_quant_state
-from qwt_core.qwt.driver import BlockStep
 from qwt_core.qwt.compensation import CompensatedBlock, LinearCompensation
+from qwt_core.qwt.driver import BlockStep
 
 # the registered detector whose config gives each backbone (swin_micro: Swin-T's with tiny widths, for tests)
 DETECTORS = {"swin_t": "cascade_mask_rcnn_swin_t", "swin_s": "cascade_mask_rcnn_swin_s",

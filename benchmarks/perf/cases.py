@@ -11,8 +11,9 @@ images never sit in memory as an input tensor).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -157,8 +158,9 @@ def mmdet_available() -> str | None:
     """None when mmdet's SwinTransformer and the detection package import; else the reason."""
     try:
         import mmdet.models.backbones.swin  # noqa: F401
-        import detection.quantize  # noqa: F401
+
         import detection.adapters  # noqa: F401
+        import detection.quantize  # noqa: F401
     except Exception as e:  # noqa: BLE001 - any import failure means "not installed here"
         return f"{type(e).__name__}: {e}"
     return None

@@ -13,7 +13,8 @@ import contextlib
 import math
 import time
 from collections import Counter
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from qwt_core.qwt import accumulator, compensation, driver, rows, store
 
@@ -66,7 +67,7 @@ class FitProfile:
             finally:
                 self._fp = False
 
-    def __enter__(self) -> "FitProfile":
+    def __enter__(self) -> FitProfile:
         patches: list[tuple[Any, str, Any]] = []
 
         def patch(owner: Any, name: str, new: Any) -> None:

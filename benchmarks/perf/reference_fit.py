@@ -22,7 +22,7 @@ both fits produce the same kind of model (their W agree up to the float32 invers
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from qwt_core import CompensatedBlock, QwTConfig, full_precision, quant_state
-from qwt_core.qwt.regression import Solution
 from qwt_core.qwt.compensation import ConvCompensation, LinearCompensation
 from qwt_core.qwt.driver import BlockwiseAdapter
+from qwt_core.qwt.regression import Solution
 
 
 class _Features(Dataset):

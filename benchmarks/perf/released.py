@@ -29,7 +29,7 @@ from typing import IO, Any
 import torch
 
 from .cases import Plan
-from .measure import MMAP_THRESHOLD, MiB, ROOT
+from .measure import MMAP_THRESHOLD, ROOT, MiB
 
 SOLVERS = ("reference", "streaming")  # the suite side's fits: the default, then the streaming solver (info)
 

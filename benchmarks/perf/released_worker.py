@@ -41,15 +41,15 @@ import tempfile
 import textwrap
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from .measure import PeakMemory, clock_for, keep_freed_memory, sync
-
 
 PASSES = ("calibration pass", "re-calibration pass")  # (each includes the quantizer inits timed within it)
 INIT_CHANNEL, INIT_TENSOR, INIT_LOG = ("init: per-channel uniform quantizers", "init: per-tensor uniform quantizers",
@@ -257,7 +257,6 @@ class Suite:
     def calibrate(self, model: nn.Module, t: Timers) -> nn.Module:
         """The adapter's quantization, then ``calibrate_repq`` (two passes around the reparameterization)."""
         from qwt_core import calibrate_repq
-
         from qwt_core.quant.quantizers import LogSqrt2Quantizer, UniformQuantizer
 
         t.wrap("quantize", self.adapter.quantize)(model, self.a.w_bits, self.a.a_bits, self.method)

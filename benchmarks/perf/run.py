@@ -30,17 +30,18 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from qwt_core import QwTConfig, eval_arithmetic, fit_qwt, quant_state, save_state
-from runtime.records import RECORDS_DIR, make_record, write_record
 from qwt_core.quant.primitives import per_channel_loop_search, search_uniform_range
 from qwt_core.qwt import halfdot
 from qwt_core.qwt.config import solver_preset
+from runtime.records import RECORDS_DIR, make_record, write_record
 
 from . import report
 from .cases import Batches, Built, Case, Plan, build, mmdet_available, plan_for

@@ -10,8 +10,8 @@ A family adapter knows, for one architecture family:
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from torch import Tensor, nn
 

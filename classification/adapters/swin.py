@@ -10,8 +10,6 @@ stages 0..2): QwT walks every block of every stage in order, and the last block 
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
 from torch import Tensor, nn
@@ -35,7 +33,7 @@ class QuantWindowAttention(WindowAttention):
     matmul1: QuantMatMul
     matmul2: QuantMatMul
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         B_, N, C = x.shape
         qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B_, H, N, D)

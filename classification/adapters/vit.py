@@ -12,8 +12,6 @@ cls/dist tokens and position embedding. A distilled DeiT averages its two heads 
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_mask
 from timm.models.vision_transformer import VisionTransformer
@@ -36,7 +34,7 @@ class QuantAttention(Attention):
     matmul1: QuantMatMul
     matmul2: QuantMatMul
 
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         B, N, C = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

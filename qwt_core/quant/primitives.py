@@ -25,7 +25,7 @@ beyond, where the reference falls back to numpy.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -3,12 +3,12 @@ exit, also when the body raises."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch import nn
 
-from .quantizers import Quantizer, UniformQuantizer
 from .layers import QuantConv2d, QuantLinear
+from .quantizers import Quantizer, UniformQuantizer
 
 
 def quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:

@@ -19,13 +19,22 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
-from .regression import (GatherFn, PositionSums, ReduceFn, Solution, all_gather_rows, all_reduce_sum,
-                         check_columns, check_rows, r_squared)
+from .regression import (
+    GatherFn,
+    PositionSums,
+    ReduceFn,
+    Solution,
+    all_gather_rows,
+    all_reduce_sum,
+    check_columns,
+    check_rows,
+    r_squared,
+)
 from .threads import one_thread
 
 SINGULAR_RTOL = 1e-12  # eigenvalue ratio of XᵀX below which a direction counts as absent

@@ -13,9 +13,9 @@ product). Training mode, and the features propagated while fitting, are always f
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator
 
 from .halfdot import HALF_ARITHS
 

@@ -16,7 +16,6 @@ from .halfdot import half_conv2d, half_matmul
 from .regression import Solution
 
 
-
 def _add_into(fresh: Tensor, out: Tensor) -> Tensor:
     """``out + fresh``, written into ``fresh`` (a temporary this module just computed) when the
     shapes and dtypes allow: IEEE addition commutes, so the bits are those of ``out + fresh``,
@@ -50,7 +49,7 @@ class LinearCompensation(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_dim))  # (O,)
 
     @classmethod
-    def from_solution(cls, sol: Solution) -> "LinearCompensation":
+    def from_solution(cls, sol: Solution) -> LinearCompensation:
         m = cls(sol.weight.shape[1], sol.weight.shape[2])
         m.weight.data.copy_(sol.weight[0])
         m.bias.data.copy_(sol.bias[0])
@@ -93,7 +92,7 @@ class ConvCompensation(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     @classmethod
-    def from_solution(cls, sol: Solution, in_channels: int, kernel_size: int, stride: int) -> "ConvCompensation":
+    def from_solution(cls, sol: Solution, in_channels: int, kernel_size: int, stride: int) -> ConvCompensation:
         g, d, o = sol.weight.shape  # (G, cg*k*k, og)
         m = cls(in_channels, g * o, kernel_size, stride, g)
         # unfold order within a group is (channel, ky, kx): matches Conv2d's (cg, k, k) weight

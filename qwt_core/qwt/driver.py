@@ -13,8 +13,9 @@ propagation to the next block reuses the stored quantized outputs (no third pass
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence, Union
+from typing import Literal, Protocol, Union
 
 import torch
 import torch.nn.functional as F

@@ -16,8 +16,9 @@ Two implementations of :class:`Regression`, chosen by ``QwTConfig.regression``:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.distributed as dist
@@ -71,7 +72,7 @@ class Regression(Protocol):
         """Rows seen."""
 
 
-def gate(sol: Solution, index: int, cfg: "QwTConfig") -> tuple[bool, float]:
+def gate(sol: Solution, index: int, cfg: QwTConfig) -> tuple[bool, float]:
     """Keep block ``index``'s compensation? (applied, the deciding R²).
 
     ``reference``: the R² of the reference's fp32 solution > 0 (where XᵀX is numerically singular,

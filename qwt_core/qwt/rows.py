@@ -27,8 +27,17 @@ import math
 import torch
 from torch import Tensor
 
-from .regression import (GatherFn, PositionSums, ReduceFn, Solution, all_gather_rows, all_reduce_sum,
-                         check_columns, check_rows, r_squared)
+from .regression import (
+    GatherFn,
+    PositionSums,
+    ReduceFn,
+    Solution,
+    all_gather_rows,
+    all_reduce_sum,
+    check_columns,
+    check_rows,
+    r_squared,
+)
 
 
 class ReferenceRows:

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.paper_cell import deviations, fills_paper_cell, label
-from runtime.records import SCHEMA, load_records, upgrade, validate
-
-from .factory import record
-
 from classification.config import ClassificationConfig
 from detection.config import DetectionConfig
 from runtime.config import record_config
+from runtime.records import SCHEMA, load_records, upgrade, validate
+
+from .factory import record
 
 # the reference settings as both suites record them now (every field, qwt nested)
 IMAGENET_QWT = {**record_config(ClassificationConfig(model="deit_small")), "model_overrides": {}}

@@ -6,12 +6,12 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from runtime.records import load_records
 from classification import registry
 from classification.build import build_model
 from classification.data import calibration_indices, calibration_sets, eval_transform, strided_indices
 from classification.pipeline import ExperimentConfig, run_experiment
 from qwt_core import NormalEquations
+from runtime.records import load_records
 
 from .conftest import FAST
 

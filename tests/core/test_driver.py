@@ -8,11 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qwt_core import (SOLVER_PRESETS, BlockStep, CompensatedBlock, QwTConfig, calibrate_repq, eval_arithmetic,
-                      fit_qwt, full_precision, quant_state)
+from qwt_core import (
+    SOLVER_PRESETS,
+    BlockStep,
+    CompensatedBlock,
+    QwTConfig,
+    calibrate_repq,
+    eval_arithmetic,
+    fit_qwt,
+    full_precision,
+    quant_state,
+)
 
-from .toy import (ConvAdapter, TinyConvNet, TinyTransformer, TransformerAdapter, quantize_convnet,
-                  quantize_transformer)
+from .toy import ConvAdapter, TinyConvNet, TinyTransformer, TransformerAdapter, quantize_convnet, quantize_transformer
 
 
 def _err(a: torch.Tensor, b: torch.Tensor) -> float:

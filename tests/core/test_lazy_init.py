@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from qwt_core import (LayerSpec, calibrate_repq, quantize_layers, quantizers, set_quant_state,
-                      uncalibrated)
+from qwt_core import LayerSpec, calibrate_repq, quantize_layers, quantizers, set_quant_state, uncalibrated
 from qwt_core.quant.quantizers import UniformQuantizer
 
 

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from qwt_core import (PERCENTILES, fake_quant_log_sqrt2, fake_quant_uniform, search_log_sqrt2_delta,
-                      search_uniform_range)
+from qwt_core import PERCENTILES, fake_quant_log_sqrt2, fake_quant_uniform, search_log_sqrt2_delta, search_uniform_range
 from qwt_core.quant.primitives import lower_quantiles, per_channel_loop_search, upper_quantiles
 
 

@@ -5,8 +5,17 @@ import pytest
 import torch
 from torch import nn
 
-from qwt_core import (LayerSpec, QuantLinear, calibration, full_precision, quant_state, quantize_layers,
-                      quantizers, set_quant_state, uncalibrated)
+from qwt_core import (
+    LayerSpec,
+    QuantLinear,
+    calibration,
+    full_precision,
+    quant_state,
+    quantize_layers,
+    quantizers,
+    set_quant_state,
+    uncalibrated,
+)
 from qwt_core.quant.quantizers import UniformQuantizer, check_bits
 
 

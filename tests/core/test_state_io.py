@@ -4,8 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwt_core import (CompensatedBlock, QwTConfig, calibrate_repq, eval_arithmetic, fit_qwt, load_state,
-                      model_size, quant_state, save_state)
+from qwt_core import (
+    CompensatedBlock,
+    QwTConfig,
+    calibrate_repq,
+    eval_arithmetic,
+    fit_qwt,
+    load_state,
+    model_size,
+    quant_state,
+    save_state,
+)
 
 from .toy import TinyTransformer, TransformerAdapter, quantize_transformer
 

@@ -8,8 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from qwt_core import (LayerSpec, QuantMatMul, calibration, load_state, quant_state, quantize_layers,
-                      reparameterize, save_state)
+from qwt_core import (
+    LayerSpec,
+    QuantMatMul,
+    calibration,
+    load_state,
+    quant_state,
+    quantize_layers,
+    reparameterize,
+    save_state,
+)
 from qwt_core.quant.layers import clear_weight_cache, quantize_activation
 from qwt_core.quant.quantizers import LogSqrt2Quantizer, UniformQuantizer
 

@@ -4,7 +4,6 @@ to a temporary folder (never into results/)."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest

@@ -12,8 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detection.convert import (CheckpointError, convert_legacy, is_legacy, load_detector_weights,
-                               to_legacy)
+from detection.convert import CheckpointError, convert_legacy, is_legacy, load_detector_weights, to_legacy
 
 pytestmark = pytest.mark.detection
 

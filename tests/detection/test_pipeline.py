@@ -2,8 +2,6 @@
 as the real run (CLI -> run_experiment -> Runner test loop + CocoMetric), fp -> repq -> repq+qwt."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 

@@ -109,10 +109,9 @@ def test_mask_head_unreached_in_calibration_initialises_on_first_evaluation_data
 
     from mmengine.config import Config
 
-    from qwt_core import quantizers, set_quant_state, uncalibrated
-
     from detection.data import first_test_batch, set_data_root
     from detection.quantize import calibrate_detector, quantize_detector
+    from qwt_core import quantizers, set_quant_state, uncalibrated
 
     from .helpers import build
 

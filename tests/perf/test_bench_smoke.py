@@ -55,9 +55,8 @@ def test_tiny_bench_prints_every_ratio_and_writes_record_and_table(tmp_path: Pat
 
 
 def test_fit_profile_restores_what_it_wraps() -> None:
-    from tests.core.toy import TinyTransformer, TransformerAdapter, quantize_transformer
-
     from qwt_core import calibrate_repq
+    from tests.core.toy import TinyTransformer, TransformerAdapter, quantize_transformer
 
     model = TinyTransformer(depth=2).eval()
     calibrate_repq(model, torch.randn(8, 20, 12), quantize_transformer(model, 4))

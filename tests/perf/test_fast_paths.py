@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qwt_core.qwt import halfdot
 from qwt_core.quant.layers import _folded_bounds, quantize_activation
 from qwt_core.quant.quantizers import UniformQuantizer
+from qwt_core.qwt import halfdot
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,16 @@ from classification.config import ClassificationConfig
 from detection.cli import parser as detection_parser
 from detection.config import DetectionConfig
 from qwt_core import QwTConfig
-from runtime.config import (DEPRECATED, RUN_LEVEL_QWT_FIELDS, RunConfig, config_from_args, field_help, flag_of,
-                            record_config, undeprecate)
+from runtime.config import (
+    DEPRECATED,
+    RUN_LEVEL_QWT_FIELDS,
+    RunConfig,
+    config_from_args,
+    field_help,
+    flag_of,
+    record_config,
+    undeprecate,
+)
 
 
 def _flags(p) -> set[str]:  # noqa: ANN001
