@@ -37,6 +37,7 @@ __all__ = [
     "LogSqrt2Quantizer", "UniformQuantizer", "check_bits", "LayerSpec", "quantize_layers",
     "calibration", "full_precision", "quant_state", "quantizers", "set_quant_state", "uncalibrated",
     "NormalEquations", "Solution", "all_reduce_sum", "CompensatedBlock", "ConvCompensation",
-    "LinearCompensation", "QwTConfig", "SOLVER_PRESETS", "eval_arithmetic", "ReferenceRows", "Regression", "gate", "BlockReport", "BlockStep", "BlockwiseAdapter", "fit_qwt",
+    "LinearCompensation", "QwTConfig", "SOLVER_PRESETS", "eval_arithmetic", "ReferenceRows", "Regression", "gate",
+    "BlockReport", "BlockStep", "BlockwiseAdapter", "fit_qwt",
     "reparameterize", "SizeReport", "model_size", "load_state", "save_state", "weights_fingerprint",
 ]

@@ -128,8 +128,8 @@ def module_device(module: nn.Module) -> torch.device:
     """Where ``module`` lives: the device of its first parameter (else buffer; CPU when it has none)."""
     for t in module.parameters():
         return t.device
-    for t in module.buffers():
-        return t.device
+    for b in module.buffers():
+        return b.device
     return torch.device("cpu")
 
 

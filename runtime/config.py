@@ -200,14 +200,14 @@ def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, tp: Any, help_t
         kw["type"] = _json_object(flag)
     elif tp in (int, float, str):
         kw["type"] = tp
-    p.add_argument(flag, default=f.default_factory() if f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
+    p.add_argument(flag, default=f.default_factory() if f.default_factory is not dataclasses.MISSING
                    else default, **kw)
 
 
 class Parser(argparse.ArgumentParser):
     error_prefix = "error: "
 
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the usage too)
+    def error(self, message: str) -> typing.NoReturn:  # one line, exit 2 (argparse prints the usage too)
         self.exit(EXIT_BAD_INPUT, f"{self.error_prefix}{message}\n")
 
 
@@ -233,7 +233,8 @@ def build_parser(cls: type[RunConfig], prog: str, description: str,
                    flag_of(f.name, qwt=True))
     if "--qwt-solver" not in p._option_string_actions:  # named presets of QwT fields
         p.add_argument("--qwt-solver", choices=sorted(SOLVER_PRESETS), default=None, dest="qwt_solver_preset",
-                       help="QwT: a named preset of " + ", ".join(sorted({k for v in SOLVER_PRESETS.values() for k in v})))
+                       help="QwT: a named preset of "
+                       + ", ".join(sorted({k for v in SOLVER_PRESETS.values() for k in v})))
     return p
 
 

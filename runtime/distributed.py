@@ -190,10 +190,13 @@ def broadcast_tensor(t: Tensor | None, src: int = 0) -> Tensor:
         if t is None:
             raise ValueError("broadcast_tensor: no tensor and no process group")
         return t
-    meta = broadcast_object((tuple(t.shape), t.dtype, str(t.device)) if get_rank() == src else None, src)
+    if get_rank() == src and t is None:
+        raise ValueError(f"broadcast_tensor: rank {src} (the source) passed no tensor")
+    src_t = t if get_rank() == src else None
+    meta = broadcast_object(None if src_t is None else (tuple(src_t.shape), src_t.dtype, str(src_t.device)), src)
     shape, dtype, where = meta
     dev = _comm_device()
-    buf = t.detach().to(dev).contiguous() if get_rank() == src else torch.empty(shape, dtype=dtype, device=dev)
+    buf = src_t.detach().to(dev).contiguous() if src_t is not None else torch.empty(shape, dtype=dtype, device=dev)
     dist.broadcast(buf, src=src)
     return buf if where.startswith("cuda") and dev.type == "cuda" else buf.cpu()
 

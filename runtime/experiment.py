@@ -237,6 +237,7 @@ def _steps(task: Task, ctx: Context, on_record: Callable[[dict[str, Any]], None]
         blocks: list[Any] = []
         t0 = time.perf_counter()
         if ctx.state is not None:  # 7 (or 9: load)
+            assert cfg.load_state is not None  # (ctx.state is read from it)
             try:
                 meta = load_state(qmodel, cfg.load_state)
             except ValueError as e:

@@ -143,7 +143,8 @@ def dataset_entry(suite: str, root: str | os.PathLike[str] | None, split: str | 
     is_bench = (bench is not None and split_images == bench.images and classes == bench.classes
                 and not class_subset)
     return {"root": None if root is None else str(root), "split": split, "split_images": split_images,
-            "classes": classes, "class_subset": class_subset, "benchmark": bench.name if is_bench else None}
+            "classes": classes, "class_subset": class_subset,
+            "benchmark": bench.name if bench is not None and is_bench else None}
 
 
 def upgrade(record: dict[str, Any]) -> dict[str, Any]:
@@ -161,8 +162,8 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
     is_bench = bench is not None and images == bench.images and partial is False
     rec["dataset"] = {"root": None, "split": None,
                       "split_images": images if partial is False and isinstance(images, int) else None,
-                      "classes": bench.classes if is_bench else None, "class_subset": False,
-                      "benchmark": bench.name if is_bench else None, "inferred": True}
+                      "classes": bench.classes if bench is not None and is_bench else None, "class_subset": False,
+                      "benchmark": bench.name if bench is not None and is_bench else None, "inferred": True}
     rec["schema"] = SCHEMA
     rec["schema_read"] = SCHEMA_V1
     return rec

@@ -151,7 +151,12 @@ def clear_weight_cache(model: nn.Module) -> None:
 class _BiasOnLoad:
     """Create a missing bias when a state dict carries one (RepQ-ViT adds biases)."""
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    # declared for the type checker: provided by the nn.Linear / nn.Conv2d this is mixed into
+    # (bias: a Parameter or None, typed differently by the two)
+    weight: Tensor
+    bias: Any
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "bias"
         if key in state_dict and getattr(self, "bias", None) is None:
             self.bias = nn.Parameter(torch.empty_like(state_dict[key], device=self.weight.device))
@@ -203,7 +208,7 @@ class QuantMatMul(nn.Module):
         return quantize_activation(self.quantizer_a, a) @ quantize_activation(self.quantizer_b, b)
 
 
-QUANT_LAYERS: tuple[type[nn.Module], ...] = (QuantLinear, QuantConv2d)
+QUANT_LAYERS = (QuantLinear, QuantConv2d)
 
 
 def describe(module: nn.Module) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -171,16 +172,18 @@ def per_channel_loop_search(
     and the perf figures.
     """
     x2d = channels_first_2d(x.detach().float(), channel_dim)
-    deltas, zps = [], []
+    deltas: list[Tensor] = []
+    zps: list[Tensor] = []
     for c in range(x2d.shape[0]):
         row = x2d[c]
-        best = (None, None, float("inf"))
+        best: tuple[Tensor | None, Tensor | None, float] = (None, None, float("inf"))
         for p in percentiles:
             hi, lo = torch.quantile(row, p), torch.quantile(row, 1.0 - p)
             delta, zp = uniform_qparams(lo, hi, n_bits)
             score = float((row - fake_quant_uniform(row, delta, zp, n_bits)).pow(2).mean())
             if score < best[2]:
                 best = (delta, zp, score)
-        deltas.append(best[0])
-        zps.append(best[1])
+        # (set by the first percentile whenever the row is finite; a NaN row fails in torch.stack as before)
+        deltas.append(cast(Tensor, best[0]))
+        zps.append(cast(Tensor, best[1]))
     return torch.stack(deltas), torch.stack(zps)

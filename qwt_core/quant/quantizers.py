@@ -45,6 +45,9 @@ def check_bits(n_bits: int) -> int:
 class Quantizer(nn.Module):
     """Base class: enable / calibrate flags, range buffers, state round-trip."""
 
+    delta: Tensor  # the range buffers (registered in __init__; declared for the type checker)
+    zero_point: Tensor
+
     def __init__(self, n_bits: int) -> None:
         super().__init__()
         self.n_bits = check_bits(n_bits)
@@ -101,7 +104,7 @@ class Quantizer(nn.Module):
         self.init_on_first_use = bool(state.get("init_on_first_use", False))  # absent in older files
         self.label = str(state.get("label", ""))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Range buffers change shape between per-channel and per-tensor: adopt the saved shape.
         for name in ("delta", "zero_point"):
             key = prefix + name

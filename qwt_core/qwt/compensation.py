@@ -128,7 +128,11 @@ class ConvCompensation(nn.Module):
         return out + self(x)
 
 
-def build_compensation(spec: dict[str, Any]) -> nn.Module:
+# what a CompensatedBlock adds: either kind has ``add_to(out, x)`` and ``spec()``
+Compensation = LinearCompensation | ConvCompensation
+
+
+def build_compensation(spec: dict[str, Any]) -> Compensation:
     """Re-create an (empty) compensation module from its ``spec()`` (the evaluation settings that
     older state files carry, ``fp16_eval`` / ``half_arith``, are ignored)."""
     kind = spec["kind"]
@@ -144,7 +148,7 @@ class CompensatedBlock(nn.Module):
     """out = block(x, *args, **kwargs) + compensation(x), added in the reference's order by the
     compensation's ``add_to``; extra arguments (Swin's hw_shape) pass through unchanged."""
 
-    def __init__(self, block: nn.Module, compensation: nn.Module) -> None:
+    def __init__(self, block: nn.Module, compensation: Compensation) -> None:
         super().__init__()
         self.block = block
         self.compensation = compensation

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol, Union
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..quant.state import full_precision, quant_state
 from .accumulator import NormalEquations
-from .compensation import CompensatedBlock, ConvCompensation, LinearCompensation
+from .compensation import CompensatedBlock, Compensation, ConvCompensation, LinearCompensation
 from .config import QwTConfig
 from .regression import GatherFn, ReduceFn, Regression, all_gather_rows, all_reduce_sum, gate
 from .rows import ReferenceRows
@@ -100,7 +100,7 @@ class Propagated:
     stored block inputs x and quantized outputs Q(x), with the compensation in fp32 as the
     reference propagates while fitting. Each stored pair is forgotten once used."""
 
-    def __init__(self, inputs: FeatureStore, quantized: FeatureStore, comp: nn.Module,
+    def __init__(self, inputs: FeatureStore, quantized: FeatureStore, comp: Compensation,
                  after: Callable[[Tensor], Tensor] | None) -> None:
         self.inputs, self.quantized, self.comp, self.after = inputs, quantized, comp, after
 
@@ -119,7 +119,7 @@ class Propagated:
         self.quantized.close()
 
 
-Inputs = Union[FeatureStore, Propagated]
+Inputs = FeatureStore | Propagated
 
 
 def new_regression(cfg: QwTConfig, in_dim: int, out_dim: int, groups: int, ridge: float,
@@ -133,7 +133,7 @@ def new_regression(cfg: QwTConfig, in_dim: int, out_dim: int, groups: int, ridge
 
 def fit_block(block: nn.Module, step: BlockStep, inputs: Inputs, cfg: QwTConfig, reduce: ReduceFn,
               index: int, keep: bool = True, gather: GatherFn = all_gather_rows
-              ) -> tuple[nn.Module, tuple[FeatureStore, FeatureStore] | None, BlockReport]:
+              ) -> tuple[Compensation, tuple[FeatureStore, FeatureStore] | None, BlockReport]:
     """Fit the compensation of one block: for every batch X, Y = FP(X) - Q(X) into the regression
     (tokens: rows (n, D) -> (n, O); ResNet: grouped-conv columns); combine over processes; solve;
     gate; build the module. Reads (and consumes) ``inputs`` once; with ``keep`` also returns the

@@ -62,7 +62,7 @@ class _OnDisk:
         self.shape, self.dtype, self.nbytes = tuple(t.shape), t.dtype, t.numel() * t.element_size()
         self.path = recycler.file()
         with open(self.path, "wb", buffering=0) as f:
-            f.write(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+            f.write(t.view(torch.uint8).reshape(-1).numpy().data)  # (.data: the array's memoryview)
 
     def remove(self) -> None:
         if os.path.exists(self.path):
@@ -71,7 +71,7 @@ class _OnDisk:
     def load(self, into: Tensor | None = None) -> Tensor:
         t = torch.empty(self.shape, dtype=self.dtype) if into is None else into
         with open(self.path, "rb", buffering=0) as f:
-            got = f.readinto(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+            got = f.readinto(t.view(torch.uint8).reshape(-1).numpy().data)
         if got != self.nbytes:
             raise OSError(f"{self.path}: read {got} bytes, expected {self.nbytes}")
         return t
