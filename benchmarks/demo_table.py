@@ -7,8 +7,8 @@ mean ± sample std (ddof=1) over seeds. Per seed the newest full record counts; 
 (:func:`benchmarks.rows.demo_groups`: the same selection feeds the per-block plots). Whatever
 models exist are rendered, one section per model, with the metrics a reader compares
 (:data:`COLUMNS`; every other metric stays in the records). A metric a record lists in
-``metrics_absent`` (COCO size buckets without objects) is absent, not zero. Below the tables, :func:`qwt_effect` compares each
-``+qwt`` method with its baseline seed by seed.
+``metrics_absent`` (COCO size buckets without objects) is absent, not zero. Below the tables,
+:func:`qwt_effect` compares each ``+qwt`` method with its baseline seed by seed.
 
 Other code calls :func:`render_demo` (records dir -> markdown file).
 """

@@ -99,7 +99,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                     raise
                 # old checkpoints holding non-tensor objects (trusted local file named by the user)
                 obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - whatever a foreign file makes the unpickler raise
+    except Exception as e:  # whatever a foreign file makes the unpickler raise
         raise CheckpointError(f"checkpoint {path} cannot be read as a state dict "
                               f"({type(e).__name__}: {first_sentence(e)})") from None
     for key in ("state_dict", "model", "model_state_dict"):

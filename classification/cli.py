@@ -26,6 +26,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
@@ -67,8 +68,10 @@ def config_from_args(args: argparse.Namespace, command: str) -> ClassificationCo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: a failing worker's traceback goes
-        return record(_main)(argv)  # into the launcher's error summary
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # under torchrun: a failing worker's traceback goes into the launcher's error summary
+        # (record re-raises the failure, so it returns _main's int: the cast drops its Optional)
+        return cast(int, record(_main)(argv))
     return _main(argv)
 
 

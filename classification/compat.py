@@ -25,7 +25,7 @@ def pillow13_posterize_compat() -> bool:
         return True
     original = auto_augment.posterize
 
-    def posterize(img, bits_to_keep, **kw):  # noqa: ANN001, ANN202
+    def posterize(img, bits_to_keep, **kw):
         if bits_to_keep <= 0:
             return img.point([0] * 256 * len(img.getbands()))
         return original(img, bits_to_keep, **kw)

@@ -94,7 +94,7 @@ def _classes(split_dir: Path) -> list[str]:
 
 def _has_image(folder: Path) -> bool:
     """Whether ``folder`` (searched recursively, as ImageFolder does) holds an image file."""
-    for dirpath, _, files in os.walk(folder, followlinks=True):
+    for _, _, files in os.walk(folder, followlinks=True):
         if any(os.path.splitext(f)[1].lower() in IMG_EXTENSIONS for f in files):
             return True
     return False
@@ -233,8 +233,9 @@ def calibration_sets(spec: ModelSpec, data_dir: str | Path, calib_size: int, qwt
                      batch_size: int, augment: bool = True, need_qwt: bool = True, progress: bool = False,
                      rank: int = 0, world_size: int = 1, need_calib: bool = True
                      ) -> tuple[Tensor | None, list[Tensor]]:
-    """(RepQ-ViT batch (calib_size, 3, H, W), this rank's QwT batches) from the train split. The QwT set is the same whatever ``world_size`` is: the first
-    ``qwt_size`` entries of the seeded permutation, split by
+    """(RepQ-ViT batch (calib_size, 3, H, W), this rank's QwT batches) from the train split. The
+    QwT set is the same whatever ``world_size`` is: the first ``qwt_size`` entries of the seeded
+    permutation, split by
     :func:`runtime.distributed.shard_batches`. ``need_calib=False`` skips the RepQ-ViT batch
     (None; ranks other than 0 receive it by broadcast).
 

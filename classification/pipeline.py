@@ -122,11 +122,13 @@ def plan_experiment(cfg: ClassificationConfig) -> Plan:
     if (cfg.save_state or cfg.load_state) and len(variants) > 1:
         raise MethodError("--save-state/--load-state hold one calibrated model: run one quantization "
                           f"method at a time (got {','.join(variants)})")
-    for name, value in (("--calib-size", cfg.calib_size), ("--qwt-size", cfg.qwt_size), ("--batch-size", cfg.batch_size)):
+    for name, value in (("--calib-size", cfg.calib_size), ("--qwt-size", cfg.qwt_size),
+                        ("--batch-size", cfg.batch_size)):
         if value < 1:
             raise ClassificationError(f"{name} must be >= 1, got {value}")
     if cfg.val_limit is not None and cfg.val_limit < 1:
-        raise ClassificationError(f"--val-limit must be >= 1 (omit it to evaluate every val image), got {cfg.val_limit}")
+        raise ClassificationError("--val-limit must be >= 1 (omit it to evaluate every val image), "
+                                  f"got {cfg.val_limit}")
     try:
         preflight.check_seed(cfg.seed)
         preflight.check_workers(cfg.workers)  # type: ignore[arg-type]
@@ -161,7 +163,8 @@ class ClassificationTask:
         cfg, plan, meta = ctx.cfg, ctx.plan, ctx.state.meta  # type: ignore[union-attr]
         spec: ModelSpec = plan.extra["spec"]
         if "detector" in meta or "model" not in meta:
-            what = f"a detection state (detector {meta['detector']})" if "detector" in meta else "not a classification state"
+            what = (f"a detection state (detector {meta['detector']})" if "detector" in meta
+                    else "not a classification state")
             raise CheckpointError(f"--load-state {cfg.load_state} is {what}: give a state written by "
                                   "python -m classification --save-state")
         want = {"model": spec.name, "method": plan.variants[0], "w_bits": cfg.w_bits, "a_bits": cfg.a_bits}
@@ -223,6 +226,7 @@ class ClassificationTask:
         assert isinstance(cfg, ClassificationConfig) and dinfo is not None
         if not ctx.extra["need_train"]:
             return CalibrationData(config={"calib_images": 0, "qwt_images": 0})
+        assert cfg.data_dir is not None  # (a required flag: the CLI and preflight ask for it)
         t0 = time.perf_counter()
         calib, qwt_batches = data_mod.calibration_sets(
             spec, cfg.data_dir, cfg.calib_size, cfg.qwt_size, cfg.seed, cfg.batch_size, augment=cfg.calib_augment,
@@ -232,7 +236,8 @@ class ClassificationTask:
             calib = dist_mod.broadcast_tensor(calib)  # chosen once, on rank 0
         n_qwt = sum(len(b) for b in qwt_batches)
         qwt_images = sum(dist_mod.gather_objects(n_qwt))  # the same global set whatever the world size
-        log.info("calibration data: %d RepQ-ViT + %d QwT train images%s (%.1fs)", len(calib) if calib is not None else 0,
+        log.info("calibration data: %d RepQ-ViT + %d QwT train images%s (%.1fs)",
+                 len(calib) if calib is not None else 0,
                  qwt_images, f" ({n_qwt} on rank {dinfo.rank} of {dinfo.world_size})" if dinfo.distributed else "",
                  time.perf_counter() - t0)
         if calib is not None:
@@ -264,7 +269,7 @@ class ClassificationTask:
     def calibrate(self, ctx: Context, model: nn.Module, calib: Any) -> None:
         calibrate_repq(model, calib, ctx.plan.extra["adapter"].reparam_pairs(model))
 
-    def blockwise(self, ctx: Context, model: nn.Module):  # noqa: ANN201
+    def blockwise(self, ctx: Context, model: nn.Module):
         return ctx.plan.extra["adapter"].blockwise(model)
 
     def state_meta(self, ctx: Context, variant: str) -> dict[str, Any]:

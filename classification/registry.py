@@ -120,9 +120,9 @@ _SWIN_TINY = dict(img_size=32, patch_size=2, embed_dim=24, depths=(2, 2), num_he
 _RESNET_TINY_BASIC = dict(layers=[1, 1, 1, 1], num_classes=10)  # tiny_input_size 64: layer4 is 2x2
 _RESNET_TINY_BOTTLENECK = dict(layers=[1, 1, 1, 1], num_classes=10, width_per_group=16)
 
-_VIT = dict(family="vit", crop_pct=0.9, mean=INCEPTION_MEAN, std=INCEPTION_STD, tiny_kwargs=_VIT_TINY)
-_DEIT = dict(family="vit", crop_pct=0.875, tiny_kwargs=_VIT_TINY)
-_SWIN = dict(family="swin", crop_pct=0.9, tiny_kwargs=_SWIN_TINY)
+_VIT: dict[str, Any] = dict(family="vit", crop_pct=0.9, mean=INCEPTION_MEAN, std=INCEPTION_STD, tiny_kwargs=_VIT_TINY)
+_DEIT: dict[str, Any] = dict(family="vit", crop_pct=0.875, tiny_kwargs=_VIT_TINY)
+_SWIN: dict[str, Any] = dict(family="swin", crop_pct=0.9, tiny_kwargs=_SWIN_TINY)
 _BRECQ = "BRECQ release v1.0 (https://github.com/yhhhli/BRECQ/releases/tag/v1.0)"
 
 TABLE: tuple[ModelSpec, ...] = (

@@ -59,10 +59,10 @@ class SwinBackboneAdapter:
         self.hw = grids  # type: ignore[assignment]
         return x
 
-    def _call(self, stage: int):  # noqa: ANN202
+    def _call(self, stage: int):
         return lambda block, x: block(x, self.hw[stage])
 
-    def _after(self, stage: int):  # noqa: ANN202
+    def _after(self, stage: int):
         ds = self.backbone.stages[stage].downsample
         return lambda x: ds(x, self.hw[stage])[0]
 

@@ -119,7 +119,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, Tensor]:
     # files named by the user, so load them fully.
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+    except Exception as e:  # any unpickling failure means "not a checkpoint"
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
     if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         sd = ckpt["state_dict"]

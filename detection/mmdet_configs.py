@@ -33,5 +33,6 @@ def resolve_config(spec: str) -> Path:
         if found.is_file():
             return found
         raise ConfigNotFound(f"config {spec} not found: no {rel} under mmdet's configs ({mmdet_config_dir()}); "
-                             f"give a file or {SCOPE}<dir>/<file>.py, e.g. {SCOPE}mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")
+                             f"give a file or {SCOPE}<dir>/<file>.py, "
+                             f"e.g. {SCOPE}mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")
     raise ConfigNotFound(f"config file {spec} not found (or use {SCOPE}<dir>/<file>.py for mmdet's own configs)")

@@ -158,7 +158,7 @@ def _download(url: str, ckpt_dir: Path) -> Path:
     return path
 
 
-def load_config(run: DetectionConfig, config_path: Path, work_dir: str):  # noqa: ANN201
+def load_config(run: DetectionConfig, config_path: Path, work_dir: str):
     """The mmengine Config with data root, subset, workers and the subset-aware metric."""
     from mmengine.config import Config
 
@@ -189,7 +189,7 @@ def load_config(run: DetectionConfig, config_path: Path, work_dir: str):  # noqa
     return cfg
 
 
-def build_detector(cfg, device: str, distributed: bool) -> nn.Module:  # noqa: ANN001
+def build_detector(cfg, device: str, distributed: bool) -> nn.Module:
     from mmdet.registry import MODELS
     from mmengine.model import revert_sync_batchnorm
 
@@ -222,7 +222,7 @@ class Evaluator:
     The Runner is built on the first call and reused: the methods are evaluated on the same
     model object, quantized and compensated in place between the calls."""
 
-    def __init__(self, cfg, work_dir: str, launcher: str) -> None:  # noqa: ANN001
+    def __init__(self, cfg, work_dir: str, launcher: str) -> None:
         self.cfg, self.work_dir, self.launcher = cfg, work_dir, launcher
         self.runner = None
         self.model: nn.Module | None = None
@@ -275,7 +275,7 @@ def feature_error(feats: list[list[torch.Tensor]], ref: list[list[torch.Tensor]]
     return num / den if den > 0 else 0.0
 
 
-def _split_info(cfg) -> tuple[int | None, int | None]:  # noqa: ANN001
+def _split_info(cfg) -> tuple[int | None, int | None]:
     """(images, categories) of the test annotation file (None when unreadable)."""
     import json
 
@@ -289,7 +289,7 @@ def _split_info(cfg) -> tuple[int | None, int | None]:  # noqa: ANN001
         return None, None
 
 
-def blockwise(model: nn.Module, kind: str):  # noqa: ANN201
+def blockwise(model: nn.Module, kind: str):
     """The QwT adapter of the detector's backbone: Swin blocks or residual blocks."""
     if kind == "swin":
         from .adapters import SwinBackboneAdapter
@@ -300,7 +300,7 @@ def blockwise(model: nn.Module, kind: str):  # noqa: ANN201
     return ResNetBackboneAdapter(model)
 
 
-def backbone_of(run: DetectionConfig, cfg, name: str) -> str:  # noqa: ANN001
+def backbone_of(run: DetectionConfig, cfg, name: str) -> str:
     """The backbone kind of the config, its methods (default or checked) set on ``run``, and the
     options that only one kind takes; BackboneError / ExperimentError before any work."""
     from .backbones import backbone_kind, check_evaluator
@@ -313,7 +313,8 @@ def backbone_of(run: DetectionConfig, cfg, name: str) -> str:  # noqa: ANN001
         run.methods = tuple(DEFAULT_METHODS[kind])
     check_methods(kind, run.methods, what)
     if kind == "swin" and (run.qwt.kernel_size, run.qwt.factor) != (1, 64):
-        raise ExperimentError(f"{flag_of('kernel_size', qwt=True)} / {flag_of('factor', qwt=True)} set the grouped-conv "
+        raise ExperimentError(f"{flag_of('kernel_size', qwt=True)} / {flag_of('factor', qwt=True)} "
+                              "set the grouped-conv "
                               "QwT of ResNet backbones; "
                               f"{name} has a Swin backbone (token-wise QwT)")
     if kind == "resnet" and run.window_pad != "zero":
@@ -464,7 +465,9 @@ class DetectionTask:
             "data_dir": str(mm.get("data_root")), "backbone": kind, "quant_method": base,
             "iou_types": ctx.plan.extra["iou_types"], "methods": ctx.plan.methods, "device": ctx.plan.device,
             "repq_calibration": "first test-loader image (config test pipeline)",
-            "qwt_calibration": f"{cfg.qwt_size} train images, {cfg.qwt_img_size}x{cfg.qwt_img_size}, keep_ratio False, no flip, seeded sample of the images the training dataset keeps (filter_cfg {train_filter_cfg(mm)})",
+            "qwt_calibration": f"{cfg.qwt_size} train images, {cfg.qwt_img_size}x{cfg.qwt_img_size}, "
+                               "keep_ratio False, no flip, seeded sample of the images the training dataset keeps "
+                               f"(filter_cfg {train_filter_cfg(mm)})",
             **({"patch_embed_a_bits": 8, "attn_scale": "q * scale before matmul1 (mmdet/RepQ-ViT)"}
                if kind == "swin" else
                {"stem_bits": 8, "backbone_conv_a_bits": 8 if base == "percentile" else cfg.a_bits})})
@@ -502,7 +505,7 @@ class DetectionTask:
             f"{name}_{method.replace(QWT, '_qwt')}_w{cfg.w_bits}a{cfg.a_bits}"
         try:
             raw, images, seconds = ctx.extra["evaluator"](net, tag)
-        except Exception as e:  # noqa: BLE001 - only a bad image is turned into a message, the rest re-raised
+        except Exception as e:  # only a bad image is turned into a message, the rest re-raised
             path = unreadable_image(e)
             if path is None:
                 raise
@@ -533,7 +536,7 @@ class DetectionTask:
         # quantizers the calibration image did not reach initialise on the first evaluation data (logged)
         return {"lazy_quantizers": [n for n, q in quantizers(model) if q.init_on_first_use]}
 
-    def blockwise(self, ctx: Context, model: nn.Module):  # noqa: ANN201
+    def blockwise(self, ctx: Context, model: nn.Module):
         return blockwise(model, ctx.plan.extra["kind"])
 
     def state_meta(self, ctx: Context, variant: str) -> dict[str, Any]:

@@ -157,7 +157,7 @@ def _methods(text: str) -> tuple[str, ...]:
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
-def _json_object(name: str):  # noqa: ANN202
+def _json_object(name: str):
     def parse(text: str) -> dict:
         try:
             value = json.loads(text)

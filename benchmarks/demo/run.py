@@ -150,7 +150,8 @@ def run_classifier(job: Job, s: Settings, records_root: Path, command: str, solv
             model=job.model, data_dir=str(data.DEFAULT_ROOT), w_bits=job.bits, a_bits=job.bits,
             methods=job.methods, checkpoint=str(s.checkpoints / f"{job.model}.pth"), workers=0, device="cpu",
             seed=job.seed, calib_size=s.calib_size, qwt_size=s.qwt_size, val_limit=s.test_limit,
-            results_dir=results_dir, suite=SUITE, command=command, progress=False, qwt=QwTConfig(**SOLVER_PRESETS[solver]))
+            results_dir=results_dir, suite=SUITE, command=command, progress=False,
+            qwt=QwTConfig(**SOLVER_PRESETS[solver]))
 
     if solver == "reference":
         return [Path(r["_path"]) for r in run_experiment(config(str(records_root)))]

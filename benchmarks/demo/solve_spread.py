@@ -60,7 +60,8 @@ def compare(a: Path, b: Path) -> None:
     states = {(side, s): torch.load(d / f"state_{s}.pt", weights_only=False)["state_dict"]
               for side, d in (("a", a), ("b", b)) for s in SOLVERS}
     sa, sb = states[("a", "reference")], states[("b", "reference")]
-    repq = [k for k in sa if ".compensation." not in k and isinstance(sa[k], torch.Tensor) and sa[k].is_floating_point()]
+    repq = [k for k in sa
+            if ".compensation." not in k and isinstance(sa[k], torch.Tensor) and sa[k].is_floating_point()]
     diff = [_rel(sb[k], sa[k]) for k in repq if sa[k].numel() and sa[k].norm() > 0]
     print(f"RepQ-ViT state (no solve): {sum(d > 0 for d in diff)} of {len(diff)} tensors differ, "
           f"largest relative difference {max(diff):.2e}")

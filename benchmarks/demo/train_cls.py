@@ -96,7 +96,8 @@ def train_one(spec: DemoModel, root: Path, out: Path, log=print) -> dict:
         log(f"[train] {spec.name}: distilling from {tspec.name} ({tspec.checkpoint.name}), "
             f"alpha {hp['kd_alpha']}, T {hp['kd_T']}")
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
+    no_decay = [p for n, p in model.named_parameters()
+                if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=hp["lr"])
     steps_per_epoch = math.ceil(len(xtr) / hp["batch_size"])
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"({diff:+.2f}, tolerance ±{TOLERANCE}) {'OK' if ok else 'FAILED'}")
                 if not ok:
                     failed.append(name)
-    print("[train] command:", shlex.join([Path(sys.executable).name, "-m", "benchmarks.demo.train_cls", *(argv or sys.argv[1:])]))
+    print("[train] command:",
+          shlex.join([Path(sys.executable).name, "-m", "benchmarks.demo.train_cls", *(argv or sys.argv[1:])]))
     return 1 if failed else 0
 
 

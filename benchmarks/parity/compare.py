@@ -264,7 +264,8 @@ def teacher_forced_rows(ref: Sequence[dict[str, Any]], fits: Sequence[BlockFit],
     # keep / zero
     mis = [k for k, (r, f) in enumerate(blocks) if bool(r["kept"]) != f.kept]
     rows.append(Row("QwT teacher-forced: keep/zero per block", float(len(mis)), "identical", verdict(not mis),
-                    f"reference {kept_string(r['kept'] for r, _ in blocks)}, suite {kept_string(f.kept for _, f in blocks)}"
+                    f"reference {kept_string(r['kept'] for r, _ in blocks)}, "
+                    f"suite {kept_string(f.kept for _, f in blocks)}"
                     f" (K kept, 0 zero; start_block {start_block})"
                     + ("; differ at " + ", ".join(f"block {k} (reference R² {blocks[k][0]['r2']:.3f}, suite "
                                                   f"{blocks[k][1].r2:.3f}, cond {blocks[k][1].cond or 0:.1e})"
@@ -320,6 +321,7 @@ def compare(ref: dict[str, Any], run: SuiteRun, ref_wb_logits: Tensor) -> list[R
              state_dict_row(ref["repq_state_dict"], run.state_dict),
              logits_row("RepQ-ViT logits", run.repq_logits, lg["repq"], TOL["repq_logits"])]
     rows += teacher_forced_rows(ref["qwt"], run.teacher_forced, ref["settings"]["start_block"])
-    rows.append(logits_row("RepQ+QwT logits, reference W,b installed", ref_wb_logits, lg["repq_qwt"], TOL["qwt_logits"]))
+    rows.append(logits_row("RepQ+QwT logits, reference W,b installed", ref_wb_logits, lg["repq_qwt"],
+                           TOL["qwt_logits"]))
     rows += free_running_rows(ref["qwt"], run.free_running, run.free_logits, lg["repq_qwt"])
     return rows

@@ -96,7 +96,8 @@ def import_script(ref: Path, script: str, argv: list[str], workdir: str) -> Modu
         try:
             spec.loader.exec_module(mod)
         except SystemExit as e:  # its argparse rejected the arguments (e.g. a model it does not support)
-            raise ValueError(f"{script} rejected {' '.join(argv)} (exit {e.code}; see its usage message above)") from None
+            raise ValueError(f"{script} rejected {' '.join(argv)} "
+                             f"(exit {e.code}; see its usage message above)") from None
     finally:
         sys.argv = saved_argv
         os.chdir(saved_cwd)
@@ -133,7 +134,8 @@ def perturb_norms(model: nn.Module, seed: int) -> None:
             m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
 
 
-def seeded_inputs(seed: int, n_calib: int, n_qwt: int, n_test: int, size: int = IMAGE_SIZE) -> tuple[Tensor, Tensor, Tensor]:
+def seeded_inputs(seed: int, n_calib: int, n_qwt: int, n_test: int,
+                  size: int = IMAGE_SIZE) -> tuple[Tensor, Tensor, Tensor]:
     """Calibration, QwT and test images (N, 3, size, size), N(0, 1), drawn in that order."""
     g = torch.Generator().manual_seed(seed + 1000)
     return tuple(torch.randn(n, 3, size, size, generator=g) for n in (n_calib, n_qwt, n_test))  # type: ignore[return-value]
@@ -337,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(dump, out)
-    say(f"reference {a.model}: wrote {out} ({out.stat().st_size / 2**20:.0f} MiB) in {dump['settings']['seconds']:.0f} s")
+    say(f"reference {a.model}: wrote {out} ({out.stat().st_size / 2**20:.0f} MiB) "
+        f"in {dump['settings']['seconds']:.0f} s")
     return 0
 
 

@@ -39,7 +39,8 @@ def render(results: list[ModelResult]) -> str:
     out = []
     for res, block in zip(results, cells):
         took = ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items())
-        out += [f"{res.model}: {len(res.failed)} of {len(res.deciding)} deciding rows failed" + (f" ({took})" if took else ""),
+        out += [f"{res.model}: {len(res.failed)} of {len(res.deciding)} deciding rows failed"
+                + (f" ({took})" if took else ""),
                 line(HEADER), "  " + "-" * (sum(w) + 2 * (len(w) - 1))]
         for r, c in zip(res.rows, block):
             out.append(line(c))

@@ -118,7 +118,8 @@ def walk_row(got: Sequence[Tensor], ref: Sequence[Tensor], near: Sequence[Tensor
             parts.append(f"{k}:{fmt(rel_inf(g, r))}")
             continue
         n_off, n_bad, n = flips(g, r, nk)
-        parts.append(f"{k}:{fmt(rel_inf(g, r))}" + (f" ({n_off} of {n} tokens off, {n_bad} unexplained)" if n_off else ""))
+        parts.append(f"{k}:{fmt(rel_inf(g, r))}"
+                     + (f" ({n_off} of {n} tokens off, {n_bad} unexplained)" if n_off else ""))
         if n_bad:
             fails.append(f"block {k}: {n_bad} tokens off with no reduction input near a rounding boundary")
     if len(got) != len(ref):

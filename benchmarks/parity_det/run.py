@@ -205,7 +205,8 @@ def _main(a: argparse.Namespace) -> int:
             try:
                 start_blocks = sorted({int(v) for v in str(a.start_block).split(",")})
             except ValueError:
-                raise BadInput(f"parity-det: --start-block {a.start_block!r} is not an integer or a comma list") from None
+                raise BadInput(f"parity-det: --start-block {a.start_block!r} "
+                               "is not an integer or a comma list") from None
             if start_blocks[0] < 0:
                 raise BadInput(f"parity-det: --start-block must be >= 0, got {a.start_block}")
             for bits in (a.w_bits, a.a_bits):

@@ -11,8 +11,9 @@ detection path (mmdet 3's ``SwinTransformer``, :mod:`detection.quantize`, :mod:`
   ``calibrate_repq`` it calls records the first-pass quantizers and each pair's channel-wise ranges
   just before the pair is reparameterized (the hook it passes still runs);
 * QwT teacher-forced (:func:`benchmarks.parity.suite.teacher_forced`): block k fitted by ``fit_qwt``
-  with the detection pipeline's ``QwTConfig(start_block)`` (evaluated inside ``eval_arithmetic(fp16=False)``) on the inputs that the
-  reference's compensation of blocks < k produces, through ``SwinBackboneAdapter``;
+  with the detection pipeline's ``QwTConfig(start_block)`` (evaluated inside
+  ``eval_arithmetic(fp16=False)``) on the inputs that the reference's compensation of blocks < k
+  produces, through ``SwinBackboneAdapter``;
 * the reference's W, b installed as the suite's ``CompensatedBlock(LinearCompensation)`` (fp32 product)
   (what ``fit_qwt`` installs for detection), and the backbone evaluated on the test image;
 * the whole detector (neck, RPN, RoI heads) built from the same config for its plan
@@ -280,7 +281,8 @@ def install_reference_state(backbone: nn.Module, ref: dict[str, Any]) -> None:
         for key, r in rec["quantizers"].items():
             q = getattr(module, QUANTIZER_ATTRS[key])
             if r["delta"] is None or r["delta"].numel() != q.delta.numel():
-                raise ValueError(f"{name}.{key}: the reference's range has {None if r['delta'] is None else r['delta'].numel()}"
+                raise ValueError(f"{name}.{key}: the reference's range has "
+                                 f"{None if r['delta'] is None else r['delta'].numel()}"
                                  f" values, the suite's {q.delta.numel()}")
             zp = None if r["zero_point"] is None else r["zero_point"].reshape(q.zero_point.shape).to(q.zero_point)
             q.set_range(r["delta"].reshape(q.delta.shape).to(q.delta), zp)

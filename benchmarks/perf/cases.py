@@ -159,9 +159,9 @@ def mmdet_available() -> str | None:
     try:
         import mmdet.models.backbones.swin  # noqa: F401
 
-        import detection.adapters  # noqa: F401
+        import detection.adapters
         import detection.quantize  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - any import failure means "not installed here"
+    except Exception as e:  # any import failure means "not installed here"
         return f"{type(e).__name__}: {e}"
     return None
 

@@ -92,7 +92,8 @@ class FitProfile:
         patch(self.adapter, "embed", self._timed("embed", self.adapter.embed))
         steps = list(self.adapter.steps())
         for step in steps:
-            patch(step, "call", self._timed(lambda: "FP block passes" if self._fp else "quantized block passes", step.call))
+            patch(step, "call",
+                  self._timed(lambda: "FP block passes" if self._fp else "quantized block passes", step.call))
             if step.after is not None:
                 patch(step, "after", self._timed("propagation (fp32 compensation)", step.after))
         patch(self.adapter, "steps", lambda: steps)  # (adapters may build new steps on every call)

@@ -113,7 +113,8 @@ def contend(model: tuple[str, str, str], plan: Plan, device: torch.device, ref: 
     weights = tmp / f"{name}.pt"
     timeout = plan.rel_timeout
     released = Worker("released", ["--side", "released", "--ref", str(ref), "--family", family, "--arch", arch,
-                                   "--export", str(weights), *counts], [str(side), str(ROOT)], tmp / f"{name}.released.log")
+                                   "--export", str(weights), *counts], [str(side), str(ROOT)],
+                      tmp / f"{name}.released.log")
     suite: Worker | None = None
     try:
         setup = {"released": released.answer(timeout)}

@@ -229,7 +229,8 @@ def profile(seconds: dict[str, float], total: dict[str, Any], rest: str) -> dict
     out = dict(seconds)
     passes = [out.pop(p) for p in PASSES if p in out]
     if passes:
-        out["quantized passes besides the inits"] = sum(passes) - sum(v for k, v in out.items() if k.startswith("init:"))
+        out["quantized passes besides the inits"] = (sum(passes)
+                                                     - sum(v for k, v in out.items() if k.startswith("init:")))
     return {**out, rest: total[total["clock"]] - sum(out.values())}
 
 
@@ -293,7 +294,7 @@ class Suite:
         for i, solver in enumerate(self.solvers):
             m = q_model if i == len(self.solvers) - 1 else copy.deepcopy(q_model)
             prof: dict[str, float] = {}
-            r2, res = stage(lambda: self.fit(m, solver, prof), self.device)
+            r2, res = stage(lambda m=m, solver=solver, prof=prof: self.fit(m, solver, prof), self.device)
             res["weight_cache_mib"] = weight_cache_mib(m)
             out[f"fit_{solver}"], out[f"r2_{solver}"], out[f"fit_{solver}_profile"] = res, r2, prof
             del m
@@ -322,7 +323,7 @@ def serve(make: Callable[[], Any], answer: Any) -> int:
         t0 = time.perf_counter()
         contender = make()
         say({"ready": True, "setup_s": time.perf_counter() - t0, "threads": torch.get_num_threads()})
-    except Exception as e:  # noqa: BLE001 - reported to the orchestrator as one line
+    except Exception as e:  # reported to the orchestrator as one line
         traceback.print_exc()
         say({"error": f"set-up failed: {type(e).__name__}: {e}"})
         return 1
@@ -336,7 +337,7 @@ def serve(make: Callable[[], Any], answer: Any) -> int:
             continue
         try:
             res = contender.round()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             traceback.print_exc()
             say({"error": f"{type(e).__name__}: {e}"})
             return 1

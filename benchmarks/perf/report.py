@@ -101,7 +101,8 @@ def _memory_table(raw: dict[str, Any]) -> pd.DataFrame:
     for key, res in raw.get("memory", {}).items():
         case, fit, n = key.split("/")
         rows.append({"case": case, "fit": fit, "images": int(n),
-                     "peak above baseline MiB": "failed: " + res["error"] if "error" in res else _f(res["peak_bytes"] / 2**20, 1),
+                     "peak above baseline MiB":
+                         "failed: " + res["error"] if "error" in res else _f(res["peak_bytes"] / 2**20, 1),
                      "fit s": "—" if "error" in res else _f(res["seconds"], 1)})
     return pd.DataFrame(rows, columns=["case", "fit", "images", "peak above baseline MiB", "fit s"])
 
@@ -115,7 +116,8 @@ def _released_tables(rel: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         rc, rf = s["released/calibration"], s["released/fit"]
         oc, of, os_ = s["suite/calibration"], s["suite/fit_reference"], s["suite/fit_streaming"]
-        times.append({"model": name, "released calibration s": _f(rc["seconds"]), "our calibration s": _f(oc["seconds"]),
+        times.append({"model": name, "released calibration s": _f(rc["seconds"]),
+                      "our calibration s": _f(oc["seconds"]),
                       "calibration ours/released": _f(oc["seconds"] / rc["seconds"], 3),
                       "released fit s": _f(rf["seconds"]), "our fit s (default)": _f(of["seconds"]),
                       "fit ours/released": _f(of["seconds"] / rf["seconds"], 3),
@@ -126,7 +128,8 @@ def _released_tables(rel: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
                       "max abs R² diff": f"{s['r2']['max_abs_diff']:.1e}"})
         mems.append({"model": name, "released calibration MiB": _f(rc["peak_mib"], 0),
                      "our calibration MiB": _f(oc["peak_mib"], 0), "released fit MiB": _f(rf["peak_mib"], 0),
-                     "our fit MiB (default)": _f(of["peak_mib"], 0), "fit ours/released": _f(of["peak_mib"] / rf["peak_mib"]),
+                     "our fit MiB (default)": _f(of["peak_mib"], 0),
+                     "fit ours/released": _f(of["peak_mib"] / rf["peak_mib"]),
                      "our fit MiB (streaming)": _f(os_["peak_mib"], 0),
                      "streaming/released": _f(os_["peak_mib"] / rf["peak_mib"])})
     return pd.DataFrame(times), pd.DataFrame(mems)
@@ -208,7 +211,8 @@ def _why(rec: dict[str, Any]) -> list[str]:
             extra = _in_fp(prof, fp, "normal equations (float64)", "solve", "propagation (fp32 compensation)",
                            "feature store", "the rest")
             parts.append(
-                f"{case}: fit {s['fit'] / fp:.2f} FP forwards = FP block passes {_in_fp(prof, fp, 'FP block passes'):.2f} "
+                f"{case}: fit {s['fit'] / fp:.2f} FP forwards = "
+                f"FP block passes {_in_fp(prof, fp, 'FP block passes'):.2f} "
                 f"+ quantized block passes {_in_fp(prof, fp, 'quantized block passes'):.2f} "
                 f"+ embedding {_in_fp(prof, fp, 'embed'):.2f} + float64 normal equations "
                 f"{_in_fp(prof, fp, 'normal equations (float64)'):.2f} + propagation "
@@ -218,12 +222,14 @@ def _why(rec: dict[str, Any]) -> list[str]:
                 f"{s['quant_forward'] / fp:.2f}, so the work beyond the two passes is {extra:.2f}")
         counts = []
         for case in fit_missed:
-            c, ne_s = raw.get("fit_counts", {}).get(case, {}), profs.get(case, {}).get("normal equations (float64)", 0.0)
+            c = raw.get("fit_counts", {}).get(case, {})
+            ne_s = profs.get(case, {}).get("normal equations (float64)", 0.0)
             if c.get("normal-equation MACs") and c.get("fp_forward_flop"):
                 macs = c["normal-equation MACs"]
                 counts.append(
                     f"{case}: the sums take {macs / 1e9:.1f} G float64 multiply-adds, "
-                    f"{macs / (c['fp_forward_flop'] / 2):.2f}x the FP forward's {c['fp_forward_flop'] / 2e9:.0f} G fp32 "
+                    f"{macs / (c['fp_forward_flop'] / 2):.2f}x the FP forward's "
+                    f"{c['fp_forward_flop'] / 2e9:.0f} G fp32 "
                     f"ones (matmul/conv, torch's FlopCounterMode), done at {macs / max(ne_s, 1e-9) / 1e9:.1f} G/s "
                     f"including the float64 copies; the store wrote {c.get('store bytes written', 0) / 2**30:.2f} GiB "
                     f"in {profs[case].get('feature store', 0.0):.2f} s with the reads")
@@ -237,11 +243,13 @@ def _why(rec: dict[str, Any]) -> list[str]:
                 "full-precision model calls the fused scaled-dot-product kernel.")
         out.append(
             "**Figure 1 (fit time), in FP forwards, from the profile of the fit** (`benchmarks/perf/profile.py`). "
-            + "; ".join(parts) + "." + sdpa + " The two block passes are the floor that no fit avoids; the fake-quantized "
+            + "; ".join(parts) + "." + sdpa
+            + " The two block passes are the floor that no fit avoids; the fake-quantized "
             "pass costs more than the FP pass by the elementwise quantization of every activation (memory-bound "
             "work beside GEMM-bound layers). Beyond them, the float64 normal equations are the largest "
             "cost: X_augᵀX_aug and X_augᵀY take (D+1)(D+1+O) float64 multiply-adds per token (about 2·D² for "
-            "a ViT block, D = O = its width), against about 12·D² fp32 ones in the block itself, and float64 GEMMs run at "
+            "a ViT block, D = O = its width), against about 12·D² fp32 ones in the block itself, "
+            "and float64 GEMMs run at "
             "half the fp32 rate; counted in this run: " + "; ".join(counts) + ". float64 is what a streaming solve "
             "needs to stay within the reference's W and keep/zero decisions (fp32 sums over 10^5-10^6 rows lose "
             "digits that an ill-conditioned XᵀX amplifies). Propagation is one fp32 GEMM (or grouped "
@@ -258,11 +266,13 @@ def _why(rec: dict[str, Any]) -> list[str]:
                      f"({f:.2f} s) and the quantized block passes ({q:.2f} s) are work both fits do with the same "
                      f"code, so even if everything else our fit does cost nothing the ratio would be "
                      f"(E + F + Q) / reference = {(e + f + q) / t['reference']:.2f}; the reference's third pass "
-                     f"costs about another Q, (E + F + Q) / (E + F + 2Q) = {(e + f + q) / max(e + f + 2 * q, 1e-12):.2f}. "
+                     "costs about another Q, (E + F + Q) / (E + F + 2Q) = "
+                     f"{(e + f + q) / max(e + f + 2 * q, 1e-12):.2f}. "
                      f"On this cut-down model the 8-bit patch embedding is {e / max(e + f + q, 1e-12):.0%} of that "
                      "shared work.")
         out.append(
-            f"**Figure 2, time** ({'; '.join(f'{k}: {v:.2f}' for k, v in m.items() if k.startswith('fit_over_ref_time/'))}; "
+            "**Figure 2, time** ("
+            f"{'; '.join(f'{k}: {v:.2f}' for k, v in m.items() if k.startswith('fit_over_ref_time/'))}; "
             f"ours {t.get('ours', float('nan')):.2f} s, reference-style {t.get('reference', float('nan')):.2f} s at "
             f"{rt.get('images', '?')} images). The reference-style fit (`benchmarks/perf/reference_fit.py`, the "
             "released `generate_compensation_model` step by step) runs every block in full precision, "
@@ -318,7 +328,8 @@ def render_markdown(rec: dict[str, Any]) -> str:
     threads = mach.get("torch_threads")
     lines = [
         "# Calibration speed and memory (`make bench`)", "", HEADER, "",
-        f"Record of {prov['date']}, commit `{str(prov['git_commit'])[:7]}`{' (dirty tree)' if prov.get('git_dirty') else ''}, "
+        f"Record of {prov['date']}, commit `{str(prov['git_commit'])[:7]}`"
+        f"{' (dirty tree)' if prov.get('git_dirty') else ''}, "
         f"`{prov['command']}`, mode **{cfg['mode']}**{' (reduced: partial)' if rec['partial'] else ''}; "
         f"the whole run took {rec['times'].get('total_s', float('nan')):.0f} s.",
         "",
@@ -327,7 +338,8 @@ def render_markdown(rec: dict[str, Any]) -> str:
         f"Load average {raw['load_before'][0]:.1f} at the start and {raw['load_after'][0]:.1f} at the end of the run: "
         "the machine was shared with other jobs, so absolute seconds are noisy; every figure below is a ratio "
         f"of measurements taken in this run (min of {plan['repeats']} for the fits, of "
-        f"{plan['repeats'] + raw.get('forward_extra_repeats', 0)} for the forward passes; contenders interleaved), and peak "
+        f"{plan['repeats'] + raw.get('forward_extra_repeats', 0)} for the forward passes; "
+        "contenders interleaved), and peak "
         "memory comes from one fresh subprocess per measurement."
         + (" On a CPU the timed work runs on one torch thread: process CPU seconds of several threads on a "
            "shared machine also count the OpenMP threads' spin-waits at every parallel region (with 2 threads "
@@ -453,7 +465,8 @@ def render_markdown(rec: dict[str, Any]) -> str:
         shapes = raw.get("init_shapes", {})
         lines += ["## 5: RepQ-ViT quantizer initialisation", "",
                   markdown_table(pd.DataFrame([{"tensor": f"{k} {tuple(shapes.get(k, []))}",
-                                                "vectorized s": _f(v["vectorized_s"], 3), "per-channel loop s": _f(v["loop_s"], 3),
+                                                "vectorized s": _f(v["vectorized_s"], 3),
+                                                "per-channel loop s": _f(v["loop_s"], 3),
                                                 "identical ranges": v["same_ranges"]} for k, v in init.items()])), ""]
     why = _why(rec)
     if why:

@@ -177,7 +177,8 @@ def time_case(case: Case, plan: Plan, device: torch.device, state_dir: Path,
          f"RepQ+QwT forward {t['qwt_native']:.2f}s native / {t['qwt_emulated']:.2f}s emulated "
          f"(RepQ-ViT calibration {calib_s:.1f}s)")
     _say("  fit profile: " + ", ".join(f"{k} {v:.2f}s" for k, v in fitted["profile"].items()))
-    for name in ("fit_over_floor", "fit_over_fp", "fit_flat_over_floor", "eval_slowdown", "eval_slowdown_qwt", "eval_slowdown_qwt_emulated"):
+    for name in ("fit_over_floor", "fit_over_fp", "fit_flat_over_floor", "eval_slowdown", "eval_slowdown_qwt",
+                 "eval_slowdown_qwt_emulated"):
         _show(f"{name}/{case.key}", metrics[f"{name}/{case.key}"])
 
 
@@ -228,9 +229,9 @@ def half_kernels(plan: Plan, device: torch.device, raw: dict[str, Any]) -> None:
         return
     g = torch.Generator().manual_seed(0)
     rows = plan.images * 197  # deit_small tokens of the calibration images
-    cases = {"linear (deit_small block, %d tokens x 384 -> 384)" % rows:
+    cases = {f"linear (deit_small block, {rows} tokens x 384 -> 384)":
              (torch.randn(rows, 384, generator=g), torch.randn(384, 384, generator=g) * 0.05, None),
-             "grouped 1x1 conv (resnet50 stage 1, %d x 256 x 56 x 56, 4 groups)" % plan.batch:
+             f"grouped 1x1 conv (resnet50 stage 1, {plan.batch} x 256 x 56 x 56, 4 groups)":
              (torch.randn(plan.batch, 256, 56, 56, generator=g), torch.randn(256, 64, 1, 1, generator=g) * 0.05, 4)}
     out = {}
     for name, (x, w, groups) in cases.items():
@@ -330,7 +331,7 @@ def detector_memory(plan: Plan, device: torch.device, state_dir: Path, metrics: 
     _say(f"[{case.key}] {case.describe()}: {plan.det_images} images, batch {plan.det_batch}")
     try:
         _detector_probes(case, plan, device, state_dir, metrics, raw)
-    except Exception as e:  # noqa: BLE001 - a broken optional row must not lose the other figures
+    except Exception as e:  # a broken optional row must not lose the other figures
         raw["detector_skipped"] = f"failed: {type(e).__name__}: {e}"
         _say(f"[{case.key}] {raw['detector_skipped']}")
 
@@ -372,10 +373,12 @@ def init_figure(plan: Plan, device: torch.device, metrics: dict[str, float], raw
         search_uniform_range(x, 4, dim)  # warm-up (first-call kernel set-up is not timed)
         out: dict[str, Any] = {}
         both: dict[str, dict[str, float]] = {}
-        t = interleaved_min([("vectorized", lambda: None, lambda _: out.__setitem__("vec", search_uniform_range(x, 4, dim)))],
+        t = interleaved_min([("vectorized", lambda: None,
+                              lambda _: out.__setitem__("vec", search_uniform_range(x, 4, dim)))],
                             plan.init_repeats, device, both)
         # the loop takes seconds to minutes (far above the timing noise): timed once
-        t.update(interleaved_min([("loop", lambda: None, lambda _: out.__setitem__("loop", per_channel_loop_search(x, 4, dim)))],
+        t.update(interleaved_min([("loop", lambda: None,
+                                   lambda _: out.__setitem__("loop", per_channel_loop_search(x, 4, dim)))],
                                  1, device, both))
         (d1, z1), (d2, z2) = out["vec"], out["loop"]
         same = bool(torch.allclose(d1, d2, rtol=1e-6, atol=0) and torch.equal(z1, z2))
@@ -439,7 +442,8 @@ def run(mode: str, device_name: str, results_dir: str | None, out: str | None, c
             if plan.rel_repeats:
                 released_figure(plan, device, ref, metrics, raw, _say, _show)
             else:
-                raw["released_skipped"] = f"skipped: not run in mode {plan.mode} (the released code runs the real models only)"
+                raw["released_skipped"] = (f"skipped: not run in mode {plan.mode} "
+                                           "(the released code runs the real models only)")
                 _say(f"[released] {raw['released_skipped']}")
         if "reference" not in skip:
             reference_time(plan, device, metrics, raw)
@@ -515,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         report.render_file(args.results_dir, args.out)
         print(f"wrote {args.out}")
         return 0
-    command = " ".join(["python -m benchmarks.perf.run", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
+    command = " ".join(["python -m benchmarks.perf.run",
+                        shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
     run(args.mode or "default", args.device, args.results_dir, args.out, command,
         tuple(s for s in args.skip.split(",") if s), args.threads, args.malloc, args.ref or None, released)
     return 0

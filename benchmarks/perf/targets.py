@@ -54,7 +54,8 @@ TARGETS: tuple[Target, ...] = (
     Target(4, "eval_slowdown", "fake-quantized / FP evaluation time (RepQ-ViT)", "<=", 2.0),
     Target(4, "eval_slowdown_qwt", "fake-quantized / FP evaluation time (RepQ-ViT + QwT, half_arith='native', default)",
            "<=", 2.0),
-    Target(4, "eval_slowdown_qwt_emulated", "fake-quantized / FP evaluation time (RepQ-ViT + QwT, half_arith='emulated')",
+    Target(4, "eval_slowdown_qwt_emulated",
+           "fake-quantized / FP evaluation time (RepQ-ViT + QwT, half_arith='emulated')",
            "<=", 2.0),
     Target(5, "init_speedup", "quantizer initialisation: per-channel loop / vectorized", ">=", 10.0),
 )

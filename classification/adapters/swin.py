@@ -10,8 +10,10 @@ stages 0..2): QwT walks every block of every stage in order, and the last block 
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
-from timm.models.swin_transformer import SwinTransformer, WindowAttention
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerStage, WindowAttention
 from torch import Tensor, nn
 
 from qwt_core import BlockStep, LayerSpec, QuantMatMul
@@ -60,6 +62,11 @@ def _check(model: nn.Module) -> SwinTransformer:
     return model
 
 
+def _stages(swin: SwinTransformer) -> list[SwinTransformerStage]:
+    """``swin.layers`` as its stages (timm types it as an nn.Sequential of plain Modules)."""
+    return [cast(SwinTransformerStage, stage) for stage in swin.layers]
+
+
 class SwinAdapter(FamilyAdapter):
     family = "swin"
     methods = ("repq",)
@@ -69,13 +76,13 @@ class SwinAdapter(FamilyAdapter):
         return transformer_plan(_check(model), w_bits, a_bits, CHANNEL_WISE_INPUTS)
 
     def insert_matmuls(self, model: nn.Module, a_bits: int) -> None:
-        for stage in _check(model).layers:
+        for stage in _stages(_check(model)):
             for blk in stage.blocks:
-                quantize_window_attention(blk.attn, a_bits)
+                quantize_window_attention(blk.get_submodule("attn"), a_bits)
 
     def reparam_pairs(self, model: nn.Module) -> list[tuple[str, str]]:
         pairs = []
-        for s, stage in enumerate(_check(model).layers):
+        for s, stage in enumerate(_stages(_check(model))):
             if not isinstance(stage.downsample, nn.Identity):
                 pairs.append((f"layers.{s}.downsample.norm", f"layers.{s}.downsample.reduction"))
             for j in range(len(stage.blocks)):
@@ -85,7 +92,7 @@ class SwinAdapter(FamilyAdapter):
 
     def blockwise(self, model: nn.Module) -> Blockwise:
         swin = _check(model)
-        stages = list(swin.layers)
+        stages = _stages(swin)
         if not isinstance(stages[0].downsample, nn.Identity):
             raise ValueError("swin adapter: stage 0 is expected to have no patch merging")
         steps: list[BlockStep] = []

@@ -72,7 +72,7 @@ class VitAdapter(FamilyAdapter):
 
     def insert_matmuls(self, model: nn.Module, a_bits: int) -> None:
         for blk in _check(model).blocks:
-            quantize_attention(blk.attn, a_bits)
+            quantize_attention(blk.get_submodule("attn"), a_bits)
 
     def reparam_pairs(self, model: nn.Module) -> list[tuple[str, str]]:
         pairs = []

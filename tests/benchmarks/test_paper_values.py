@@ -149,6 +149,7 @@ def test_reference_fp_agrees_with_qwt() -> None:
 def test_registry_targets_and_errors() -> None:
     assert registry.get("imagenet", "resnet50", "percentile_strict+qwt", 6, 6).target == "imagenet-resnet50-strict-w6a6"
     assert registry.get("coco", "cascade_mask_rcnn_swin_b", "repq", 4, 4).target == "coco-cascade_mask_rcnn_swin_b-w4a4"
-    assert registry.get("coco", "mask_rcnn_swin_s", "repq", 4, 4).refs == {"RepQ-ViT": {"bbox_mAP": 44.2, "segm_mAP": 40.2}}
+    assert (registry.get("coco", "mask_rcnn_swin_s", "repq", 4, 4).refs
+            == {"RepQ-ViT": {"bbox_mAP": 44.2, "segm_mAP": 40.2}})
     with pytest.raises(KeyError, match="models: .*deit_small"):
         registry.get("imagenet", "deit_huge", "repq", 4, 4)

@@ -73,7 +73,8 @@ def test_unknown_model_and_model_the_script_does_not_run(tmp_path, capsys) -> No
     ref = tmp_path / "QwT-cls-RepQ-ViT"
     for f in parity_run.missing_files(ref):
         (ref / f).parent.mkdir(parents=True, exist_ok=True)
-        (ref / f).write_text('parser.add_argument("--model", default="x", choices=["deit_tiny", "swin_tiny", "resnet18"])\n')
+        (ref / f).write_text('parser.add_argument("--model", default="x", '
+                             'choices=["deit_tiny", "swin_tiny", "resnet18"])\n')
     code, lines, _ = cli(["--ref", str(ref), "--models", "deit_huge"], capsys)
     assert code == 2 and len(lines) == 1 and "unknown model 'deit_huge'" in lines[0]
     code, lines, _ = cli(["--ref", str(ref), "--models", "deit_tiny,vit_base"], capsys)
@@ -179,7 +180,8 @@ def test_wb_failure_at_moderate_cond_is_the_reference_fp32_inverse(tmp_path) -> 
 
 def perturb_delta(d: dict) -> None:
     layer = next(n for n, r in d["quant_final"].items() if r["kind"] == "linear" and "fc2" in n)
-    d["quant_final"][layer]["quantizers"]["input"]["delta"] = d["quant_final"][layer]["quantizers"]["input"]["delta"] * (1 + 1e-4)
+    q_in = d["quant_final"][layer]["quantizers"]["input"]
+    q_in["delta"] = q_in["delta"] * (1 + 1e-4)
 
 
 def perturb_plan(d: dict) -> None:
@@ -223,7 +225,8 @@ def perturb_qwt_logits(d: dict) -> None:
     (perturb_delta, {"quantizers, final"}),
     (perturb_plan, {"plan (w_bits, a_bits, channel-wise input)", "quantizers after the first pass"}),
     (perturb_last_w, {"QwT teacher-forced: rows solved the reference's way"}),
-    (perturb_last_installed, {"QwT teacher-forced: W,b (kept, cond < 1e+07)", "RepQ+QwT logits, reference W,b installed"}),
+    (perturb_last_installed,
+     {"QwT teacher-forced: W,b (kept, cond < 1e+07)", "RepQ+QwT logits, reference W,b installed"}),
     (perturb_keep, {"QwT teacher-forced: keep/zero per block", "RepQ+QwT logits, reference W,b installed"}),
     (perturb_reparam, {"reparameterization (s, z, s*, z*, LN, next Linear)"}),
     (perturb_state, {"RepQ-ViT state dict"}),

@@ -104,7 +104,8 @@ def test_align_permutes_patch_merging_as_the_checkpoint_conversion() -> None:
                                 "layers.0.downsample.reduction.bias": torch.arange(o, dtype=torch.float)},
             "qwt": [], "outputs": {}}
     out = align(dump)
-    conv = convert_legacy({"backbone.stages.0.downsample.norm.weight": s, "backbone.layers.0.downsample.norm.weight": nw,
+    conv = convert_legacy({"backbone.stages.0.downsample.norm.weight": s,
+                           "backbone.layers.0.downsample.norm.weight": nw,
                            "backbone.layers.0.downsample.reduction.weight": w})
     r = out["reparam"]["stages.0.downsample.reduction"]
     assert r["norm"] == "stages.0.downsample.norm"

@@ -74,7 +74,8 @@ def test_cells_full_partial_duplicate_missing(recs: Path) -> None:
     assert r[4] == "RepQ-ViT" and r[5] == "not run: `make imagenet-deit_small-w4a4` (1 partial/custom run below)"
     assert r[7] == "—" and "68.0" not in paper
     custom = rest.split("## Partial and custom runs")[1]
-    assert re.search(r"\| deit_small \| repq \| W4/A4 \| partial \(1000 of 50000 images\) \| 68\.00 .*\| 1000 \|", custom)
+    assert re.search(r"\| deit_small \| repq \| W4/A4 \| partial \(1000 of 50000 images\) \| 68\.00 .*\| 1000 \|",
+                     custom)
     # duplicates: the newest full run wins; the newer partial run does not hide it and is listed apart
     tiny = cols([l for l in imagenet.splitlines() if "61.0 [" in l][0])
     assert "(newest of 2 runs)" in tiny[5] and tiny[7] == "-0.4"

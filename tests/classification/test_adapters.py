@@ -53,7 +53,8 @@ def test_swin_plan_and_walk() -> None:
     assert isinstance(model.head.fc, QuantLinear) and _bits(model.head.fc) == (8, 8)
     assert _bits(model.patch_embed.proj) == (8, 8) and _bits(model.layers[0].blocks[0].attn.qkv) == (4, 4)
     steps = adapter.blockwise(model).steps()
-    assert [s.name for s in steps] == ["layers.0.blocks.0", "layers.0.blocks.1", "layers.1.blocks.0", "layers.1.blocks.1"]
+    assert [s.name for s in steps] == ["layers.0.blocks.0", "layers.0.blocks.1",
+                                       "layers.1.blocks.0", "layers.1.blocks.1"]
     assert steps[1].after is model.layers[1].downsample and steps[0].after is None and steps[-1].after is None
 
 
@@ -104,8 +105,8 @@ def test_swin_scales_q_before_matmul1_vit_after() -> None:
         attn = next(m for m in model.modules() if isinstance(m, (QuantWindowAttention, QuantAttention)))
         seen: dict[str, torch.Tensor] = {}
         # (hooks must return None: a returned value would replace the output / the inputs)
-        attn.qkv.register_forward_hook(lambda m, i, o: seen.update(qkv=o))
-        attn.matmul1.register_forward_pre_hook(lambda m, i: seen.update(a=i[0]))
+        attn.qkv.register_forward_hook(lambda m, i, o, seen=seen: seen.update(qkv=o))
+        attn.matmul1.register_forward_pre_hook(lambda m, i, seen=seen: seen.update(a=i[0]))
         model.eval()(torch.randn(1, 3, spec.tiny_input_size, spec.tiny_input_size))  # quantizers off: FP
         qkv = seen["qkv"]
         q = qkv.reshape(qkv.shape[0], qkv.shape[1], 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)[0]

@@ -65,8 +65,9 @@ def test_make_defaults_device_and_checkpoint_folder(tmp_path) -> None:
     (tmp_path / "stamp").touch()
 
     def dry(target: str, *extra: str) -> str:
-        proc = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), target, f"STAMP={tmp_path / 'stamp'}",
-                               "CLS_TABLES=0", *extra], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), target,
+                               f"STAMP={tmp_path / 'stamp'}", "CLS_TABLES=0", *extra],
+                              capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         return " ".join(proc.stdout.split())
 

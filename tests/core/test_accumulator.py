@@ -65,7 +65,7 @@ def test_reduce_hook_sums_shards_like_one_process() -> None:
     stats = [(s.A.clone(), s.B.clone(), s.yy.clone()) for s in shards]
     for s in shards:
         it = iter([sum(t[0] for t in stats), sum(t[1] for t in stats), sum(t[2] for t in stats)])
-        s.all_reduce(lambda t: t.copy_(next(it)))
+        s.all_reduce(lambda t, it=it: t.copy_(next(it)))
     a, b = full.solve(), shards[1].solve()
     torch.testing.assert_close(a.weight, b.weight)
     assert abs(a.r2 - b.r2) < 1e-12

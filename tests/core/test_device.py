@@ -21,7 +21,7 @@ def _misplaced(model: torch.nn.Module, device: str) -> list[str]:
     return [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type != device]
 
 
-def _saved_state(tmp_path):  # noqa: ANN202
+def _saved_state(tmp_path):
     torch.manual_seed(0)
     model = TinyTransformer(qkv_bias=False).eval()
     calibrate_repq(model, torch.randn(8, 20, 12), quantize_transformer(model, 4))

@@ -35,7 +35,7 @@ def test_quant_state_restores_on_exception() -> None:
     with pytest.raises(ZeroDivisionError):
         with quant_state(m, weight=False, act=True):
             assert _states(m) != before
-            1 / 0
+            _ = 1 / 0
     assert _states(m) == before
     with pytest.raises(KeyError):
         with full_precision(m):

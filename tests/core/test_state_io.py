@@ -125,7 +125,8 @@ def test_read_state_info_without_a_model_and_one_line_errors(tmp_path) -> None:
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:300])
     torch.save({"a": torch.zeros(2)}, tmp_path / "other.pt")
     for name, needle in (("text.pt", "not a readable calibrated state"), ("cut.pt", "not a readable calibrated state"),
-                         ("other.pt", "expected format qwt-state/1"), ("missing.pt", "does not exist"), ("", "is a folder")):
+                         ("other.pt", "expected format qwt-state/1"), ("missing.pt", "does not exist"),
+                         ("", "is a folder")):
         with pytest.raises(StateFileError, match=needle) as e:
             read_state_info(tmp_path / name)
         assert "\n" not in str(e.value)
@@ -134,7 +135,7 @@ def test_read_state_info_without_a_model_and_one_line_errors(tmp_path) -> None:
 def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
     import qwt_core.state_io as state_io
 
-    def save_then_fail(obj, f) -> None:  # noqa: ANN001 - writes part of the file, then the disk is full
+    def save_then_fail(obj, f) -> None:  # writes part of the file, then the disk is full
         open(f, "wb").write(b"partial")
         raise OSError(28, "No space left on device")
 

@@ -13,7 +13,7 @@ except ImportError as e:  # pragma: no cover - CI installs the detection extra
     pytest.skip(f"mmdet / mmcv with ops not importable ({e}): install the detection extra",
                 allow_module_level=True)
 
-from .helpers import tiny_checkpoint, tiny_config, write_synthetic_coco  # noqa: E402
+from .helpers import tiny_checkpoint, tiny_config, write_synthetic_coco
 
 
 @pytest.fixture(scope="session")

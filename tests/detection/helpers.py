@@ -55,7 +55,7 @@ def write_synthetic_coco(root: Path, n_val: int = 3, n_train: int = 8, seed: int
     return root
 
 
-def shrink(cfg) -> None:  # noqa: ANN001
+def shrink(cfg) -> None:
     """Tiny width/depth and small images, keeping the architecture of each detector."""
     m = cfg.model
     m.backbone.update(embed_dims=16, depths=list(TINY_DEPTHS), num_heads=[1, 2, 4, 8], drop_path_rate=0.0)
@@ -90,7 +90,7 @@ def tiny_config(name: str, out_dir: Path) -> Path:
     return path
 
 
-def build(cfg_path: Path, seed: int = 0):  # noqa: ANN201
+def build(cfg_path: Path, seed: int = 0):
     """A randomly initialised (init_weights) detector with non-trivial norms."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules

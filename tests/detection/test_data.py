@@ -16,7 +16,7 @@ pytestmark = pytest.mark.detection
 N_TRAIN = 6  # annotated train images of the synthetic set, all >= 120 px
 
 
-def _add_unusable_train_images(root):  # noqa: ANN001, ANN202
+def _add_unusable_train_images(root):
     """Train images the filter drops (two without annotations, one annotated 31 px wide), one it
     keeps (annotated, exactly 32 px: min_size is inclusive) and one file no annotation lists."""
     ann_path = root / "annotations" / "instances_train2017.json"

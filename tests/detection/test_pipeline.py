@@ -34,7 +34,7 @@ def test_tiny_detector_fp_repq_qwt_records(tiny, coco_root, tmp_path, name):
     assert rc == 0
     recs = {r["method"]: r for r in load_records(results, "coco")}
     assert set(recs) == {"fp", "repq", "repq+qwt"}
-    for method, r in recs.items():
+    for r in recs.values():
         assert r["model"] == f"tiny_{name}" and r["suite"] == "coco"
         assert r["images"] == n_val and r["partial"] is True
         for key in ("bbox_mAP", "segm_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP_50", "segm_mAP_75"):

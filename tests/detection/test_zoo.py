@@ -125,7 +125,8 @@ def test_resnet_detector_plan(zoo, method):
     assert (plan["backbone.conv1"].w_bits, plan["backbone.conv1"].a_bits) == (8, 8)
     conv_a = 8 if method == "percentile" else 4
     backbone = [s for n, s in plan.items() if n.startswith("backbone.") and n != "backbone.conv1"]
-    assert len(backbone) == 52 and all((s.w_bits, s.a_bits) == (4, conv_a) for s in backbone)  # R50: 3*16 + 4 downsample
+    # R50: 3*16 + 4 downsample
+    assert len(backbone) == 52 and all((s.w_bits, s.a_bits) == (4, conv_a) for s in backbone)
     rest = [s for n, s in plan.items() if not n.startswith("backbone.")]
     assert rest and all((s.w_bits, s.a_bits, s.act_channel_wise) == (4, 4, False) for s in rest)
     adapter = cnn.ResNetBackboneAdapter(model)

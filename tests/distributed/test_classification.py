@@ -40,7 +40,8 @@ def runs(odd_imagenet, tmp_path_factory) -> dict[int, tuple[dict[str, dict], Pat
     one = base / "one"
     one.mkdir()
     proc = launch("classification", ["--model", "deit_tiny", "--w-bits", "4", "--a-bits", "4", "--data-dir",
-                                     str(odd_imagenet), "--checkpoint-dir", "checkpoints", *ARGS, "--results-dir", str(one / "rec"),
+                                     str(odd_imagenet), "--checkpoint-dir", "checkpoints", *ARGS,
+                                     "--results-dir", str(one / "rec"),
                                      "--save-state", str(one / "state.pt")], 0, one)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out[1] = (_records(one / "rec"), one / "state.pt")
@@ -91,7 +92,10 @@ def test_records_equal_one_process(runs) -> None:
         assert a["metrics"].keys() == b["metrics"].keys()
         for k, v in a["metrics"].items():
             assert b["metrics"][k] == pytest.approx(v, rel=1e-6, abs=1e-9), (method, k)
-        strip = lambda r: {k: v for k, v in r.items() if k not in ("provenance", "times", "blocks", "metrics", "config")}  # noqa: E731
+
+        def strip(r: dict) -> dict:
+            return {k: v for k, v in r.items() if k not in ("provenance", "times", "blocks", "metrics", "config")}
+
         assert strip(a) == strip(b)
         assert {k: v for k, v in a["config"].items() if k not in RUN_DEPENDENT} == \
                {k: v for k, v in b["config"].items() if k not in RUN_DEPENDENT}
@@ -106,9 +110,10 @@ def test_records_equal_one_process(runs) -> None:
 
 
 def test_failing_worker_fails_the_run_and_keeps_finished_records(odd_imagenet, tmp_path) -> None:
-    """Rank 1 raises when QwT starts (tests.distributed.failing_run monkeypatches the QwT step) (after fp and repq were evaluated, while rank 0 waits in the
-    first all-reduce): the launcher exits non-zero with rank 1's error; the fp and repq records,
-    complete and written by rank 0 as each finished, are kept; no repq+qwt record, no state."""
+    """Rank 1 raises when QwT starts (tests.distributed.failing_run monkeypatches the QwT step)
+    (after fp and repq were evaluated, while rank 0 waits in the first all-reduce): the launcher
+    exits non-zero with rank 1's error; the fp and repq records, complete and written by rank 0 as
+    each finished, are kept; no repq+qwt record, no state."""
     proc = launch("tests.distributed.failing_run", ["1", "_fit", "--model", "deit_tiny", "--data-dir",
                                                     str(odd_imagenet), *ARGS, "--results-dir", str(tmp_path / "rec"),
                                                     "--save-state", str(tmp_path / "state.pt")], 2, tmp_path,

@@ -24,7 +24,7 @@ from runtime.config import (
 )
 
 
-def _flags(p) -> set[str]:  # noqa: ANN001
+def _flags(p) -> set[str]:
     return {s for a in p._actions for s in a.option_strings}
 
 
@@ -33,7 +33,8 @@ def test_both_clis_share_the_run_config_flags() -> None:
     shared = {flag_of(f.name) for f in dataclasses.fields(RunConfig)
               if f.metadata.get("flag", True) and f.name not in ("qwt", "progress")}
     qwt = {flag_of(f.name, qwt=True) for f in dataclasses.fields(QwTConfig) if f.name not in RUN_LEVEL_QWT_FIELDS}
-    assert shared | qwt | {"--no-progress", "--qwt-store", "--half-arith", "--data-dir", "--checkpoint-dir"} <= cls & det
+    assert shared | qwt | {"--no-progress", "--qwt-store", "--half-arith", "--data-dir",
+                           "--checkpoint-dir"} <= cls & det
 
 
 def test_help_comes_from_the_field_comments() -> None:
