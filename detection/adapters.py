@@ -56,7 +56,7 @@ class SwinBackboneAdapter:
             grids.append(((h + (-h) % s[0] - k[0]) // s[0] + 1, (w + (-w) % s[1] - k[1]) // s[1] + 1))
         if self.hw and self.hw != grids:
             raise ValueError(f"calibration batches must share one size: grids {self.hw} vs {grids}")
-        self.hw = grids  # type: ignore[assignment]
+        self.hw = grids
         return x
 
     def _call(self, stage: int):

@@ -44,7 +44,7 @@ def find_resnet(model: nn.Module) -> tuple[str, ResNet]:
     """(qualified name, module) of the detector's ResNet / ResNetV1d / ResNeXt backbone (exact classes)."""
     for name, m in model.named_modules():
         if type(m) in RESNETS:
-            return name, m  # type: ignore[return-value]
+            return name, m
     raise TypeError("the detector has no mmdet ResNet / ResNetV1d / ResNeXt backbone")
 
 
@@ -111,7 +111,7 @@ class ResNetBackboneAdapter:
 
     def __init__(self, model: nn.Module) -> None:
         if type(model) in RESNETS:
-            model = _Root(model)  # type: ignore[arg-type]
+            model = _Root(model)
         prefix, backbone = find_resnet(model)
         self.model: nn.Module = model
         self.backbone: ResNet = backbone

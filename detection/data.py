@@ -166,7 +166,7 @@ def qwt_batches(cfg: Config, model: nn.Module, n: int, size: int, seed: int, bat
     files = qwt_image_files(cfg, n, seed)[rank::world_size]
     for i in range(0, len(files), batch_size):
         items = [pipeline(dict(img_path=str(f), img_id=k)) for k, f in enumerate(files[i:i + batch_size])]
-        data = model.data_preprocessor(pseudo_collate(items), False)
+        data = model.get_submodule("data_preprocessor")(pseudo_collate(items), False)
         yield data["inputs"]  # (B, 3, size, size), normalized, RGB
 
 
@@ -187,7 +187,8 @@ def probe_inputs(cfg: Config, model: nn.Module, n: int) -> list[Tensor]:
 
     dataset = DATASETS.build(copy.deepcopy(cfg.test_dataloader.dataset))
     items = range(1, min(n + 1, len(dataset)))
-    return [model.data_preprocessor(pseudo_collate([dataset[i]]), False)["inputs"] for i in items]
+    preprocess = model.get_submodule("data_preprocessor")
+    return [preprocess(pseudo_collate([dataset[i]]), False)["inputs"] for i in items]
 
 
 def test_image_files(cfg: Config, count: int) -> list[Path]:

@@ -172,6 +172,7 @@ def load_config(run: DetectionConfig, config_path: Path, work_dir: str):
     cfg.work_dir = work_dir
     cfg.load_from = None
     loader = cfg.test_dataloader
+    assert run.workers is not None  # (RunConfig.__post_init__ sets the default)
     loader.num_workers = run.workers
     loader.persistent_workers = run.workers > 0
     if run.val_limit is not None:
@@ -224,7 +225,7 @@ class Evaluator:
 
     def __init__(self, cfg, work_dir: str, launcher: str) -> None:
         self.cfg, self.work_dir, self.launcher = cfg, work_dir, launcher
-        self.runner = None
+        self.runner: Any = None  # mmengine's Runner (untyped), built on the first call
         self.model: nn.Module | None = None
 
     def _wrapper(self, model: nn.Module) -> dict | None:
@@ -263,7 +264,8 @@ class Evaluator:
 @torch.no_grad()
 def backbone_features(model: nn.Module, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """The backbone's multi-scale outputs for each probe image (in the model's current quant state)."""
-    backbone = getattr(model, "module", model).backbone
+    unwrapped: nn.Module = getattr(model, "module", model)  # (a DDP wrapper's model)
+    backbone = unwrapped.get_submodule("backbone")
     dev = next(backbone.parameters()).device
     return [[f.float().cpu() for f in backbone(x.to(dev))] for x in inputs]
 

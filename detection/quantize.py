@@ -30,7 +30,7 @@ nothing.)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from mmdet.models.backbones.swin import ShiftWindowMSA, SwinTransformer, WindowMSA
@@ -214,7 +214,9 @@ def calibrate_detector(model: nn.Module, batch: object, forward: Callable[[nn.Mo
         if exact_padding and norm_name.endswith(".norm1"):
             attn = model.get_submodule(norm_name[: -len("norm1")] + "attn")
             if isinstance(attn, PadAwareShiftWindowMSA):
-                attn.pad_value.copy_(pad_shift(model.get_submodule(linear_name)).to(attn.pad_value))
+                # (the pair's linear is a QuantLinear: quantize_layers ran before the reparameterization)
+                qkv = cast(QuantLinear, model.get_submodule(linear_name))
+                attn.pad_value.copy_(pad_shift(qkv).to(attn.pad_value))
 
     pairs = list(reparam_pairs(model) if pairs is None else pairs)
     return calibrate_repq(model, batch, pairs, forward=forward, before_reparam=set_pad_value,  # type: ignore[arg-type]
