@@ -8,10 +8,10 @@ CKPT_DIR  ?= checkpoints
 GPUS      ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo tables tables-check bench help gpu-check
+.PHONY: install lint test demo tables tables-check bench help gpu-check
 help:
 	@echo "make demo            embedded default: digits, small models, CPU -> results/demo.md"
-	@echo "make test            the test suite"
+	@echo "make test            the test suite (after make lint: ruff, mypy, import contracts)"
 	@echo "make install         .venv from the package registries (mmcv built once, wheel cached)"
 	@echo "make imagenet-<model>-w<b>a<b> IMAGENET=DIR [CKPT_DIR=checkpoints DEVICE=cuda|cpu GPUS=N]   (make imagenet-list)"
 	@echo "make imagenet-<resnet>-strict-w<b>a<b>   ResNet with conv inputs at the requested bits"
@@ -33,11 +33,16 @@ $(STAMP): pyproject.toml scripts/install.sh
 ISA_AVX2    := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 ISA_DEFAULT := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2
 
-test: $(STAMP)
+# lint: ruff, mypy (packages and settings in pyproject.toml) and the import-layer contracts; seconds
+lint: $(STAMP)
+	$(dir $(PY))ruff check .
+	$(dir $(PY))mypy
+	$(dir $(PY))lint-imports
+
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	env $(ISA_AVX2) $(PY) -m pytest -q -p no:cacheprovider -m machine_kernels tests
 	env $(ISA_DEFAULT) $(PY) -m pytest -q -p no:cacheprovider -m machine_kernels tests
-	$(dir $(PY))lint-imports
 
 gpu-check: $(STAMP)
 	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
