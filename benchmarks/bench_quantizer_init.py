@@ -39,7 +39,7 @@ def run(repeats: int = 3, device: str = "cpu", bits: int = 4) -> list[dict[str, 
         "activation fc1 input (32, 197, 768), per channel": (torch.randn(32, 197, 768, generator=g)
                                                               * torch.rand(768, generator=g) * 4, -1),
     }
-    rows = []
+    rows: list[dict[str, float | str]] = []
     for name, (x, dim) in cases.items():
         x = x.to(dev)
         fast = _time(lambda: search_uniform_range(x, bits, dim), repeats, dev)

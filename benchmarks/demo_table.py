@@ -144,15 +144,16 @@ def qwt_effects(records: list[dict[str, Any]]) -> list[Effect]:
         f64_by_seed = {b["seed"]: (b, q) for b, q in _pairs(groups, model, base, method + F64, w, a)}
         metrics = ("kl_fp", "top1") if metric_value(pairs[0][0], "kl_fp") is not None else ("bbox_mAP", "segm_mAP")
         for metric in metrics:
-            rows = [(b["seed"], _change(b, q, metric)) for b, q in pairs]
-            rows = [(s, c) for s, c in rows if c is not None]
+            changes = [(b["seed"], _change(b, q, metric)) for b, q in pairs]
+            rows = [(s, c) for s, c in changes if c is not None]
             if not rows:
                 continue
             seeds = tuple(s for s, _ in rows)
-            f64 = None
+            f64: tuple[float, ...] | None = None
             if all(s in f64_by_seed for s in seeds):
                 f = [_change(*f64_by_seed[s], metric) for s in seeds]
-                f64 = tuple(f) if all(v is not None for v in f) else None  # type: ignore[arg-type]
+                known = [v for v in f if v is not None]
+                f64 = tuple(known) if len(known) == len(f) else None
             out.append(Effect(model, registry.bits_label(w, a), metric, seeds, tuple(c for _, c in rows), f64))
     return out
 
@@ -190,9 +191,11 @@ def qwt_effect(records: list[dict[str, Any]]) -> list[str]:
             def fmt(e: Effect | None, vals: tuple[float, ...] | None) -> str:
                 return "absent" if e is None or vals is None else ", ".join(f"{v:+.1f}" for v in vals)
             box, mask = effects.get("bbox_mAP"), effects.get("segm_mAP")
-            line = f"{head}: box AP {fmt(box, box and box.ref)}; mask AP {fmt(mask, mask and mask.ref)}"
+            line = (f"{head}: box AP {fmt(box, box.ref if box else None)}; "
+                    f"mask AP {fmt(mask, mask.ref if mask else None)}")
             if (box and box.f64) is not None or (mask and mask.f64) is not None:
-                line += (f"; float64 solve: box AP {fmt(box, box and box.f64)}; mask AP {fmt(mask, mask and mask.f64)}"
+                line += (f"; float64 solve: box AP {fmt(box, box.f64 if box else None)}; "
+                         f"mask AP {fmt(mask, mask.f64 if mask else None)}"
                          + f"; verdict on box AP: {box.verdict() if box else 'absent'}"
                          + f", on mask AP: {mask.verdict() if mask else 'absent'}")
         lines.append(line)

@@ -117,7 +117,7 @@ def plot_blocks(records: dict[str, Any] | Iterable[dict[str, Any]], title: str) 
 
     recs = [records] if isinstance(records, dict) else list(records)
     df, vals = _stacked(recs)
-    applied = np.stack([_blocks_frame(r)["applied"].to_numpy(dtype=bool) for r in recs]).all(axis=0)
+    applied = np.asarray(np.stack([_blocks_frame(r)["applied"].to_numpy(dtype=bool) for r in recs]).all(axis=0))
     n = len(recs)
     x = np.arange(len(df))
     fig, (ax_r2, ax_err) = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(df) + 2), 5.5), sharex=True)

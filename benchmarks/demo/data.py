@@ -49,7 +49,7 @@ def digits_split() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
 def upsample(img8: np.ndarray, size: int = IMG_SIZE) -> np.ndarray:
     """(8, 8) intensities 0..16 -> (size, size) uint8, bicubic."""
     im = Image.fromarray((img8 * (255.0 / 16.0)).round().astype(np.uint8), mode="L")
-    return np.asarray(im.resize((size, size), Image.BICUBIC))
+    return np.asarray(im.resize((size, size), Image.Resampling.BICUBIC))
 
 
 def stats(root: Path) -> tuple[float, float]:

@@ -40,7 +40,7 @@ CATEGORIES = [{"id": i + 1, "name": str(i), "supercategory": "digit"} for i in r
 def _digit_patch(img8: np.ndarray, side: int) -> np.ndarray:
     """(8, 8) 0..16 -> (side, side) float 0..1 (bicubic, clipped)."""
     im = Image.fromarray((img8 / 16.0).astype(np.float32), mode="F")
-    return np.clip(np.asarray(im.resize((side, side), Image.BICUBIC)), 0.0, 1.0)
+    return np.clip(np.asarray(im.resize((side, side), Image.Resampling.BICUBIC)), 0.0, 1.0)
 
 
 def _place(rng: np.random.Generator, side: int, boxes: list[tuple[int, int, int, int]],

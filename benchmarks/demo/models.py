@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -79,7 +79,7 @@ class DemoModel:
 
     name: str
     build: Callable[..., nn.Module]
-    family: str  # "vit" | "swin" | "resnet"
+    family: Literal["vit", "swin", "resnet"]
     methods: tuple[str, ...]
     train: dict[str, Any] = field(default_factory=dict)  # training hyper-parameters (train_cls.py)
 
@@ -108,7 +108,7 @@ CLASSIFIERS: dict[str, DemoModel] = {m.name: m for m in (
 )}
 
 # Eval transform of every demo classifier: the PNGs are already 32x32, so resize/crop are identity.
-TRANSFORM = dict(img_size=IMG_SIZE, crop_pct=1.0, mean=MEAN, std=STD, interpolation="bicubic")
+TRANSFORM: dict[str, Any] = dict(img_size=IMG_SIZE, crop_pct=1.0, mean=MEAN, std=STD, interpolation="bicubic")
 
 
 def load_fp16_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:

@@ -428,7 +428,7 @@ def run_suite(fp_model: nn.Module, spec: ModelSpec, settings: dict[str, Any], ca
     seconds["repq"] = time.perf_counter() - t0
 
     cfg = QwTConfig(start_block=s["start_block"], kernel_size=s["kernel_size"] or 1, factor=s["factor"] or 64,
-                    **solver_preset(solver))  # type: ignore[arg-type]
+                    **solver_preset(solver))
     batches = [qwt_inputs[i:i + bs] for i in range(0, qwt_inputs.shape[0], bs)]
     blockwise = adapter.blockwise(qmodel)
     steps = list(blockwise.steps())

@@ -150,7 +150,7 @@ class Built:
     quant: nn.Module
     kind: str  # 'linear' | 'conv'
     blockwise: Callable[[nn.Module], Any]  # quantized model -> qwt_core BlockwiseAdapter
-    calibrate: Callable[[nn.Module, Tensor], None]  # RepQ-ViT on one batch
+    calibrate: Callable[[nn.Module, Tensor], Any]  # RepQ-ViT on one batch (what it returns is not used)
     forward: Callable[[nn.Module, Tensor], Any]  # full model forward (eval)
 
 
@@ -183,7 +183,7 @@ def _build_det() -> Built:
     fp, quant = make(), make()
     quantize_detector(quant, W_BITS, A_BITS)
 
-    def forward(m: nn.Module, x: Tensor) -> Any:
+    def forward(m: nn.Module, x: Any) -> Any:
         return m(x)
 
     return Built(fp, quant, "linear", SwinBackboneAdapter,

@@ -167,7 +167,7 @@ def run_probe(job: dict[str, Any]) -> dict[str, Any]:
     del built.fp
     adapter = built.blockwise(built.quant)
     batches = Batches(job["images"], job["batch"], case.size, seed=job.get("seed", 2), device=dev)
-    cfg = QwTConfig(store=job["store"], **solver_preset(job.get("solver", "streaming")))  # type: ignore[arg-type]
+    cfg = QwTConfig(store=job["store"], **solver_preset(job.get("solver", "streaming")))
     meter = PeakMemory(dev)
     meter.start()
     t0 = time.perf_counter()

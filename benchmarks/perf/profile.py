@@ -14,7 +14,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from qwt_core.qwt import accumulator, compensation, driver, rows, store
 
@@ -27,7 +27,8 @@ class FitProfile:
 
     def __init__(self, adapter: Any, clock: Callable[[], float] = time.process_time) -> None:
         self.adapter, self.clock = adapter, clock
-        self.seconds: Counter[str] = Counter()
+        # a Counter of float seconds (typeshed's Counter counts ints)
+        self.seconds = cast("dict[str, float]", Counter())
         self.counts: Counter[str] = Counter()  # "store bytes written", "normal-equation MACs"
         self._fp = False
 

@@ -139,7 +139,7 @@ def reference_fit(adapter: BlockwiseAdapter, batches: Iterable[Tensor], cfg: QwT
                 sol.weight.zero_()
                 sol.bias.zero_()
             if step.kind == "linear":
-                comp: torch.nn.Module = LinearCompensation.from_solution(sol)
+                comp: LinearCompensation | ConvCompensation = LinearCompensation.from_solution(sol)
             else:
                 comp = ConvCompensation.from_solution(sol, features.X.shape[1], cfg.kernel_size, stride)
             comp = comp.to(dev).eval()

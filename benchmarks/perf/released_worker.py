@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import gc
 import json
 import os
@@ -44,7 +45,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -131,7 +132,8 @@ class Released:
         argv = ["--model", a.model, "--w_bits", str(a.w_bits), "--a_bits", str(a.a_bits), "--batch_size",
                 str(a.batch_size), "--num_workers", "0", "--seed", str(a.seed), "--start_block", "0"]
         with tempfile.TemporaryDirectory(prefix="qwt_perf_released_") as workdir:
-            self.mod = R.import_script(self.ref, script, argv, workdir)
+            # the released script as a module; its globals are patched below (Any: no declared shape)
+            self.mod: Any = cast(Any, R.import_script(self.ref, script, argv, workdir))
         self.qm, timm = sys.modules["quant"], sys.modules["timm"]
         if not timm.__version__.startswith("0.4."):
             raise RuntimeError(f"the released code needs timm 0.4.12, this process imported timm {timm.__version__}: "
@@ -184,9 +186,10 @@ class Released:
         quantize = qm.quant_model_resnet if a.family == "resnet" else qm.quant_model
         q_model = t.wrap("quantize", quantize)(model, input_quant_params=aq, weight_quant_params=wq).eval()
         qz = sys.modules["quant.quantizer"]
-        init = [(qz.UniformQuantizer, "init_quantization_scale",
-                 lambda q, x, channel_wise=False: INIT_CHANNEL if channel_wise else INIT_TENSOR),
-                (qz.LogSqrt2Quantizer, "init_quantization_scale", INIT_LOG)]
+        init: list[tuple[type, str, str | Callable[..., str]]] = [
+            (qz.UniformQuantizer, "init_quantization_scale",
+             lambda q, x, channel_wise=False: INIT_CHANNEL if channel_wise else INIT_TENSOR),
+            (qz.LogSqrt2Quantizer, "init_quantization_scale", INIT_LOG)]
         with t.methods(init):
             qm.set_quant_state(q_model, input_quant=True, weight_quant=True)
             t.wrap(PASSES[0], q_model)(self.calib)
@@ -205,7 +208,8 @@ class Released:
         comp = self.mod.CompensationBlock
         forward = comp.forward
         self.mod.lienar_regression = t.wrap("solve (fp32 inverse)", self._solve)
-        q_model.forward_before_blocks = t.wrap("embed", q_model.forward_before_blocks)
+        released: Any = q_model  # the released model class: forward_before_blocks is patched
+        released.forward_before_blocks = t.wrap("embed", released.forward_before_blocks)
         comp.forward = t.wrap("third pass (compensated blocks)", forward)
         try:
             return self.mod.generate_compensation_model(q_model, self.loader, self.mod.args)
@@ -264,9 +268,10 @@ class Suite:
 
         def forward(m: nn.Module, x: torch.Tensor) -> Any:
             return t.wrap(PASSES[min(len([k for k in t.seconds if k in PASSES]), 1)], m)(x)
-        init = [(UniformQuantizer, "initialise",
-                 lambda q, x: INIT_CHANNEL if getattr(q, "channel_dim", None) is not None else INIT_TENSOR),
-                (LogSqrt2Quantizer, "initialise", INIT_LOG)]
+        init: list[tuple[type, str, str | Callable[..., str]]] = [
+            (UniformQuantizer, "initialise",
+             lambda q, x: INIT_CHANNEL if getattr(q, "channel_dim", None) is not None else INIT_TENSOR),
+            (LogSqrt2Quantizer, "initialise", INIT_LOG)]
         with t.methods(init):
             calibrate_repq(model, self.calib, self.adapter.reparam_pairs(model), forward=forward)
         return model
@@ -278,7 +283,7 @@ class Suite:
 
         from .profile import FitProfile
 
-        cfg = QwTConfig(**solver_preset(solver))  # type: ignore[arg-type]
+        cfg = QwTConfig(**solver_preset(solver))
         blockwise = self.adapter.blockwise(model)
         clock = Timers(self.device).clock
         with FitProfile(blockwise, clock) as prof:
@@ -294,7 +299,7 @@ class Suite:
         for i, solver in enumerate(self.solvers):
             m = q_model if i == len(self.solvers) - 1 else copy.deepcopy(q_model)
             prof: dict[str, float] = {}
-            r2, res = stage(lambda m=m, solver=solver, prof=prof: self.fit(m, solver, prof), self.device)
+            r2, res = stage(functools.partial(self.fit, m, solver, prof), self.device)
             res["weight_cache_mib"] = weight_cache_mib(m)
             out[f"fit_{solver}"], out[f"r2_{solver}"], out[f"fit_{solver}_profile"] = res, r2, prof
             del m

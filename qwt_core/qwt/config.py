@@ -2,22 +2,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
+
+
+class SolverPreset(TypedDict):
+    """The QwTConfig fields a named preset sets."""
+
+    regression: Literal["rows", "sums"]
+    gate: Literal["reference", "float64"]
+
 
 #: the named choices of ``--qwt-solver``: which regression keeps the block's statistics and which
 #: R² gates a block (see :mod:`qwt_core.qwt.regression`)
-SOLVER_PRESETS: dict[str, dict[str, str]] = {
+SOLVER_PRESETS: dict[str, SolverPreset] = {
     "reference": {"regression": "rows", "gate": "reference"},  # the released code, bit for bit
     "streaming": {"regression": "sums", "gate": "reference"},  # constant memory, the reference's decision
     "lstsq": {"regression": "sums", "gate": "float64"},  # constant memory, float64 decision
 }
 
 
-def solver_preset(name: str) -> dict[str, str]:
+def solver_preset(name: str) -> SolverPreset:
     """``regression`` / ``gate`` of a named preset (ValueError naming the presets otherwise)."""
     if name not in SOLVER_PRESETS:
         raise ValueError(f"unknown QwT solver {name!r}; choose one of {', '.join(SOLVER_PRESETS)}")
-    return dict(SOLVER_PRESETS[name])
+    return SOLVER_PRESETS[name].copy()
 
 
 @dataclass(frozen=True)
