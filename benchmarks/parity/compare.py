@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -252,8 +252,10 @@ def teacher_forced_rows(ref: Sequence[dict[str, Any]], fits: Sequence[BlockFit],
     rows = []
     blocks = list(zip(ref, fits))
     # rows: the suite's regression rows, solved as the reference solves, against the reference's solution
-    errs = [(k, max(rel_fro(f.rows_weight, r["W"]), rel_fro(f.rows_bias, r["b"])) if f.rows_weight is not None
-             else math.inf) for k, (r, f) in enumerate(blocks) if (f.cond or 0.0) <= SINGULAR_COND]
+    # (rows_weight and rows_bias are set together: the cast only drops the Optional)
+    errs = [(k, max(rel_fro(f.rows_weight, r["W"]), rel_fro(cast(Tensor, f.rows_bias), r["b"]))
+             if f.rows_weight is not None else math.inf)
+            for k, (r, f) in enumerate(blocks) if (f.cond or 0.0) <= SINGULAR_COND]
     singular = [k for k, (_, f) in enumerate(blocks) if (f.cond or 0.0) > SINGULAR_COND]
     bad = [(k, e) for k, e in errs if e > TOL["qwt_rows"]]
     rows.append(Row("QwT teacher-forced: rows solved the reference's way", max((e for _, e in errs), default=0.0),
@@ -273,11 +275,11 @@ def teacher_forced_rows(ref: Sequence[dict[str, Any]], fits: Sequence[BlockFit],
     # W, b where the reference's fp32 solution is accurate
     kept = [(k, r, f) for k, (r, f) in enumerate(blocks) if r["kept"]]
     dec = [(k, _wb(f, r["weight"], r["bias"]), f.cond or 0.0) for k, r, f in kept if (f.cond or 0.0) < COND_WB]
-    bad = [(k, e, c) for k, e, c in dec if e > TOL["qwt_wb"]]
+    bad_wb = [(k, e, c) for k, e, c in dec if e > TOL["qwt_wb"]]
     rows.append(Row(f"QwT teacher-forced: W,b (kept, cond < {COND_WB:.0e})", max((e for _, e, _ in dec), default=0.0),
-                    f"fro rel <= {TOL['qwt_wb']:.0e}", verdict(not bad),
-                    (f"first outside tolerance: block {bad[0][0]} ({fmt(bad[0][1])}, cond {bad[0][2]:.0e}; "
-                     f"{_exact(blocks[bad[0][0]][1], blocks[bad[0][0]][0])}); " if bad else "")
+                    f"fro rel <= {TOL['qwt_wb']:.0e}", verdict(not bad_wb),
+                    (f"first outside tolerance: block {bad_wb[0][0]} ({fmt(bad_wb[0][1])}, cond {bad_wb[0][2]:.0e}; "
+                     f"{_exact(blocks[bad_wb[0][0]][1], blocks[bad_wb[0][0]][0])}); " if bad_wb else "")
                     + f"{len(dec)} blocks" + (": " + " ".join(f"{k}:{fmt(e)}" for k, e, _ in dec) if dec else "")
                     + " | cond " + " ".join(f"{k}:{f.cond or 0:.0e}" for k, (_, f) in enumerate(blocks))))
     ill = [(k, _wb(f, r["weight"], r["bias"]), f.cond) for k, r, f in kept if (f.cond or 0.0) >= COND_WB]

@@ -52,7 +52,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -79,7 +79,7 @@ def install_cpu_shims() -> None:
     """The reference calls ``.cuda()`` and ``torch.cuda.synchronize()`` unconditionally: no-ops here."""
     torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
-    torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    torch.cuda.synchronize = lambda *a, **k: None
 
 
 def import_script(ref: Path, script: str, argv: list[str], workdir: str) -> ModuleType:
@@ -105,7 +105,7 @@ def import_script(ref: Path, script: str, argv: list[str], workdir: str) -> Modu
 
 
 @contextlib.contextmanager
-def random_init(timm_module: ModuleType) -> Iterator[None]:
+def random_init(timm_module: Any) -> Iterator[None]:  # (the reference's timm module, patched)
     """The reference's ``build_model`` asks timm for pretrained weights: random init instead."""
     create = timm_module.create_model
 
@@ -130,6 +130,7 @@ def perturb_norms(model: nn.Module, seed: int) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             m.weight.copy_(1.0 + 0.1 * torch.randn(m.weight.shape, generator=g))
             m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            assert m.running_mean is not None and m.running_var is not None  # (track_running_stats)
             m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
             m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
 
@@ -146,7 +147,7 @@ def clone(x: Any) -> Tensor | None:
     return None if x is None else (x.detach().clone().cpu() if torch.is_tensor(x) else torch.tensor(x))
 
 
-def quantizer_record(q: nn.Module) -> dict[str, Any]:
+def quantizer_record(q: Any) -> dict[str, Any]:  # (a quantizer of the reference's code)
     return {"n_bits": int(q.n_bits), "channel_wise": bool(q.channel_wise), "delta": clone(q.delta),
             "zero_point": clone(getattr(q, "zero_point", None))}
 
@@ -229,7 +230,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     if a.family == "resnet":
         argv += ["--kernel_size", str(a.kernel_size), "--factor", str(a.factor)]
     with tempfile.TemporaryDirectory(prefix="qwt_parity_ref_") as workdir:
-        mod = import_script(ref, script, argv, workdir)
+        mod: Any = cast(Any, import_script(ref, script, argv, workdir))  # (its globals are patched below)
     qm = sys.modules["quant"]  # the reference's package, imported by the script
     timm = sys.modules["timm"]
     if not timm.__version__.startswith("0.4."):

@@ -113,7 +113,7 @@ def resolve_models(names: str, ref: Path | None) -> list[tuple[str, str, str]]:
     """(registry name, family, timm arch) per model; each must be registered here and, with a REF,
     supported by the reference script of its family."""
     from classification.registry import UnknownModelError, get
-    out = []
+    out: list[tuple[str, str, str]] = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
         try:
             spec = get(name)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,7 @@ from qwt_core import (
     quantizers,
     set_quant_state,
 )
+from qwt_core.quant.quantizers import Quantizer
 from qwt_core.qwt import driver
 from qwt_core.qwt.config import solver_preset
 
@@ -109,11 +110,12 @@ def map_state_dict(family: str, state: dict[str, Tensor], model: nn.Module) -> d
     ``checkpoint_filter_fn`` (Swin: patch merging moves to the start of the next stage, ``head`` ->
     ``head.fc``); the identity on a state dict that already has the suite's names."""
     if family == "swin":
-        from timm.models.swin_transformer import checkpoint_filter_fn
-        return checkpoint_filter_fn(dict(state), model)
+        from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
+        return checkpoint_filter_fn(dict(state), cast(SwinTransformer, model))
     if family == "vit":
+        from timm.models.vision_transformer import VisionTransformer
         from timm.models.vision_transformer import checkpoint_filter_fn as vit_filter
-        return vit_filter(dict(state), model)
+        return vit_filter(dict(state), cast(VisionTransformer, model))
     return dict(state)  # the reference's ResNet has torchvision's names
 
 
@@ -167,7 +169,7 @@ def load_fp_model(dump: dict[str, Any], workdir: Path) -> tuple[nn.Module, Model
 
 
 # ------------------------------------------------------------------------------ quantizer records
-def quantizer_record(q: nn.Module) -> dict[str, Any]:
+def quantizer_record(q: Quantizer) -> dict[str, Any]:
     log = isinstance(q, LogSqrt2Quantizer)
     return {"n_bits": int(q.n_bits), "channel_wise": getattr(q, "channel_dim", None) is not None,
             "delta": q.delta.detach().clone().cpu(), "zero_point": None if log else q.zero_point.detach().clone().cpu()}
@@ -205,7 +207,7 @@ def recording_rows() -> Iterator[list[tuple[list[Tensor], list[Tensor]]]]:
     bases = {name: getattr(driver, name) for name in names}
 
     def recording(base: type) -> type:
-        class Recording(base):  # type: ignore[misc,valid-type]
+        class Recording(base):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
                 self.recorded: tuple[list[Tensor], list[Tensor]] = ([], [])
@@ -406,7 +408,7 @@ def run_suite(fp_model: nn.Module, spec: ModelSpec, settings: dict[str, Any], ca
     def before_reparam(norm_name: str, linear_name: str) -> None:
         if snap["initial"] is None:
             snap["initial"] = quant_record(qmodel)
-        q = qmodel.get_submodule(linear_name).input_quantizer
+        q = cast(QuantLinear, qmodel.get_submodule(linear_name)).input_quantizer
         snap["pairs"][linear_name] = (norm_name, q.delta.detach().reshape(-1).clone(),
                                       q.zero_point.detach().reshape(-1).clone())
 
@@ -415,11 +417,12 @@ def run_suite(fp_model: nn.Module, spec: ModelSpec, settings: dict[str, Any], ca
     quant_final = quant_record(qmodel)
     reparam = {}
     for linear_name, (norm_name, s_c, z_c) in snap["pairs"].items():
-        lin, norm = qmodel.get_submodule(linear_name), qmodel.get_submodule(norm_name)
+        lin, norm = cast(QuantLinear, qmodel.get_submodule(linear_name)), qmodel.get_submodule(norm_name)
         reparam[linear_name] = {"norm": norm_name, "s": s_c, "z": z_c,
                                 "s_t": lin.input_quantizer.delta.detach().clone(),
                                 "z_t": lin.input_quantizer.zero_point.detach().clone(),
-                                "norm_weight": norm.weight.detach().clone(), "norm_bias": norm.bias.detach().clone(),
+                                "norm_weight": norm.get_parameter("weight").detach().clone(),
+                                "norm_bias": norm.get_parameter("bias").detach().clone(),
                                 "weight": lin.weight.detach().clone(), "bias": lin.bias.detach().clone()}
     qnames = {n for n, _ in quantizers(qmodel)}  # their ranges are the quantizer rows' business
     state = {k: v.detach().clone() for k, v in qmodel.state_dict().items()

@@ -36,7 +36,7 @@ def suite_dump(model: str, tiny: bool = True, w_bits: int = 4, a_bits: int = 4, 
     net = construct(spec).eval()
     perturb_norms(net, seed)
     calib, qwt_x, test_x = seeded_inputs(seed, n_calib, n_qwt, n_test, size=spec.input_size)
-    settings = {"model": model, "family": spec.family, "arch": spec.arch, "script": None, "tiny": tiny,
+    settings: dict[str, Any] = {"model": model, "family": spec.family, "arch": spec.arch, "script": None, "tiny": tiny,
                 "image_size": spec.input_size, "w_bits": w_bits, "a_bits": a_bits, "seed": seed,
                 "n_calib": n_calib, "n_qwt": n_qwt, "n_test": n_test, "batch_size": batch_size,
                 "start_block": start_block, "kernel_size": kernel_size, "factor": factor,

@@ -66,7 +66,7 @@ def install(ref: Path) -> None:
 
     def package(name: str, path: Path | None) -> ModuleType:
         m = ModuleType(name)
-        m.__path__ = [str(path)] if path is not None else []  # type: ignore[attr-defined]
+        m.__path__ = [str(path)] if path is not None else []
         m.__parity_det_standin__ = True  # type: ignore[attr-defined]
         sys.modules[name] = m
         return m
