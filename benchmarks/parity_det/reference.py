@@ -122,8 +122,9 @@ def test_namespace(ref: Path, quant: ModuleType, args: SimpleNamespace, n_sample
     from tqdm import tqdm
 
     tree = _test_tree(ref)
-    nodes = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in TEST_DEFS]
-    missing = set(TEST_DEFS) - {n.name for n in nodes}
+    nodes: list[ast.stmt] = [n for n in tree.body
+                             if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in TEST_DEFS]
+    missing = set(TEST_DEFS) - {n.name for n in nodes if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     if missing:
         raise ValueError(f"{TEST_FILE} defines no {sorted(missing)[0]}: not the reference this tool expects "
                          f"({REFERENCE_SOURCE})")
@@ -137,7 +138,8 @@ def test_namespace(ref: Path, quant: ModuleType, args: SimpleNamespace, n_sample
 def reparam_block(ref: Path) -> ast.Module:
     """The ``with torch.no_grad():`` statement of ``main()`` that reparameterizes the backbone."""
     main = next((n for n in _test_tree(ref).body if isinstance(n, ast.FunctionDef) and n.name == "main"), None)
-    found = [n for n in (main.body if main else []) if isinstance(n, ast.With) and REPARAM_MARK in ast.unparse(n)]
+    found: list[ast.stmt] = [n for n in (main.body if main else [])
+                             if isinstance(n, ast.With) and REPARAM_MARK in ast.unparse(n)]
     if len(found) != 1:
         raise ValueError(f"{TEST_FILE}: main() has {len(found)} blocks walking {REPARAM_MARK} (expected one): "
                          f"not the reference this tool expects ({REFERENCE_SOURCE})")
@@ -169,7 +171,7 @@ def outputs(model: nn.Module, x: Tensor) -> list[Tensor]:
         return [o.detach().clone() for o in model(x)]
 
 
-def block_by_block(model: nn.Module, x: Tensor) -> tuple[list[Tensor], dict[str, tuple[Tensor, Tensor]]]:
+def block_by_block(model: Any, x: Tensor) -> tuple[list[Tensor], dict[str, tuple[Tensor, Tensor]]]:
     """The stage outputs on ``x`` and every block's (input, output) on the way, by block name."""
     seen: dict[str, tuple[Tensor, Tensor]] = {}
     handles = []
@@ -205,7 +207,7 @@ def reparameterize(ref: Path, backbone: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_qwt(ns: dict[str, Any], backbone: nn.Module, qwt: Tensor, batch_size: int) -> list[dict[str, Any]]:
+def run_qwt(ns: dict[str, Any], backbone: Any, qwt: Tensor, batch_size: int) -> list[dict[str, Any]]:
     """``generate_compensation_model`` on the QwT images; one record per block in walk order."""
     solved: list[tuple[Tensor, Tensor, float, Tensor]] = []
     regression: Callable[..., Any] = ns["lienar_regression"]
@@ -238,7 +240,8 @@ def skeleton_plan(quant: ModuleType, skeleton: list[list[Any]], w_bits: int, a_b
     mods: dict[str, nn.Module] = {"": root}
     for name, kind, args in skeleton:
         if kind == "conv":
-            m: nn.Module = nn.Conv2d(*args[:7], bias=bool(args[7]))
+            # (args[:7]: the seven positional parameters before bias; mypy cannot count a slice)
+            m: nn.Module = nn.Conv2d(*args[:7], bias=bool(args[7]))  # type: ignore[misc]
         elif kind == "linear":
             m = nn.Linear(args[0], args[1], bias=bool(args[2]))
         else:
@@ -289,7 +292,7 @@ def run(a: argparse.Namespace) -> Iterator[tuple[int, dict[str, Any]]]:
     t0 = time.perf_counter()
     model = build_backbone(swin, a.arch, a.seed)
     fp_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    outs = {"fp": outputs(model, test)}
+    outs: dict[str, Any] = {"fp": outputs(model, test)}
     say(f"{a.arch}: quant_model W{a.w_bits}/A{a.a_bits}, calibration on one {det_hw[0]}x{det_hw[1]} image")
     q = quant.quant_model(model, input_quant_params={"n_bits": a.a_bits, "channel_wise": False},
                           weight_quant_params={"n_bits": a.w_bits, "channel_wise": True})

@@ -29,7 +29,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,8 @@ from benchmarks.parity.suite import (
 )
 from detection.convert import BLOCK_RENAMES, _norm_to_unfold, _reduction_to_unfold, convert_legacy
 from qwt_core import QwTConfig, eval_arithmetic, fit_qwt, quant_state, quantizers, reparameterize, set_quant_state
+from qwt_core.quant.layers import QuantLinear
+from qwt_core.quant.quantizers import Quantizer
 from qwt_core.qwt.compensation import CompensatedBlock, LinearCompensation
 from qwt_core.qwt.driver import BlockStep
 
@@ -232,7 +234,8 @@ class DetSuiteRun:
 def spying_calibration(snap: dict[str, Any], model: nn.Module) -> Iterator[None]:
     """``detection.quantize.calibrate_repq`` with a hook that records the first-pass quantizers and
     each pair's channel-wise range before the hook calibrate_detector passes runs."""
-    import detection.quantize as dq
+    import detection.quantize
+    dq = cast(Any, detection.quantize)  # (its calibrate_repq is swapped for the spy below)
     original = dq.calibrate_repq
 
     handles = []
@@ -250,7 +253,7 @@ def spying_calibration(snap: dict[str, Any], model: nn.Module) -> Iterator[None]
             if snap["initial"] is None:
                 snap["initial"] = quant_record(model)
                 snap["inputs_initial"], snap["inputs"] = snap["inputs"], {}
-            q = model.get_submodule(linear_name).input_quantizer
+            q = cast(QuantLinear, model.get_submodule(linear_name)).input_quantizer
             snap["pairs"][linear_name] = (norm_name, q.delta.detach().reshape(-1).clone(),
                                           q.zero_point.detach().reshape(-1).clone())
             if before_reparam is not None:
@@ -321,7 +324,7 @@ def merge_near_boundary(backbone: nn.Module, step: BlockStep, y: Tensor) -> tupl
     element within ``BOUNDARY`` of a step of its input quantizer from a rounding boundary, i.e.
     round(x / delta) could come out one step apart under a ~1e-7 difference)."""
     stage = int(step.name.split(".stages.")[1].split(".")[0])
-    reduction = backbone.stages[stage].downsample.reduction
+    reduction = cast(QuantLinear, backbone.get_submodule(f"stages.{stage}.downsample.reduction"))
     seen: dict[str, Tensor] = {}
     handle = reduction.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach()))
     try:
@@ -341,7 +344,8 @@ def walk_inputs(model: nn.Module, embed: Any, steps: list[BlockStep], blocks: li
     reference's compensation ``(out + x @ W) + b`` and (after a stage's last block) patch merging.
     Also, per block input that comes through a merging, its tokens near a rounding boundary."""
     with quant_state(model, weight=True, act=True):
-        out, near = [embed(images)], [None]
+        out: list[Tensor] = [embed(images)]
+        near: list[Tensor | None] = [None]
         for step, b in zip(steps[:-1], blocks[:-1]):
             block = model.get_submodule(step.name)
             x = b["inputs"]
@@ -356,7 +360,7 @@ def walk_inputs(model: nn.Module, embed: Any, steps: list[BlockStep], blocks: li
     return out, near
 
 
-def _record(q: nn.Module) -> dict[str, Any]:
+def _record(q: Quantizer) -> dict[str, Any]:
     from benchmarks.parity.suite import quantizer_record
     return quantizer_record(q)
 
@@ -474,11 +478,12 @@ def _run_on_dump(dump: dict[str, Any]) -> tuple[dict[str, Any], DetSuiteRun]:
                 r["quantizers"]["input"]["channel_wise"]) for n, r in initial.items() if r["kind"] != "matmul"}
     reparam = {}
     for lin_name, (norm_name, s_c, z_c) in snap["pairs"].items():
-        lin, norm = backbone.get_submodule(lin_name), backbone.get_submodule(norm_name)
+        lin, norm = cast(QuantLinear, backbone.get_submodule(lin_name)), backbone.get_submodule(norm_name)
         reparam[lin_name] = {"norm": norm_name, "s": s_c, "z": z_c,
                              "s_t": lin.input_quantizer.delta.detach().clone(),
                              "z_t": lin.input_quantizer.zero_point.detach().clone(),
-                             "norm_weight": norm.weight.detach().clone(), "norm_bias": norm.bias.detach().clone(),
+                             "norm_weight": norm.get_parameter("weight").detach().clone(),
+                             "norm_bias": norm.get_parameter("bias").detach().clone(),
                              "weight": lin.weight.detach().clone(),
                              "bias": None if lin.bias is None else lin.bias.detach().clone()}
     state = {k: v.detach().clone() for k, v in backbone.state_dict().items() if torch.is_tensor(v)}
@@ -522,7 +527,7 @@ def _run_on_dump(dump: dict[str, Any]) -> tuple[dict[str, Any], DetSuiteRun]:
     steps_qwt = step_by_step(backbone, test, ref["outputs"]["repq_qwt_blocks"], ref["outputs"]["repq_qwt"])
     # the same on the suite's own RepQ-ViT calibration (information)
     for st in steps:
-        adapter.model.set_submodule(st.name, adapter.model.get_submodule(st.name).block)
+        adapter.model.set_submodule(st.name, cast(CompensatedBlock, adapter.model.get_submodule(st.name)).block)
     backbone.load_state_dict(own, strict=True)
     with quant_state(backbone, weight=True, act=True):
         for st, comp in zip(steps, comps):
