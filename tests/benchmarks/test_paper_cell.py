@@ -51,7 +51,7 @@ def test_reference_full_split_fills_the_cell() -> None:
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"qwt": {"solver": "lstsq"}}, "qwt.solver=lstsq"),
+    ({"qwt": {"regression": "sums"}}, "qwt.regression=sums"),
     ({"half_arith": "emulated"}, "half_arith=emulated"),
     ({"eval_fp16": False}, "eval_fp16=False"),
     ({"tiny": True}, "tiny=True"),
@@ -130,7 +130,7 @@ def test_coco_resnet_backbone_qwt_kernel_and_factor_are_reference_settings() -> 
 def test_a_missing_setting_is_a_deviation_not_the_reference() -> None:
     no_qwt = {k: v for k, v in IMAGENET_QWT.items() if k != "qwt"}
     devs = deviations(_imagenet(no_qwt))
-    assert "qwt.solver not recorded" in devs and "qwt.start_block not recorded" in devs
+    assert "qwt.regression not recorded" in devs and "qwt.gate not recorded" in devs and "qwt.start_block not recorded" in devs
     assert all(d.startswith("qwt.") and d.endswith(" not recorded") for d in devs)
     assert deviations(_imagenet({k: v for k, v in IMAGENET_QWT.items() if k != "calib_size"})) == \
         ["calib_size not recorded"]
@@ -142,7 +142,7 @@ def test_legacy_records_are_read_into_the_typed_config() -> None:
     """The one legacy reader: flat QwT keys, nested qwt with run-level keys, renamed fields."""
     assert deviations(_imagenet(LEGACY_IMAGENET_QWT)) == []
     assert deviations(_imagenet({**LEGACY_IMAGENET_QWT, "qwt": {**LEGACY_IMAGENET_QWT["qwt"], "solver": "lstsq"}})) \
-        == ["qwt.solver=lstsq"]
+        == ["qwt.regression=sums", "qwt.gate=float64"]  # the old preset name read as its two fields
     # without the nested qwt only the flat keys are read: the rest is named as not recorded
     assert deviations(_imagenet({**LEGACY_IMAGENET_QWT, "factor": 16, "qwt": {}})) == [
         "eval_fp16 not recorded", "qwt.factor=16", "qwt.conv_ridge not recorded", "qwt.linear_ridge not recorded"]

@@ -384,7 +384,8 @@ def test_defaults_device_and_workers() -> None:
 
 
 def test_qwt_named_options_reach_the_fit_and_the_record(imagenet_dir, tmp_path) -> None:
-    """--qwt-solver / --half-arith are named deviations: recorded in config.qwt, never a paper cell."""
+    """--qwt-solver / --half-arith are named deviations: the preset's fields recorded in config.qwt, the
+    evaluation arithmetic in config (a run setting); never a paper cell."""
     from benchmarks.paper_cell import deviations
     from classification.cli import main
     from runtime.records import load_records
@@ -393,8 +394,10 @@ def test_qwt_named_options_reach_the_fit_and_the_record(imagenet_dir, tmp_path) 
                  "--calib-size", "8", "--qwt-size", "16", "--batch-size", "8", "--workers", "0", "--no-progress"])
     assert code == 0
     (rec,) = load_records(tmp_path / "r")
-    assert rec["config"]["qwt"]["solver"] == "streaming" and rec["config"]["qwt"]["half_arith"] == "emulated"
-    assert any("solver" in d for d in deviations(rec)) and any("half_arith" in d for d in deviations(rec))
+    assert rec["config"]["qwt"]["regression"] == "sums" and rec["config"]["qwt"]["gate"] == "reference"
+    assert rec["config"]["half_arith"] == "emulated" and "half_arith" not in rec["config"]["qwt"]
+    devs = deviations(rec)  # (with the tiny model's and data's own deviations)
+    assert "half_arith=emulated" in devs and "qwt.regression=sums" in devs and "qwt.gate=reference" not in devs
     with pytest.raises(SystemExit) as exc:  # argparse: one line, status 2
         main(["--model", "deit_tiny", "--data-dir", str(imagenet_dir), "--qwt-solver", "fast"])
     assert exc.value.code == 2

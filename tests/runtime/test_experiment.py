@@ -108,7 +108,7 @@ def test_toy_task_runs_the_ten_steps_end_to_end(tmp_path: Path) -> None:
     written = load_records(tmp_path / "a", "toy")
     assert sorted(r["method"] for r in written) == ["fp", "repq", "repq+qwt"]
     for r in written:  # the config as both suites record it: every field, qwt nested
-        assert r["config"]["qwt"] == dataclasses.asdict(cfg.qwt_config()) and r["config"]["eval_fp16"] is False
+        assert r["config"]["qwt"] == dataclasses.asdict(cfg.qwt) and r["config"]["eval_fp16"] is False
         assert "start_block" not in r["config"]
 
     again = ToyTask()
