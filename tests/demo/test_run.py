@@ -31,9 +31,12 @@ def test_reduced_demo_classifier(tmp_path: Path):
     for m in ("repq", "repq+qwt", "repq+qwt_f64"):
         assert {"top1", "agreement_fp", "kl_fp"} <= set(q[m]["metrics"])
     assert len(q["repq+qwt"]["blocks"]) == 12  # one QwT fit per ViT block
-    assert (q["repq+qwt"]["config"]["qwt"]["regression"], q["repq+qwt"]["config"]["qwt"]["gate"]) == ("rows", "reference")
-    # the float64 solve of the same fit (the lstsq preset)
-    assert (q["repq+qwt_f64"]["config"]["qwt"]["regression"], q["repq+qwt_f64"]["config"]["qwt"]["gate"]) == ("sums", "float64")
+    def regression_gate(method: str) -> tuple[str, str]:
+        qwt = q[method]["config"]["qwt"]
+        return qwt["regression"], qwt["gate"]
+
+    assert regression_gate("repq+qwt") == ("rows", "reference")
+    assert regression_gate("repq+qwt_f64") == ("sums", "float64")  # the float64 solve of the same fit (lstsq)
     assert q["repq+qwt_f64"]["config"]["pipeline_method"] == "repq+qwt"
     assert "## demo_vit" in table and "W4/A4" in table and "partial" in table
     assert "RepQ-ViT + QwT (float64 solve)" in table and "verdict on KL:" in table

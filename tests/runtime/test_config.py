@@ -31,14 +31,9 @@ def test_both_clis_share_the_run_config_flags() -> None:
     cls, det = _flags(classification_parser()), _flags(detection_parser())
     shared = {flag_of(f.name) for f in dataclasses.fields(RunConfig)
               if f.metadata.get("flag", True) and f.name not in ("qwt", "progress")}
-<<<<<<< HEAD
-    qwt = {flag_of(f.name, qwt=True) for f in dataclasses.fields(QwTConfig) if f.name not in RUN_LEVEL_QWT_FIELDS}
+    qwt = {flag_of(f.name, qwt=True) for f in dataclasses.fields(QwTConfig)}
     assert shared | qwt | {"--no-progress", "--qwt-store", "--half-arith", "--data-dir",
                            "--checkpoint-dir"} <= cls & det
-=======
-    qwt = {flag_of(f.name, qwt=True) for f in dataclasses.fields(QwTConfig)}
-    assert shared | qwt | {"--no-progress", "--qwt-store", "--half-arith", "--data-dir", "--checkpoint-dir"} <= cls & det
->>>>>>> main
 
 
 def test_help_comes_from_the_field_comments() -> None:
