@@ -126,9 +126,7 @@ def plan_experiment(cfg: ClassificationConfig) -> Plan:
                         ("--batch-size", cfg.batch_size)):
         if value < 1:
             raise ClassificationError(f"{name} must be >= 1, got {value}")
-    if cfg.val_limit is not None and cfg.val_limit < 1:
-        raise ClassificationError("--val-limit must be >= 1 (omit it to evaluate every val image), "
-                                  f"got {cfg.val_limit}")
+    cfg.check_shared()
     try:
         preflight.check_seed(cfg.seed)
         preflight.check_workers(cfg.workers)  # type: ignore[arg-type]
@@ -139,10 +137,6 @@ def plan_experiment(cfg: ClassificationConfig) -> Plan:
     if world > 1 and any(m.endswith(QWT) for m in methods) and not cfg.load_state and cfg.qwt_size < world:
         raise ClassificationError(f"--qwt-size {cfg.qwt_size} is smaller than the number of processes "
                                   f"({world}): every process needs at least one QwT image")
-    try:
-        cfg.arithmetic()
-    except ValueError as e:
-        raise ClassificationError(f"QwT options: {e}") from None
     if cfg.model_kwargs:
         check_constructor_kwargs(spec, cfg.model_kwargs)
     return Plan(spec.name, methods, variants, device, {"spec": spec, "adapter": adapter})

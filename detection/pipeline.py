@@ -88,16 +88,11 @@ def _validate(run: DetectionConfig) -> None:
         raise ExperimentError(f"duplicate methods in {','.join(run.methods)}")
     if (run.detector is None) == (run.config is None):
         raise ExperimentError("give exactly one of --detector NAME or --config PATH")
-    if run.val_limit is not None and run.val_limit < 1:
-        raise ExperimentError(f"--val-limit must be >= 1 (omit it to evaluate every val image), got {run.val_limit}")
+    run.check_shared()
     if run.window_pad not in ("exact", "zero"):
         raise ExperimentError(f"--window-pad must be 'exact' or 'zero', got {run.window_pad!r}")
     if run.qwt_size < 1 or run.qwt_img_size < 32 or run.qwt_batch_size < 1:
         raise ExperimentError("--qwt-size and --qwt-batch-size must be >= 1 and --qwt-img-size >= 32")
-    try:
-        run.arithmetic()
-    except ValueError as e:
-        raise ExperimentError(f"QwT options: {e}") from None
     if run.feature_probe < 0:
         raise ExperimentError(f"--feature-probe must be >= 0, got {run.feature_probe}")
     try:

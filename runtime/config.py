@@ -94,6 +94,16 @@ class RunConfig:
         """The run's evaluation arithmetic of the compensation (ValueError on a bad half_arith)."""
         return EvalArithmetic(self.fp16_eval, self.half_arith)
 
+    def check_shared(self) -> None:
+        """The checks of the settings both suites share (BadInput, one line)."""
+        if self.val_limit is not None and self.val_limit < 1:
+            raise BadInput("--val-limit must be >= 1 (omit it to evaluate every val image), "
+                           f"got {self.val_limit}")
+        try:
+            self.arithmetic()
+        except ValueError as e:
+            raise BadInput(f"QwT options: {e}") from None
+
 
 
 def record_config(cfg: RunConfig) -> dict[str, Any]:
