@@ -211,12 +211,17 @@ def run_models(a: argparse.Namespace, ref: Path, side: Path, models: list[tuple[
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def keeping_threads(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``body(args)`` with torch's thread count restored afterwards (the tools set ``--threads``)."""
     threads = torch.get_num_threads()
     try:
-        return _main(parse_args(argv))
+        return body(args)
     finally:
         torch.set_num_threads(threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return keeping_threads(_main, parse_args(argv))
 
 
 def _main(a: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from benchmarks.parity.compare import Row
-from benchmarks.parity.run import BadInput, check_ref_folder, one_line, run_side
+from benchmarks.parity.run import BadInput, check_ref_folder, keeping_threads, one_line, run_side
 from benchmarks.parity.table import ModelResult, render, write_json
 from benchmarks.parity.table import summary as table_summary
 
@@ -179,11 +179,7 @@ def summary(results: list[ModelResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return _main(parse_args(argv))
-    finally:
-        torch.set_num_threads(threads)
+    return keeping_threads(_main, parse_args(argv))
 
 
 def _main(a: argparse.Namespace) -> int:
