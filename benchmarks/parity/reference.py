@@ -177,6 +177,27 @@ def norm_of(linear: str) -> str:
     return parent + ".norm"
 
 
+def channel_wise_inputs(mods: dict[str, Any], prefix: str) -> dict[str, tuple[Tensor, Tensor]]:
+    """Before the reparameterization: (delta, zero point), flattened copies, of every Linear under
+    ``prefix`` whose input quantizer is channel-wise (the ones the reparameterization rewrites)."""
+    return {n: (m.input_quantizer.delta.reshape(-1).clone(), m.input_quantizer.zero_point.reshape(-1).clone())
+            for n, m in mods.items()
+            if n.startswith(prefix + ".") and getattr(getattr(m, "input_quantizer", None), "channel_wise", False)}
+
+
+def reparam_record(mods: dict[str, Any], before: dict[str, tuple[Tensor, Tensor]]) -> dict[str, dict[str, Any]]:
+    """After the reparameterization: per Linear, its norm's name, the scales and zero points before
+    (s, z) and after (s_t, z_t), and the rewritten norm affine and Linear weight and bias."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, (s, z) in before.items():
+        lin, norm = mods[name], mods[norm_of(name)]
+        out[name] = {"norm": norm_of(name), "s": s, "z": z,
+                     "s_t": clone(lin.input_quantizer.delta), "z_t": clone(lin.input_quantizer.zero_point),
+                     "norm_weight": clone(norm.weight), "norm_bias": clone(norm.bias),
+                     "weight": clone(lin.weight), "bias": clone(lin.bias)}
+    return out
+
+
 @torch.no_grad()
 def reparameterize(q_model: nn.Module, model: str, script: Path) -> dict[str, dict[str, Tensor | str | None]]:
     """Run the script's own scale-reparameterization block (``model``: the script's ``args.model``);
@@ -190,20 +211,11 @@ def reparameterize(q_model: nn.Module, model: str, script: Path) -> dict[str, di
     block = textwrap.dedent(src[i:j])
     prefix = "layers" if "swin" in model else "blocks"  # the block's q_model_slice
     mods = dict(q_model.named_modules())
-    before = {n: (m.input_quantizer.delta.reshape(-1).clone(), m.input_quantizer.zero_point.reshape(-1).clone())
-              for n, m in mods.items()
-              if n.startswith(prefix + ".") and getattr(getattr(m, "input_quantizer", None), "channel_wise", False)}
+    before = channel_wise_inputs(mods, prefix)
     ns = {"torch": torch, "Parameter": nn.Parameter, "q_model": q_model,
           "args": SimpleNamespace(model=model), "_write": lambda *a, **k: None}
     exec(compile(block, f"{script}:reparameterization", "exec"), ns)
-    out: dict[str, dict[str, Tensor | str | None]] = {}
-    for name, (s, z) in before.items():
-        lin, norm = mods[name], mods[norm_of(name)]
-        out[name] = {"norm": norm_of(name), "s": s, "z": z,
-                     "s_t": clone(lin.input_quantizer.delta), "z_t": clone(lin.input_quantizer.zero_point),
-                     "norm_weight": clone(norm.weight), "norm_bias": clone(norm.bias),
-                     "weight": clone(lin.weight), "bias": clone(lin.bias)}
-    return out
+    return reparam_record(mods, before)
 
 
 @torch.no_grad()

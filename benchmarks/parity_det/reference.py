@@ -65,7 +65,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks.parity.reference import clone, install_cpu_shims, norm_of, perturb_norms, quant_record
+from benchmarks.parity.reference import (
+    channel_wise_inputs,
+    install_cpu_shims,
+    perturb_norms,
+    quant_record,
+    reparam_record,
+)
 
 from .standins import install as install_standins
 
@@ -191,20 +197,11 @@ def block_by_block(model: Any, x: Tensor) -> tuple[list[Tensor], dict[str, tuple
 def reparameterize(ref: Path, backbone: nn.Module) -> dict[str, dict[str, Any]]:
     """Run main()'s reparameterization block on ``backbone``; what it did per Linear."""
     mods = dict(backbone.named_modules())
-    before = {n: (m.input_quantizer.delta.reshape(-1).clone(), m.input_quantizer.zero_point.reshape(-1).clone())
-              for n, m in mods.items()
-              if n.startswith("layers.") and getattr(getattr(m, "input_quantizer", None), "channel_wise", False)}
+    before = channel_wise_inputs(mods, "layers")
     ns = {"torch": torch, "Parameter": nn.Parameter,
           "q_model": SimpleNamespace(module=SimpleNamespace(backbone=backbone))}
     exec(compile(reparam_block(ref), f"{ref / TEST_FILE}:main:reparameterization", "exec"), ns)
-    out: dict[str, dict[str, Any]] = {}
-    for name, (s, z) in before.items():
-        lin, norm = mods[name], mods[norm_of(name)]
-        out[name] = {"norm": norm_of(name), "s": s, "z": z,
-                     "s_t": clone(lin.input_quantizer.delta), "z_t": clone(lin.input_quantizer.zero_point),
-                     "norm_weight": clone(norm.weight), "norm_bias": clone(norm.bias),
-                     "weight": clone(lin.weight), "bias": clone(lin.bias)}
-    return out
+    return reparam_record(mods, before)
 
 
 def run_qwt(ns: dict[str, Any], backbone: Any, qwt: Tensor, batch_size: int) -> list[dict[str, Any]]:
