@@ -217,6 +217,13 @@ def recording_rows() -> Iterator[list[tuple[list[Tensor], list[Tensor]]]]:
                 self.recorded[0].append(x.detach().float().cpu().clone())
                 self.recorded[1].append(y.detach().float().cpu().clone())
                 super().update(x, y)
+
+            def update_columns(self, x: Tensor, y: Tensor) -> None:
+                # the grouped conv's columns (B, G, D, *S) as rows (b, *s) x (G, D), as the reference unfolds them
+                order = (0, *range(3, x.dim()), 1, 2)
+                for t, kept in ((x, self.recorded[0]), (y, self.recorded[1])):
+                    kept.append(t.detach().permute(order).reshape(-1, t.shape[1], t.shape[2]).float().cpu().clone())
+                super().update_columns(x, y)
         return Recording
 
     for name, base in bases.items():
