@@ -45,7 +45,7 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc mallopt parameters (malloc.h)
 
 
 def keep_freed_memory() -> dict[str, Any]:
@@ -67,6 +67,24 @@ def keep_freed_memory() -> dict[str, Any]:
         return {"applied": False, "why": f"{type(e).__name__}: {e}"}
     ok = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
     return {"applied": ok, "settings": "mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, -1)"}
+
+
+def pin_mmap_threshold() -> dict[str, Any]:
+    """Undo :func:`keep_freed_memory` for a peak-memory measurement: every allocation above
+    ``MMAP_THRESHOLD`` is its own mapping again (returned to the system when freed; trimming back
+    at glibc's default 128 KiB), and ``malloc_trim(0)`` gives back what the kept heap holds free,
+    so that the resident set follows the live tensors (see the module doc). Returns what was applied."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError) as e:  # not glibc
+        return {"applied": False, "why": f"{type(e).__name__}: {e}"}
+    ok = (bool(mallopt(M_MMAP_MAX, 65536)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+          and bool(mallopt(M_TRIM_THRESHOLD, 128 * 1024)))
+    trim(0)
+    return {"applied": ok, "settings": f"mallopt(M_MMAP_THRESHOLD, {MMAP_THRESHOLD}), malloc_trim(0)"}
 
 
 def process_clock(device: torch.device | str) -> Callable[[], float]:

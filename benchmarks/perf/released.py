@@ -3,12 +3,13 @@
 Per model, two worker processes (:mod:`benchmarks.perf.released_worker`): the released code, run
 as ``make parity`` runs it (imported unchanged from ``REF`` in the side environment with timm
 0.4.12), and this suite's default path (``calibrate_repq``, ``fit_qwt`` with ``QwTConfig()``), on
-the same seeded weights and images. Both stay alive while the orchestrator asks them for rounds
-in alternating order (released, suite; suite, released; ...); each figure is the minimum over the
-rounds, on the process clock of :func:`benchmarks.perf.measure.clock_for` (process CPU seconds on a
-CPU, synchronised wall seconds on a GPU). Peak memory is taken in the first round of each process
-(glibc's mmap threshold pinned at 1 MiB for both, so freed tensors leave the resident set; see
-:mod:`benchmarks.perf.released_worker`).
+the same seeded weights and images. Each calibrates once, then fits ``plan.rel_repeats`` rounds;
+each fit figure is the minimum over the rounds, on the process clock of
+:func:`benchmarks.perf.measure.clock_for` (process CPU seconds on a CPU, synchronised wall seconds
+on a GPU). On a CPU with two cores the two contenders run at the same time, one per core
+(:class:`ReleasedFigure`); otherwise they alternate. Peak memory is taken in the first fit round of
+each process (glibc's mmap threshold pinned at 1 MiB for both, so freed tensors leave the resident
+set; see :mod:`benchmarks.perf.released_worker`).
 
 Metrics (``<name>/<model>``): ``calib_over_released`` and ``fit_over_released`` (time ratios),
 ``fit_mem_over_released`` (peak memory of the fit), the streaming solver's time and memory ratios
@@ -22,6 +23,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -103,100 +105,235 @@ def models(plan: Plan, ref: Path) -> list[tuple[str, str, str]]:
     return resolve_models(",".join(c.model for c in plan.cases), ref)
 
 
-def contend(model: tuple[str, str, str], plan: Plan, device: torch.device, ref: Path, side: Path, tmp: Path,
-            say: Any) -> dict[str, Any]:
-    """Both contenders of one model, ``plan.rel_repeats`` interleaved rounds; every round's answers."""
+def _spare_cores() -> tuple[int, int] | None:
+    """Two CPUs this process may use (one per contender), or None with fewer."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return None
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
+
+
+def _pin(proc: subprocess.Popen[str], cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(proc.pid, {cpu})
+
+
+class Side:
+    """One contender of one model: its worker and its answers (``calibration``, ``fits``)."""
+
+    def __init__(self, name: str, worker: Worker | None, timeout: float) -> None:
+        self.name, self.worker, self.timeout = name, worker, timeout
+        self.calibration: dict[str, Any] | None = None
+        self.fits: list[dict[str, Any]] = []
+        self.error: str | None = None
+        self.setup: dict[str, Any] | None = None  # the worker's ready line
+
+    def step(self, cmd: str, say: Any, label: str) -> None:
+        """Send ``cmd`` (calibrate or fit) and keep the answer."""
+        assert self.worker is not None
+        t0 = time.perf_counter()
+        doc = self.worker.ask(cmd, self.timeout)
+        if cmd == "calibrate":
+            self.calibration = doc
+        else:
+            self.fits.append(doc)
+        say(f"  [{label}] {self.name} {cmd}{'' if cmd == 'calibrate' else f' {len(self.fits)}'}: "
+            f"{time.perf_counter() - t0:.0f} s wall")
+
+    def run_all(self, repeats: int, say: Any, label: str) -> None:
+        """calibrate, then ``repeats`` fits; a worker failure is kept in ``error``."""
+        try:
+            self.step("calibrate", say, label)
+            for _ in range(repeats):
+                self.step("fit", say, label)
+        except WorkerError as e:
+            self.error = str(e)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+
+
+def start_released(model: tuple[str, str, str], plan: Plan, device: torch.device, ref: Path, side: Path,
+                   tmp: Path, cpu: int | None) -> tuple[Side, list[str]]:
+    """The released worker of one model, set up (it exports the seeded weights and images for the
+    suite side) and pinned to ``cpu``; with the arguments the suite worker needs."""
     name, family, arch = model
     counts = ["--model", name, "--device", str(device), "--threads", str(plan.threads or torch.get_num_threads()),
               "--n-calib", str(plan.rel_calib_images), "--n-qwt", str(plan.rel_images),
               "--batch-size", str(batch_of(plan))]
     weights = tmp / f"{name}.pt"
-    timeout = plan.rel_timeout
-    released = Worker("released", ["--side", "released", "--ref", str(ref), "--family", family, "--arch", arch,
-                                   "--export", str(weights), *counts], [str(side), str(ROOT)],
-                      tmp / f"{name}.released.log")
-    suite: Worker | None = None
+    worker = Worker("released", ["--side", "released", "--ref", str(ref), "--family", family, "--arch", arch,
+                                 "--export", str(weights), *counts], [str(side), str(ROOT)],
+                    tmp / f"{name}.released.log")
+    _pin(worker.proc, cpu)
+    rel = Side("released", worker, plan.rel_timeout)
     try:
-        setup = {"released": released.answer(timeout)}
-        suite = Worker("suite", ["--side", "suite", "--weights", str(weights), "--solvers", ",".join(SOLVERS), *counts],
-                       [str(ROOT)], tmp / f"{name}.suite.log")
-        setup["suite"] = suite.answer(timeout)
-        rounds: dict[str, list[dict[str, Any]]] = {"released": [], "suite": []}
-        for r in range(plan.rel_repeats):
-            order = [("released", released), ("suite", suite)]
-            for side_name, w in (order if r % 2 == 0 else order[::-1]):
-                t0 = time.perf_counter()
-                rounds[side_name].append(w.ask("run", timeout))
-                say(f"  [{name}] round {r + 1}/{plan.rel_repeats} {side_name}: {time.perf_counter() - t0:.0f} s wall")
-        return {"setup": setup, "rounds": rounds}
-    finally:
-        released.close()
-        if suite is not None:
-            suite.close()
+        rel.setup = worker.answer(plan.rel_timeout)
+    except WorkerError:
+        worker.close()
+        raise
+    return rel, ["--weights", str(weights), "--solvers", ",".join(SOLVERS), *counts]
 
 
-def summarize(res: dict[str, Any], clock: str) -> dict[str, Any]:
-    """Minimum seconds per stage over the rounds (and the profile of that round); peak memory of
-    the first round (MiB); the largest |R² released - R² ours| of the default fit."""
+def summarize(rel: Side, ours: Side, clock: str) -> dict[str, Any]:
+    """Seconds per stage (calibration: its one run; fits: the minimum over the rounds, with the
+    profile of that round), peak memory of the first fit round (the memory round) and of the
+    calibration (MiB); the largest |R² released - R² ours| of the default fit."""
     out: dict[str, Any] = {}
-    stages = {"released": {"calibration": "calibration", "fit": "fit"},
-              "suite": {"calibration": "calibration", **{f"fit_{s}": f"fit_{s}" for s in SOLVERS}}}
-    for side_name, keys in stages.items():
-        rounds = res["rounds"][side_name]
-        for label, key in keys.items():
-            best = min(rounds, key=lambda r: r[key][clock])
-            out[f"{side_name}/{label}"] = {
-                "seconds": best[key][clock], "wall": min(r[key]["wall"] for r in rounds),
-                "cpu": min(r[key]["cpu"] for r in rounds), "peak_mib": rounds[0][key]["peak_bytes"] / MiB,
-                "peak_mib_per_round": [r[key]["peak_bytes"] / MiB for r in rounds],
-                "resettable": rounds[0][key]["resettable"],
-                "weight_cache_mib": rounds[0][key].get("weight_cache_mib"),
-                "profile": best.get(f"{key}_profile") if side_name == "suite" and key != "calibration"
-                else best.get("fit_profile" if key == "fit" else "calibration_profile")}
-    r2_rel, r2_ours = res["rounds"]["released"][0]["r2"], res["rounds"]["suite"][0]["r2_reference"]
+    for side in (rel, ours):
+        assert side.calibration is not None
+        c = side.calibration["calibration"]
+        out[f"{side.name}/calibration"] = {
+            "seconds": c[clock], "wall": c["wall"], "cpu": c["cpu"], "peak_mib": c["peak_bytes"] / MiB,
+            "peak_mib_per_round": [c["peak_bytes"] / MiB], "resettable": c["resettable"],
+            "weight_cache_mib": None, "rounds": 1, "profile": side.calibration.get("calibration_profile")}
+        keys = ["fit"] if side is rel else [f"fit_{s}" for s in SOLVERS]
+        for key in keys:
+            best = min(side.fits, key=lambda r: r[key][clock])
+            out[f"{side.name}/{key}"] = {
+                "seconds": best[key][clock], "wall": min(r[key]["wall"] for r in side.fits),
+                "cpu": min(r[key]["cpu"] for r in side.fits), "peak_mib": side.fits[0][key]["peak_bytes"] / MiB,
+                "peak_mib_per_round": [r[key]["peak_bytes"] / MiB for r in side.fits],
+                "seconds_per_round": [r[key][clock] for r in side.fits], "rounds": len(side.fits),
+                "resettable": side.fits[0][key]["resettable"],
+                "weight_cache_mib": side.fits[0][key].get("weight_cache_mib"),
+                "profile": best.get(f"{key}_profile")}
+    r2_rel, r2_ours = rel.fits[0]["r2"], ours.fits[0]["r2_reference"]
     out["r2"] = {"released": r2_rel, "ours": r2_ours,
                  "max_abs_diff": max((abs(a - b) for a, b in zip(r2_rel, r2_ours)), default=float("nan"))
                  if len(r2_rel) == len(r2_ours) else float("nan")}
     return out
 
 
-def released_figure(plan: Plan, device: torch.device, ref: str | None, metrics: dict[str, float],
-                    raw: dict[str, Any], say: Any, show: Any) -> None:
-    """Figure 2 for every case of ``plan`` (skipped, with one line, without ``ref``)."""
-    if not ref:
-        raw["released_skipped"] = ("skipped: no REF=<path to QwT-cls-RepQ-ViT> given (make bench REF=... runs the "
-                                   "released code beside this suite's default path)")
-        say(f"[released] {raw['released_skipped']}")
-        return
-    from benchmarks.parity.side_env import SideEnvError, ensure
+class ReleasedFigure:
+    """Figure 2 for every case of the plan.
 
-    ref_path = Path(ref).resolve()
-    try:
-        side = ensure()
-    except SideEnvError as e:
-        raw["released_skipped"] = f"skipped: {e}"
-        say(f"[released] {raw['released_skipped']}")
-        return
-    clock = "wall" if device.type == "cuda" else "cpu"
-    out: dict[str, Any] = {"ref": str(ref_path), "side_env": str(side), "calib_images": plan.rel_calib_images,
-                           "images": plan.rel_images, "batch": batch_of(plan), "repeats": plan.rel_repeats,
-                           "clock": clock, "solver": "reference (QwTConfig() default)", "models": {}}
-    raw["released"] = out
-    with tempfile.TemporaryDirectory(prefix="qwt-perf-released-") as tmp:
+    On a CPU with two cores to spare the contenders run **at the same time, one per core**: the
+    released workers one model after the other on the first core (a background thread drives
+    them), the suite's workers, and then the rest of ``make bench``, on the second. Measured on the
+    benchmark's VM, one core's work does not slow the other's (a DeiT-S forward and an elementwise
+    loop took the same process seconds alone and beside the same load on the other core), and a
+    contender's CPU seconds do not count waiting. Otherwise (one core, or a GPU) the two workers of
+    a model alternate, released first in odd rounds, suite first in even ones. Either way each
+    figure is the minimum over the fit rounds; the calibration runs once per contender."""
+
+    def __init__(self, plan: Plan, device: torch.device, ref: str | None, say: Any, show: Any) -> None:
+        self.plan, self.device, self.ref, self.say, self.show = plan, device, ref, say, show
+        self.thread: threading.Thread | None = None
+        self.results: list[tuple[str, Side | None, Side | None, str | None, float]] = []
+        self.out: dict[str, Any] | None = None
+        self.saved_affinity: set[int] | None = None
+
+    def start(self, raw: dict[str, Any]) -> None:
+        """Set up every model's released worker and run the suite's side (and, with one core to
+        spare per contender, start the released side in the background)."""
+        plan, say = self.plan, self.say
+        if not self.ref:
+            raw["released_skipped"] = ("skipped: no REF=<path to QwT-cls-RepQ-ViT> given (make bench REF=... runs "
+                                       "the released code beside this suite's default path)")
+            say(f"[released] {raw['released_skipped']}")
+            return
+        from benchmarks.parity.side_env import SideEnvError, ensure
+
+        ref_path = Path(self.ref).resolve()
+        try:
+            side = ensure()
+        except SideEnvError as e:
+            raw["released_skipped"] = f"skipped: {e}"
+            say(f"[released] {raw['released_skipped']}")
+            return
+        cores = _spare_cores() if self.device.type == "cpu" else None
+        clock = "wall" if self.device.type == "cuda" else "cpu"
+        self.out = {"ref": str(ref_path), "side_env": str(side), "calib_images": plan.rel_calib_images,
+                    "images": plan.rel_images, "batch": batch_of(plan), "repeats": plan.rel_repeats,
+                    "clock": clock, "solver": "rows (QwTConfig() default)", "models": {},
+                    "schedule": "concurrent" if cores else "interleaved", "cores": list(cores) if cores else None}
+        raw["released"] = self.out
+        self.tmp = tempfile.TemporaryDirectory(prefix="qwt-perf-released-")
+        tmp = Path(self.tmp.name)
+        say(f"[released] the released code and this suite's default path: {plan.rel_calib_images} calibration and "
+            f"{plan.rel_images} QwT images (batch {batch_of(plan)}), calibration once, {plan.rel_repeats} fit rounds"
+            + (f"; released on CPU {cores[0]}, ours on CPU {cores[1]}, at the same time" if cores else
+               "; contenders interleaved"))
+        if cores:
+            self.saved_affinity = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {cores[1]})  # this process and the suite workers it starts
+        started: list[tuple[str, Side | None, list[str], str | None]] = []
         for model in models(plan, ref_path):
-            name = model[0]
-            say(f"[released] {name}: the released code and this suite's default path, {plan.rel_calib_images} "
-                f"calibration and {plan.rel_images} QwT images (batch {batch_of(plan)}), {plan.rel_repeats} rounds")
             t0 = time.perf_counter()
             try:
-                res = contend(model, plan, device, ref_path, side, Path(tmp), say)
+                rel, suite_args = start_released(model, plan, self.device, ref_path, side, tmp,
+                                                 cores[0] if cores else None)
+                started.append((model[0], rel, suite_args, None))
             except WorkerError as e:
-                out["models"][name] = {"error": str(e)}
-                say(f"  [{name}] FAILED: {e}")
+                started.append((model[0], None, [], str(e)))
+            say(f"  [{model[0]}] released set-up: {time.perf_counter() - t0:.0f} s")
+        if cores:
+            pending = [(name, r) for name, r, _, _ in started if r is not None]
+
+            def released_side() -> None:
+                for name, r in pending:
+                    r.run_all(plan.rel_repeats, say, name)
+            self.thread = threading.Thread(target=released_side, daemon=True)
+            self.thread.start()
+        for name, maybe_rel, suite_args, err in started:
+            t0 = time.perf_counter()
+            if maybe_rel is None:
+                self.results.append((name, None, None, err, 0.0))
                 continue
-            s = summarize(res, clock)
-            s["setup"], s["seconds_total"] = res["setup"], time.perf_counter() - t0
-            out["models"][name] = s
+            rel = maybe_rel
+            worker = Worker("suite", ["--side", "suite", *suite_args], [str(ROOT)], tmp / f"{name}.suite.log")
+            suite = Side("suite", worker, plan.rel_timeout)
+            try:
+                suite.setup = worker.answer(plan.rel_timeout)
+                if cores:
+                    suite.run_all(plan.rel_repeats, say, name)
+                else:
+                    self._interleave(rel, suite, name)
+            except WorkerError as e:
+                suite.error = str(e)
+                suite.close()
+            self.results.append((name, rel, suite, None, time.perf_counter() - t0))
+
+    def _interleave(self, rel: Side, suite: Side, name: str) -> None:
+        """Both workers of one model in alternating order (one core, or a GPU)."""
+        try:
+            for side in (rel, suite):
+                side.step("calibrate", self.say, name)
+            for r in range(self.plan.rel_repeats):
+                for side in ((rel, suite) if r % 2 == 0 else (suite, rel)):
+                    side.step("fit", self.say, name)
+        except WorkerError as e:
+            rel.error = rel.error or str(e)
+        finally:
+            rel.close()
+            suite.close()
+
+    def finish(self, metrics: dict[str, float]) -> None:
+        """Wait for the released side, then the figure's metrics per model."""
+        if self.out is None:
+            return
+        if self.thread is not None:
+            if self.thread.is_alive():
+                self.say("[released] waiting for the released code's rounds on the other core")
+            self.thread.join()
+        if self.saved_affinity is not None:
+            os.sched_setaffinity(0, self.saved_affinity)
+        clock, say, show = self.out["clock"], self.say, self.show
+        for name, rel, suite, err, seconds in self.results:
+            err = err or (rel.error if rel else None) or (suite.error if suite else None)
+            if err or rel is None or suite is None:
+                self.out["models"][name] = {"error": err or "not run"}
+                say(f"  [{name}] FAILED: {err}")
+                continue
+            s = summarize(rel, suite, clock)
+            s["setup"] = {"released": rel.setup, "suite": suite.setup}
+            s["seconds_total"] = seconds
+            self.out["models"][name] = s
             rel_c, rel_f = s["released/calibration"], s["released/fit"]
             our_c, our_f, our_s = s["suite/calibration"], s["suite/fit_reference"], s["suite/fit_streaming"]
             metrics[f"calib_over_released/{name}"] = our_c["seconds"] / rel_c["seconds"]
@@ -204,10 +341,10 @@ def released_figure(plan: Plan, device: torch.device, ref: str | None, metrics: 
             metrics[f"fit_mem_over_released/{name}"] = our_f["peak_mib"] / rel_f["peak_mib"]
             metrics[f"fit_streaming_over_released/{name}"] = our_s["seconds"] / rel_f["seconds"]
             metrics[f"fit_streaming_mem_over_released/{name}"] = our_s["peak_mib"] / rel_f["peak_mib"]
-            if device.type == "cuda" and name == "deit_small":
+            if self.device.type == "cuda" and name == "deit_small":
                 metrics[f"whole_calibration_s/{name}"] = our_c["seconds"] + our_f["seconds"]
             say(f"[released] {name}: calibration {our_c['seconds']:.2f} s ours / {rel_c['seconds']:.2f} s released; "
-                f"fit {our_f['seconds']:.2f} s ours (default solver; streaming {our_s['seconds']:.2f} s) / "
+                f"fit {our_f['seconds']:.2f} s ours (default; streaming {our_s['seconds']:.2f} s) / "
                 f"{rel_f['seconds']:.2f} s released; fit peak {our_f['peak_mib']:.0f} MiB ours (streaming "
                 f"{our_s['peak_mib']:.0f}) / {rel_f['peak_mib']:.0f} MiB released; max |R² ours - released| "
                 f"{s['r2']['max_abs_diff']:.1e}")
@@ -215,3 +352,4 @@ def released_figure(plan: Plan, device: torch.device, ref: str | None, metrics: 
                            "fit_streaming_over_released", "fit_streaming_mem_over_released", "whole_calibration_s"):
                 if f"{prefix}/{name}" in metrics:
                     show(f"{prefix}/{name}", metrics[f"{prefix}/{name}"])
+        self.tmp.cleanup()

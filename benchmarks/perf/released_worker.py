@@ -10,23 +10,27 @@ Set-up (not timed): the released side builds the seeded model exactly as ``make 
 (:mod:`benchmarks.parity.reference`: the script imported with a synthetic argv, random init,
 ``perturb_norms``, ``seeded_inputs``) and writes the FP weights and images to ``--export``; the
 suite side loads them through :func:`benchmarks.parity.suite.load_fp_model` (timm's own
-checkpoint filter), so both calibrate the same weights on the same images. Each side then prints
-``{"ready": ...}`` and, per ``run`` line on stdin, does one round on a fresh copy of the FP model:
+checkpoint filter), so both calibrate the same weights on the same images. Each side then runs
+one untimed FP forward of the calibration batch (warm-up), prints ``{"ready": ...}`` and answers
+commands on stdin:
 
-* **calibration** (RepQ-ViT): quantize the model, one quantized pass over the calibration batch,
-  the scale reparameterization, the re-calibration pass (ResNet: the released script's single
-  percentile pass; the suite: ``calibrate_repq`` with the family's pairs, none for ResNet);
-* **fit** (QwT): the released ``generate_compensation_model`` on the QwT images /
-  ``fit_qwt(..., QwTConfig())``, the default (``solver='reference'``), and, as information,
-  ``QwTConfig(solver='streaming')`` on another copy of the calibrated model.
+* ``calibrate`` (once): the timed RepQ-ViT calibration of a fresh copy of the FP model: quantize
+  the model, one quantized pass over the calibration batch, the scale reparameterization, the
+  re-calibration pass (ResNet: the released script's single percentile pass; the suite:
+  ``calibrate_repq`` with the family's pairs, none for ResNet). The calibrated model is kept;
+* ``fit`` (each round): the timed QwT fit of a fresh copy of it: the released
+  ``generate_compensation_model`` on the QwT images / ``fit_qwt(..., QwTConfig())``, the default
+  (``regression='rows'``), and, as information, the streaming preset on another copy.
 
 Each stage reports process CPU seconds, wall seconds and its peak memory above the resident set
 at its start (:class:`benchmarks.perf.measure.PeakMemory`: ``VmHWM`` reset through
-``/proc/self/clear_refs``; on a GPU ``max_memory_allocated``). The orchestrator starts both
-sides with glibc's mmap threshold pinned at 1 MiB, so freed tensors leave the resident set and the
-first round's peaks follow the live tensors; after that round the worker keeps freed memory
-(:func:`benchmarks.perf.measure.keep_freed_memory`) so that later rounds time the computation, not
-page faults. Answers are JSON lines on the original stdout; the reference's own prints go to stderr.
+``/proc/self/clear_refs``; on a GPU ``max_memory_allocated``). On a CPU the worker keeps freed
+memory (:func:`benchmarks.perf.measure.keep_freed_memory`) so that the timings measure the
+computation, not page faults, except in the first ``fit`` (the memory round): that one runs with
+glibc's mmap threshold pinned at 1 MiB and the heap trimmed
+(:func:`benchmarks.perf.measure.pin_mmap_threshold`), so that freed tensors leave the resident set
+and its peak follows the live tensors. Answers are JSON lines on the original stdout; the
+reference's own prints go to stderr.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from .measure import PeakMemory, clock_for, keep_freed_memory, sync
+from .measure import PeakMemory, clock_for, keep_freed_memory, pin_mmap_threshold, sync
 
 PASSES = ("calibration pass", "re-calibration pass")  # (each includes the quantizer inits timed within it)
 INIT_CHANNEL, INIT_TENSOR, INIT_LOG = ("init: per-channel uniform quantizers", "init: per-tensor uniform quantizers",
@@ -216,14 +220,24 @@ class Released:
         finally:
             comp.forward = forward
 
-    def round(self) -> dict[str, Any]:
-        model = copy.deepcopy(self.fp)
-        tc, tf = Timers(self.device), Timers(self.device)
-        q_model, calib = stage(lambda: self.calibrate(model, tc), self.device)
+    def warm_up(self) -> None:
+        """One untimed FP forward of the calibration batch (kernels, allocator), as the suite's."""
+        with torch.no_grad():
+            self.fp(self.calib)
+
+    def calibration(self) -> dict[str, Any]:
+        """The timed RepQ-ViT calibration of a fresh copy of the FP model (kept for the fits)."""
+        tc = Timers(self.device)
+        self.q_model, calib = stage(lambda: self.calibrate(copy.deepcopy(self.fp), tc), self.device)
+        return {"calibration": calib, "calibration_profile": profile(tc.seconds, calib, "the rest")}
+
+    def fits(self) -> dict[str, Any]:
+        """One timed QwT fit on a fresh copy of the calibrated model."""
+        tf = Timers(self.device)
+        q_model = copy.deepcopy(self.q_model)
         self.r2 = []
         _, fit = stage(lambda: self.fit(q_model, tf), self.device)
-        return {"calibration": calib, "fit": fit, "r2": self.r2,
-                "calibration_profile": profile(tc.seconds, calib, "the rest"),
+        return {"fit": fit, "r2": self.r2,
                 "fit_profile": profile(tf.seconds, fit, "FP and quantized block passes, torch.cat (the rest)")}
 
 
@@ -292,12 +306,22 @@ class Suite:
             out.update(prof.breakdown(clock() - c0))
         return [r.r2 for r in reports]
 
-    def round(self) -> dict[str, Any]:
+    def warm_up(self) -> None:
+        """One untimed FP forward of the calibration batch (kernels, allocator), as the released side's."""
+        with torch.no_grad():
+            self.fp(self.calib)
+
+    def calibration(self) -> dict[str, Any]:
+        """The timed RepQ-ViT calibration of a fresh copy of the FP model (kept for the fits)."""
         tc = Timers(self.device)
-        q_model, calib = stage(lambda: self.calibrate(copy.deepcopy(self.fp), tc), self.device)
-        out: dict[str, Any] = {"calibration": calib, "calibration_profile": profile(tc.seconds, calib, "the rest")}
-        for i, solver in enumerate(self.solvers):
-            m = q_model if i == len(self.solvers) - 1 else copy.deepcopy(q_model)
+        self.q_model, calib = stage(lambda: self.calibrate(copy.deepcopy(self.fp), tc), self.device)
+        return {"calibration": calib, "calibration_profile": profile(tc.seconds, calib, "the rest")}
+
+    def fits(self) -> dict[str, Any]:
+        """One timed fit per solver, each on a fresh copy of the calibrated model."""
+        out: dict[str, Any] = {}
+        for solver in self.solvers:
+            m = copy.deepcopy(self.q_model)
             prof: dict[str, float] = {}
             r2, res = stage(functools.partial(self.fit, m, solver, prof), self.device)
             res["weight_cache_mib"] = weight_cache_mib(m)
@@ -319,7 +343,14 @@ def weight_cache_mib(model: nn.Module) -> float:
 
 # ------------------------------------------------------------------------------ the loop
 def serve(make: Callable[[], Any], answer: Any) -> int:
-    """Build the contender, say ready, then one round per ``run`` line until ``quit`` / EOF."""
+    """Build the contender and warm it up, say ready, then answer ``calibrate`` (the timed
+    calibration, once) and ``fit`` (one timed round of fits; the first is the memory round) lines
+    until ``quit`` / EOF.
+
+    On a CPU the process keeps freed memory (:func:`keep_freed_memory`) from the warm-up on, so
+    that the timings measure the computation, except in the first ``fit``, which runs with the
+    mmap threshold pinned again and the heap trimmed (:func:`pin_mmap_threshold`) so that its
+    peak follows the live tensors."""
     def say(doc: dict[str, Any]) -> None:
         answer.write(json.dumps(doc) + "\n")
         answer.flush()
@@ -327,28 +358,39 @@ def serve(make: Callable[[], Any], answer: Any) -> int:
     try:
         t0 = time.perf_counter()
         contender = make()
-        say({"ready": True, "setup_s": time.perf_counter() - t0, "threads": torch.get_num_threads()})
+        malloc = keep_freed_memory() if contender.device.type == "cpu" else None
+        contender.warm_up()
+        say({"ready": True, "setup_s": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+             "malloc": malloc})
     except Exception as e:  # reported to the orchestrator as one line
         traceback.print_exc()
         say({"error": f"set-up failed: {type(e).__name__}: {e}"})
         return 1
-    rounds = 0
+    fits = 0
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "quit":
             break
-        if cmd != "run":
-            say({"error": f"unknown command {cmd!r} (expected run or quit)"})
+        if cmd not in ("calibrate", "fit"):
+            say({"error": f"unknown command {cmd!r} (expected calibrate, fit or quit)"})
+            continue
+        if cmd == "fit" and not hasattr(contender, "q_model"):
+            say({"error": "fit before calibrate"})
             continue
         try:
-            res = contender.round()
+            if cmd == "calibrate":
+                res = contender.calibration()
+            else:
+                memory_round = fits == 0 and contender.device.type == "cpu"
+                pinned = pin_mmap_threshold() if memory_round else None
+                res = contender.fits()
+                if memory_round:
+                    res["malloc"] = {"memory_round": pinned, "after": keep_freed_memory()}
+                fits += 1
         except Exception as e:
             traceback.print_exc()
             say({"error": f"{type(e).__name__}: {e}"})
             return 1
-        rounds += 1
-        if rounds == 1 and contender.device.type == "cpu":  # the memory round is done: time the computation
-            res["malloc"] = keep_freed_memory()
         say(res)
     return 0
 

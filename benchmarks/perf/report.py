@@ -135,6 +135,24 @@ def _released_tables(rel: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(times), pd.DataFrame(mems)
 
 
+def _schedule(rel: dict[str, Any], clock: str, threads: Any) -> str:
+    """How figure 2's contenders were run (older records: interleaved rounds of both stages)."""
+    if rel.get("schedule") == "concurrent":
+        a, b = rel["cores"]
+        return (f"One process per contender per model; the two ran at the same time, the released code on CPU {a} "
+                f"(one model after the other) and this suite on CPU {b} (which then ran the other figures): on this "
+                "VM one core's load does not change the other's process seconds (checked with a DeiT-S forward and "
+                "an elementwise loop, alone and beside the same work). Each contender calibrated once and then "
+                f"fitted {rel['repeats']} rounds, each on a fresh copy of its calibrated model; fit figures are the "
+                f"minimum over the rounds, in {clock}; {threads} torch thread(s) in both. ")
+    if rel.get("schedule") == "interleaved":
+        return (f"One process per contender per model, both alive; each calibrated once (released first), then "
+                f"{rel['repeats']} fit rounds interleaved (released, ours; ours, released; ...); fit figures are the "
+                f"minimum over the rounds, in {clock}; {threads} torch thread(s) in both. ")
+    return (f"One process per contender per model, both alive, {rel['repeats']} rounds interleaved (released, ours; "
+            f"ours, released; ...), minimum over the rounds in {clock}; {threads} torch thread(s) in both. ")
+
+
 def _released_profiles(rel: dict[str, Any]) -> pd.DataFrame:
     """Where each contender's seconds go (the round with the fastest stage)."""
     rows = []
@@ -408,20 +426,21 @@ def render_markdown(rec: dict[str, Any]) -> str:
             "## 2: this suite's default path against the released code", "",
             f"The released QwT-cls-RepQ-ViT (`{rel['ref']}`), imported unchanged and run as `make parity` runs it "
             f"(timm 0.4.12 in `{rel['side_env']}`), and this suite's default path (`calibrate_repq`, then `fit_qwt` "
-            "with `QwTConfig()`: `solver='reference'`, every row kept, fp32 solve; `solver='streaming'` timed beside "
-            "it as information) on the same seeded weights (the released side's random init with perturbed norms, "
-            "loaded by the suite through timm's checkpoint filter) and the same images: RepQ-ViT calibration on "
+            "with `QwTConfig()`: `regression='rows'`, every row kept, the released fp32 solve; the `streaming` "
+            "preset, float64 normal equations, timed beside it as information) on the same seeded weights (the "
+            "released side's random init with perturbed norms, loaded by the suite through timm's checkpoint "
+            "filter) and the same images: RepQ-ViT calibration on "
             f"{rel['calib_images']} images (quantize, calibration pass, reparameterization, re-calibration), QwT "
-            f"on {rel['images']} images in batches of {rel['batch']} (the reference: 512 on a GPU). One process "
-            f"per contender per model, both alive, {rel['repeats']} rounds interleaved (released, ours; ours, "
-            f"released; ...), minimum over the rounds in {rel_clock}; {threads} torch thread(s) in both. "
+            f"on {rel['images']} images in batches of {rel['batch']} (the reference: 512 on a GPU). "
+            + _schedule(rel, rel_clock, threads) +
             "Peak memory: each stage's resident-set high-water mark (reset through `/proc/self/clear_refs` at the "
-            "stage's start) minus the resident set at that moment, in the first round of each process, with "
-            "glibc's mmap threshold pinned at 1 MiB in both processes so that freed tensors leave the resident "
-            "set (the same measure on both sides: it sees every tensor and every other allocation of the "
-            "stage); later rounds keep freed memory in the process (`mallopt`), as the time figures do. The "
+            "stage's start) minus the resident set at that moment, with glibc's mmap threshold pinned at 1 MiB "
+            "in both processes for the first fit round so that freed tensors leave the resident set (the same "
+            "measure on both sides: it sees every tensor and every other allocation of the stage); the "
+            "calibration and the later rounds keep freed memory in the process (`mallopt`), as the time figures "
+            "do (after one untimed FP forward of the calibration batch in each process). The "
             "R² column compares the per-block R² of the two fits (the same regression on the same rows).", "",
-            markdown_table(t_rel), "", "Peak memory above the stage's start (MiB, first round):", "",
+            markdown_table(t_rel), "", "Peak memory above the stage's start (MiB; fits: the first round):", "",
             markdown_table(m_rel), "", "Where the seconds go (the fastest round of each stage; the released "
             "side's timers wrap its `lienar_regression`, its `forward_before_blocks` and its "
             "`CompensationBlock.forward`; ours are `benchmarks/perf/profile.py`):", "",

@@ -75,6 +75,23 @@ def _folded_bounds(q: UniformQuantizer, x: Tensor) -> tuple[float, float, Tensor
     return bounds
 
 
+#: activations from this many elements on (32 MiB of fp32) are quantized chunk by chunk: the
+#: elementwise passes then run on data in the L2 cache instead of streaming the tensor from memory
+#: once per pass (2x faster on a (32, 3136, 384) tensor; no gain below about 30 MiB)
+LARGE_ACTIVATION = 1 << 23
+CHUNK = 1 << 16  # elements per chunk (256 KiB of fp32)
+
+
+def _chunked(fn: Any, x: Tensor) -> Tensor:
+    """``fn(x)`` of an elementwise ``fn(x, out)``, computed over contiguous chunks of ``CHUNK``
+    elements (the same operations on every element, so the same bits)."""
+    out = torch.empty_like(x)
+    xf, of = x.view(-1), out.view(-1)
+    for start in range(0, xf.numel(), CHUNK):
+        fn(xf[start:start + CHUNK], of[start:start + CHUNK])
+    return out
+
+
 def quantize_activation(q: Quantizer, x: Tensor) -> Tensor:
     """``q(x)``, computed with fewer full-size temporaries when ``q`` is ready and no gradient is
     recorded (bit-identical: the reference's elementwise operations in its order, or where the zero
@@ -85,13 +102,19 @@ def quantize_activation(q: Quantizer, x: Tensor) -> Tensor:
     if type(q) is UniformQuantizer:
         delta, zp = q._broadcast(q.delta, x), q._broadcast(q.zero_point, x)
         bounds = _folded_bounds(q, x)
-        if bounds is not None:  # integer zero points: 4 passes instead of 6, same bits
-            t = (x / delta).round_().clamp_(bounds[0], bounds[1])
-            return torch.addcmul(bounds[2], t, delta, out=t)
-        # the reference's operations in its order, in place: round(x/d) + zp, clamp, - zp, * d
-        # (zp fractional after the reparameterization: no shortcut through integer algebra)
-        t = (x / delta).round_().add_(zp)
-        return t.clamp_(0, 2**q.n_bits - 1).sub_(zp).mul_(delta)
+        top = 2**q.n_bits - 1
+
+        def uniform(x: Tensor, t: Tensor | None = None) -> Tensor:
+            t = torch.div(x, delta, out=t).round_() if t is not None else (x / delta).round_()
+            if bounds is not None:  # integer zero points: 4 passes instead of 6, same bits
+                return torch.addcmul(bounds[2], t.clamp_(bounds[0], bounds[1]), delta, out=t)
+            # the reference's operations in its order, in place: round(x/d) + zp, clamp, - zp, * d
+            # (zp fractional after the reparameterization: no shortcut through integer algebra)
+            return t.add_(zp).clamp_(0, top).sub_(zp).mul_(delta)
+
+        if x.numel() >= LARGE_ACTIVATION and delta.dim() == 0 and zp.dim() == 0 and x.is_contiguous():
+            return _chunked(uniform, x)
+        return uniform(x)
     if type(q) is LogSqrt2Quantizer:
         n_levels = 2**q.n_bits
         # round(-1 * log2(max(x / delta, floor)) * 2): negating and doubling are exact -> one * -2

@@ -95,6 +95,9 @@ class NormalEquations:
             buf = self._buffers[name] = torch.empty(n, dtype=torch.float64, device=self.A.device)
         return buf[:n].view(shape)
 
+    def reserve(self, rows: int, like: Tensor) -> None:
+        """(Constant memory: nothing to reserve.)"""
+
     def release(self) -> None:
         """Drop the work buffers (the sums stay)."""
         self._buffers.clear()

@@ -13,6 +13,7 @@ propagation to the next block reuses the stored quantized outputs (no third pass
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
@@ -153,11 +154,15 @@ def fit_block(block: nn.Module, step: BlockStep, inputs: Inputs, cfg: QwTConfig,
         y = fp.sub_(q) if own else fp - q
         if step.kind == "linear":
             xr, yr = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])  # (n, D), (n, O)
-            reg = reg or new_regression(cfg, xr.shape[-1], yr.shape[-1], 1, cfg.linear_ridge, x.device)
+            if reg is None:  # room for every batch's rows, as many as this one's (the last may have fewer)
+                reg = new_regression(cfg, xr.shape[-1], yr.shape[-1], 1, cfg.linear_ridge, x.device)
+                reg.reserve(len(src) * xr.shape[0], x)
             reg.update(xr, yr)
         else:
             xc, yc, geom = _columns(x, y, cfg)  # (B, G, D, h, w), (B, G, O/G, h, w)
-            reg = reg or new_regression(cfg, xc.shape[2], yc.shape[2], xc.shape[1], cfg.conv_ridge, x.device)
+            if reg is None:
+                reg = new_regression(cfg, xc.shape[2], yc.shape[2], xc.shape[1], cfg.conv_ridge, x.device)
+                reg.reserve(len(src) * xc.shape[0] * math.prod(xc.shape[3:]), x)
             reg.update_columns(xc, yc)
         if kept is not None:
             kept[0].append(x)

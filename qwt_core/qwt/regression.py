@@ -46,7 +46,10 @@ class Regression(Protocol):
 
     out_dim: int
     groups: int
-    yy: Tensor  # Σ y² per (group, output), (G, O) float64 (complete after all_reduce)
+    yy: Tensor  # Σ y², float64, per (group, output) or in total (complete after solve; its total is read)
+
+    def reserve(self, rows: int, like: Tensor) -> None:
+        """A hint before the first update: about ``rows`` rows will come, on ``like``'s device."""
 
     def update(self, x: Tensor, y: Tensor) -> None:
         """Add rows x (n, G, D) or (n, D), y (n, G, O) or (n, O)."""

@@ -44,32 +44,53 @@ class ReferenceRows:
     Args: in_dim D, out_dim O, groups G; ridge λ added to the diagonal of Xaᵀ Xa (1e-3 for the
     grouped conv, 0 for tokens); device is unused (rows stay where the caller's tensors are).
 
-    The rows are kept as the solve reads them: Xa = [X, 1] (n, G, D + 1) with the ones column
-    written once per batch (one copy of the caller's rows, never a second ``cat`` per group)."""
+    The rows are kept as the solve reads them, group by group: Xa = [X_g, 1] (G, n, D + 1) with the
+    ones column, and Y (G, n, O), each group's rows contiguous as the reference's ``torch.cat``
+    makes them. With :meth:`reserve` (the driver knows its batch count) every batch is copied once
+    into buffers of the final size; without it, or past it, the batches are concatenated once when
+    the rows are combined."""
 
     def __init__(self, in_dim: int, out_dim: int, groups: int = 1, ridge: float = 0.0,
                  device: torch.device | str = "cpu") -> None:
         self.in_dim, self.out_dim, self.groups, self.ridge = in_dim, out_dim, groups, ridge
-        self._kept: list[tuple[Tensor, Tensor]] = []  # (xa (n, G, D + 1), y (n, G, O)) of each update
+        self._pieces: list[tuple[Tensor, Tensor]] = []  # (xa (G, n_i, D + 1), y (G, n_i, O)) filled
+        self._buffer: tuple[Tensor, Tensor] | None = None  # reserved (G, capacity, D + 1), (G, capacity, O)
+        self._filled = 0  # rows written into the reserved buffer
         self.rows: tuple[Tensor, Tensor] | None = None  # (Xa, Y) of all processes once combined
         self.rows_per_image: int | None = None  # conv rows (update_columns): positions per image
-        self.yy = torch.zeros((), dtype=torch.float64)  # Σ y² over all rows (set by all_reduce)
+        self.yy = torch.zeros((), dtype=torch.float64)  # Σ y² over all rows (set by solve)
         self._solved: tuple[Solution, float] | None = None  # the last solution and its SS_res
 
     @property
     def count(self) -> int:
-        return self.rows[0].shape[0] if self.rows is not None else sum(x.shape[0] for x, _ in self._kept)
+        if self.rows is not None:
+            return self.rows[0].shape[1]
+        return self._filled + sum(x.shape[1] for x, _ in self._pieces)
+
+    def reserve(self, rows: int, like: Tensor) -> None:
+        """Room for ``rows`` rows in total (on ``like``'s device), filled in place by the updates."""
+        if self._buffer is None and self.count == 0 and rows > 0:
+            G, dev = self.groups, like.device
+            xa = torch.empty(G, rows, self.in_dim + 1, dtype=torch.float32, device=dev)
+            xa[..., -1] = 1
+            self._buffer = (xa, torch.empty(G, rows, self.out_dim, dtype=torch.float32, device=dev))
 
     def _keep(self, x: Tensor, y: Tensor, shape: tuple[int, ...]) -> None:
-        """Copy x (viewed as ``shape`` + (G, D)) into a new Xa with its ones column, y into its own
-        fp32 tensor (the caller's buffers may be reused for the next batch)."""
-        n = x.numel() // (self.groups * self.in_dim)
-        xa = torch.empty(n, self.groups, self.in_dim + 1, dtype=torch.float32, device=x.device)
-        xa[..., :-1].view(*shape, self.groups, self.in_dim).copy_(x)
-        xa[..., -1] = 1
-        yk = torch.empty(n, self.groups, self.out_dim, dtype=torch.float32, device=y.device)
-        yk.view(*shape, self.groups, self.out_dim).copy_(y)
-        self._kept.append((xa, yk))
+        """Copy x viewed as (G, *shape, D) and y as (G, *shape, O) (one copy each, fp32) into the
+        reserved buffer, or into a new piece with its ones column (the caller's tensors may be
+        reused for the next batch)."""
+        n, G = math.prod(shape), self.groups
+        buf = self._buffer
+        if buf is not None and self._filled + n <= buf[0].shape[1]:
+            xa, yk = buf[0][:, self._filled:self._filled + n], buf[1][:, self._filled:self._filled + n]
+            self._filled += n
+        else:
+            xa = torch.empty(G, n, self.in_dim + 1, dtype=torch.float32, device=x.device)
+            xa[..., -1] = 1
+            yk = torch.empty(G, n, self.out_dim, dtype=torch.float32, device=y.device)
+            self._pieces.append((xa, yk))
+        xa[..., :-1].view(G, *shape, self.in_dim).copy_(x)
+        yk.view(G, *shape, self.out_dim).copy_(y)
 
     @torch.no_grad()
     def update(self, x: Tensor, y: Tensor) -> None:
@@ -77,40 +98,44 @@ class ReferenceRows:
         if self.rows_per_image is not None:
             raise ValueError("this regression holds conv columns (update_columns): rows cannot be added")
         x, y = check_rows(x, y, self.groups, self.in_dim, self.out_dim)
-        self._keep(x, y, (x.shape[0],))
+        self._keep(x.transpose(0, 1), y.transpose(0, 1), (x.shape[0],))
 
     @torch.no_grad()
     def update_columns(self, x: Tensor, y: Tensor) -> None:
         """x (B, G, D, *S), y (B, G, O, *S): rows (b, *s) x (G, D) as the reference unfolds them."""
         check_columns(x, y, self.groups, self.in_dim, self.out_dim)
         per_image = math.prod(x.shape[3:])
-        if self.rows_per_image not in (None, per_image) or (self.rows_per_image is None and self._kept):
+        if self.rows_per_image not in (None, per_image) or (self.rows_per_image is None and self.count):
             raise ValueError(f"conv columns of {per_image} positions per image after "
                              f"{self.rows_per_image or 'plain rows'}: one regression holds one layout")
         self.rows_per_image = per_image
-        order = (0, *range(3, x.dim()), 1, 2)  # (B, *S, G, D)
+        order = (1, 0, *range(3, x.dim()), 2)  # (G, B, *S, D)
         self._keep(x.permute(order), y.permute(order), (x.shape[0], *x.shape[3:]))
 
     def release(self) -> None:
         """(Nothing to drop: the rows are the statistic.)"""
 
     def all_reduce(self, reduce: ReduceFn = all_reduce_sum, gather: GatherFn = all_gather_rows) -> None:
-        """Concatenate the kept rows of all processes in rank order (``gather``; ``reduce`` is not
-        needed: every statistic is computed from the gathered rows)."""
-        xs, ys = [x for x, _ in self._kept], [y for _, y in self._kept]
-        self._kept = []
-        X = gather(_concat(xs))
-        Y = gather(_concat(ys))
-        self.rows = (X, Y)
-        self.yy = torch.tensor(float(Y.pow(2).sum()), dtype=torch.float64)
+        """Concatenate the kept rows of all processes in rank order, group by group (``gather``;
+        ``reduce`` is not needed: every statistic is computed from the gathered rows)."""
+        pieces = self._pieces
+        if self._buffer is not None:
+            pieces.insert(0, (self._buffer[0][:, :self._filled], self._buffer[1][:, :self._filled]))
+        self._pieces, self._buffer = [], None
+        X, Y = _concat([x for x, _ in pieces]), _concat([y for _, y in pieces])
+        del pieces
+        self.rows = (_gather_groups(X, gather), _gather_groups(Y, gather))
 
     def _ss_tot(self, Y: Tensor) -> float:
-        """The reference's SS_tot in fp32: around ``Y.mean(dim=0)`` of every output column (tokens)
-        or of every (position, channel) over the images (conv rows, (b, *s) ordered)."""
-        if self.rows_per_image is not None:  # images x (positions, channels): the reference's (B, C, H, W)
-            Yi = Y.view(-1, self.rows_per_image * self.groups * self.out_dim)
-            return float(torch.sum((Yi - Yi.mean(dim=0)).pow_(2)))
-        return float(sum(torch.sum((Y[:, g] - Y[:, g].mean(dim=0)).pow_(2)) for g in range(self.groups)))
+        """The reference's SS_tot in fp32, Σ (Y - Y.mean(dim=0))²: around the mean of every output
+        column (tokens) or of every (channel, position) over the images (conv rows, (b, *s)
+        ordered); also sets ``yy`` = Σ y² = SS_tot + Σ count·mean² (float64, from the same pass)."""
+        G, n, O = Y.shape
+        Yi = Y.view(G, -1, self.rows_per_image, O) if self.rows_per_image is not None else Y.view(G, n, 1, O)
+        mean = Yi.mean(dim=1, keepdim=True)  # (G, 1, positions, O)
+        ss_tot = float(torch.sum((Yi - mean).pow_(2)))
+        self.yy = torch.tensor(ss_tot + Yi.shape[1] * float(mean.double().pow(2).sum()), dtype=torch.float64)
+        return ss_tot
 
     def solve(self) -> Solution:
         """The reference's fp32 fit of rows X (n, G, D), Y (n, G, O) -> W (G, D, O), b (G, O), R²
@@ -119,13 +144,11 @@ class ReferenceRows:
             self.all_reduce(reduce=lambda t: None, gather=lambda t: t)
         assert self.rows is not None
         Xa, Y = self.rows
-        n, G, _ = Xa.shape
+        G = Xa.shape[0]
         weights, biases = [], []
         ss_res = 0.0
         for g in range(G):
-            # [X_g, 1] (n, D + 1) laid out as the reference's torch.cat makes it (contiguous)
-            X_add_one = Xa[:, g] if G == 1 else Xa[:, g].contiguous()
-            Y_g = Y[:, g]
+            X_add_one, Y_g = Xa[g], Y[g]  # [X_g, 1] (n, D + 1), contiguous as the reference's torch.cat
             XTX = X_add_one.t() @ X_add_one
             if self.ridge:
                 XTX = XTX + self.ridge * torch.eye(XTX.shape[0], device=Xa.device)
@@ -139,7 +162,7 @@ class ReferenceRows:
             # (X_g W_g + b_g) - Y_g: the negated residual of the reference's, the same squares
             err = (X_add_one[:, :-1] @ W_g).add_(b_g).sub_(Y_g)
             ss_res += float(torch.sum(err.pow_(2)))
-            del X_add_one, err
+            del err
             weights.append(W_g)
             biases.append(b_g)
         r2 = r_squared(ss_res, self._ss_tot(Y))
@@ -154,20 +177,29 @@ class ReferenceRows:
             return self._solved[1]
         assert self.rows is not None, "call all_reduce() (or solve()) first"
         Xa, Y = self.rows
-        return float(sum(((Y[:, g] - (Xa[:, g, :-1] @ sol.weight[g] + sol.bias[g])).double()).pow(2).sum()
+        return float(sum(((Y[g] - (Xa[g, :, :-1] @ sol.weight[g] + sol.bias[g])).double()).pow(2).sum()
                          for g in range(self.groups)))
 
 
 def _concat(pieces: list[Tensor]) -> Tensor:
-    """``torch.cat(pieces)``, without a copy for one piece and freeing each piece once copied
-    (peak: the result plus one piece, not twice the rows)."""
+    """``torch.cat(pieces, dim=1)`` of (G, n_i, C) pieces, without a copy for one piece and
+    freeing each piece once copied (peak: the result plus one piece, not twice the rows)."""
     if len(pieces) == 1:
         return pieces.pop()
-    out = torch.empty((sum(p.shape[0] for p in pieces), *pieces[0].shape[1:]), dtype=pieces[0].dtype,
-                      device=pieces[0].device)
+    G, C = pieces[0].shape[0], pieces[0].shape[2]
+    out = torch.empty(G, sum(p.shape[1] for p in pieces), C, dtype=pieces[0].dtype, device=pieces[0].device)
     start = 0
     while pieces:
         p = pieces.pop(0)
-        out[start:start + p.shape[0]].copy_(p)
-        start += p.shape[0]
+        out[:, start:start + p.shape[1]].copy_(p)
+        start += p.shape[1]
     return out
+
+
+def _gather_groups(t: Tensor, gather: GatherFn) -> Tensor:
+    """Each group's rows (G, n, C) concatenated over processes in rank order by ``gather`` (which
+    returns its argument in a single process: then ``t`` itself, no copy)."""
+    parts = [gather(t[g]) for g in range(t.shape[0])]
+    if all(p.data_ptr() == t[g].data_ptr() and p.shape == t[g].shape for g, p in enumerate(parts)):
+        return t
+    return torch.stack(parts)

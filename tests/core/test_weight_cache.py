@@ -185,3 +185,24 @@ def test_log_sqrt2_is_the_reference_function_on_tiny_probabilities(bits: int) ->
         assert _same_bits(quantize_activation(q, x), want)
     if bits >= 6:
         assert float(want[0, 0, 0, 0]) == float(2.0**-20 * q.delta)
+
+
+@pytest.mark.parametrize("fractional", [False, True])
+def test_large_activations_quantized_in_chunks_are_bit_identical(fractional: bool) -> None:
+    """From ``LARGE_ACTIVATION`` elements on, the uniform quantization runs chunk by chunk (in the
+    L2 cache): the same bits as the quantizer itself, integer or fractional zero point, on a tensor
+    whose size is not a multiple of the chunk (a short last chunk), with ties, zeros and -0."""
+    from qwt_core.quant.layers import CHUNK, LARGE_ACTIVATION
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(LARGE_ACTIVATION + CHUNK // 2 + 3, generator=g) * 3
+    q = UniformQuantizer(4)
+    q.initialise(x[:4096])
+    q.set_range(q.delta, q.zero_point + (0.37 if fractional else 0.0))
+    q.enabled = True
+    x[:64] = torch.arange(-32, 32) * 0.5 * q.delta  # exact ties of round(x / d)
+    x[64:66] = torch.tensor([0.0, -0.0])
+    with torch.no_grad():
+        assert _same_bits(quantize_activation(q, x), q(x))
+        strided = x[:LARGE_ACTIVATION + 3].view(-1, 11)[:, :9]  # not contiguous: the unchunked path
+        assert _same_bits(quantize_activation(q, strided), q(strided))

@@ -1,5 +1,6 @@
 """Figure 2 of ``make bench`` (benchmarks/perf/released.py): without REF it is skipped with one line;
-the minimum over interleaved rounds and the first round's memory are what the figure reports; the
+the one calibration, the minimum over the fit rounds and the first fit round's memory are what the
+figure reports; the
 worker's timers add up; with ``QWT_REF`` set (a QwT-cls-RepQ-ViT folder), both contenders of one
 real model run end to end on the same weights and agree on the per-block R² (minutes: skipped
 otherwise)."""
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from benchmarks.perf.cases import plan_for
-from benchmarks.perf.released import released_figure, summarize
+from benchmarks.perf.released import ReleasedFigure, Side, summarize
 from benchmarks.perf.released_worker import Timers, profile, stage
 from benchmarks.perf.report import render_markdown
 
@@ -30,7 +31,9 @@ def test_without_ref_the_figure_is_skipped_with_one_line() -> None:
     said: list[str] = []
     metrics: dict[str, float] = {}
     raw: dict[str, Any] = {}
-    released_figure(plan_for("default", "cpu"), torch.device("cpu"), None, metrics, raw, said.append, None)
+    fig = ReleasedFigure(plan_for("default", "cpu"), torch.device("cpu"), None, said.append, None)
+    fig.start(raw)
+    fig.finish(metrics)
     assert len(said) == 1 and "skipped" in said[0] and "REF=" in said[0]
     assert metrics == {} and "released" not in raw and raw["released_skipped"] in said[0]
 
@@ -47,22 +50,22 @@ def _record(metrics: dict[str, float], raw: dict[str, Any]) -> dict[str, Any]:
                        "store": "disk", "raw": {"load_before": [0.0], "load_after": [0.0], **raw}}}
 
 
-def _rounds() -> dict[str, Any]:
-    rel = [{"calibration": _stage(50, 52, 300), "fit": _stage(9, 10, 800), "r2": [0.5, 0.25],
-            "calibration_profile": {"a": 50}, "fit_profile": {"b": 9}},
-           {"calibration": _stage(40, 45, 20), "fit": _stage(11, 12, 5), "r2": [0.5, 0.25],
-            "calibration_profile": {"a": 40}, "fit_profile": {"b": 11}}]
-    ours = [{"calibration": _stage(3, 3, 100), "fit_reference": _stage(6, 6, 700), "fit_streaming": _stage(7, 7, 90),
-             "r2_reference": [0.5, 0.2499], "r2_streaming": [0.5, 0.25], "calibration_profile": {"c": 3},
-             "fit_reference_profile": {"d": 6}, "fit_streaming_profile": {"e": 7}},
-            {"calibration": _stage(2, 4, 1), "fit_reference": _stage(5, 9, 1), "fit_streaming": _stage(8, 8, 1),
-             "r2_reference": [0.5, 0.2499], "r2_streaming": [0.5, 0.25], "calibration_profile": {"c": 2},
-             "fit_reference_profile": {"d": 5}, "fit_streaming_profile": {"e": 8}}]
-    return {"rounds": {"released": rel, "suite": ours}}
+def _sides() -> tuple[Side, Side]:
+    """What two workers answered: one calibration each, two fit rounds (the first the memory round)."""
+    rel, ours = Side("released", None, 0), Side("suite", None, 0)
+    rel.calibration = {"calibration": _stage(40, 45, 300), "calibration_profile": {"a": 40}}
+    rel.fits = [{"fit": _stage(9, 10, 800), "r2": [0.5, 0.25], "fit_profile": {"b": 9}},
+                {"fit": _stage(11, 12, 5), "r2": [0.5, 0.25], "fit_profile": {"b": 11}}]
+    ours.calibration = {"calibration": _stage(8, 9, 100), "calibration_profile": {"c": 8}}
+    ours.fits = [{"fit_reference": _stage(6, 6, 700), "fit_streaming": _stage(7, 7, 90), "r2_reference": [0.5, 0.2499],
+                  "r2_streaming": [0.5, 0.25], "fit_reference_profile": {"d": 6}, "fit_streaming_profile": {"e": 7}},
+                 {"fit_reference": _stage(5, 9, 1), "fit_streaming": _stage(8, 8, 1), "r2_reference": [0.5, 0.2499],
+                  "r2_streaming": [0.5, 0.25], "fit_reference_profile": {"d": 5}, "fit_streaming_profile": {"e": 8}}]
+    return rel, ours
 
 
 def test_a_missed_target_is_rendered_with_both_profiles() -> None:
-    s = summarize(_rounds(), "cpu")
+    s = summarize(*_sides(), "cpu")
     raw = {"released": {"ref": "REF", "side_env": "SIDE", "calib_images": 32, "images": 64, "batch": 32, "repeats": 2,
                         "clock": "cpu", "models": {"deit_small": s}}}
     metrics = {"calib_over_released/deit_small": 0.2, "fit_over_released/deit_small": 0.25,
@@ -70,19 +73,22 @@ def test_a_missed_target_is_rendered_with_both_profiles() -> None:
     text = render_markdown(_record(metrics, raw))
     assert "## 2: this suite's default path against the released code" in text and "| deit_small |" in text
     why = text.split("## Missed targets", 1)[1]
-    assert "RepQ-ViT calibration time" in why and "2.00x over" in why and "a 40.00" in why and "c 2.00" in why
+    assert "RepQ-ViT calibration time" in why and "2.00x over" in why and "a 40.00" in why and "c 8.00" in why
     assert "QwT fit time" not in why and "peak memory" not in why  # passed: no explanation
     skipped = render_markdown(_record({}, {"released_skipped": "skipped: no REF"}))
     assert "**skipped: no REF**" in skipped
 
 
-def test_summary_takes_the_fastest_round_and_the_first_rounds_memory() -> None:
-    s = summarize(_rounds(), "cpu")
+def test_summary_takes_the_one_calibration_the_fastest_fit_and_the_first_fits_memory() -> None:
+    s = summarize(*_sides(), "cpu")
     assert s["released/calibration"]["seconds"] == 40 and s["released/calibration"]["profile"] == {"a": 40}
+    assert s["released/calibration"]["peak_mib"] == 300 and s["released/calibration"]["rounds"] == 1
     assert s["released/fit"]["seconds"] == 9 and s["released/fit"]["profile"] == {"b": 9}
     assert s["released/fit"]["wall"] == 10 and s["released/fit"]["peak_mib"] == 800  # round 1: the memory round
-    assert s["suite/calibration"]["seconds"] == 2 and s["suite/calibration"]["wall"] == 3
+    assert s["released/fit"]["seconds_per_round"] == [9, 11]
+    assert s["suite/calibration"]["seconds"] == 8 and s["suite/calibration"]["wall"] == 9
     assert s["suite/fit_reference"]["seconds"] == 5 and s["suite/fit_reference"]["profile"] == {"d": 5}
+    assert s["suite/fit_reference"]["peak_mib"] == 700 and s["suite/fit_reference"]["wall"] == 6
     assert s["suite/fit_streaming"]["seconds"] == 7 and s["suite/fit_streaming"]["peak_mib"] == 90
     assert s["r2"]["max_abs_diff"] == pytest.approx(1e-4)
 
@@ -153,7 +159,9 @@ def test_released_code_and_default_path_run_on_the_same_model(tmp_path: Path) ->
     raw: dict[str, Any] = {}
     said: list[str] = []
     t0 = time.perf_counter()
-    released_figure(plan, torch.device("cpu"), str(ref), metrics, raw, said.append, lambda *a: None)
+    fig = ReleasedFigure(plan, torch.device("cpu"), str(ref), said.append, lambda *a: None)
+    fig.start(raw)
+    fig.finish(metrics)
     res = raw["released"]["models"]["resnet50"]
     assert "error" not in res, res
     assert {"calib_over_released/resnet50", "fit_over_released/resnet50", "fit_mem_over_released/resnet50",
