@@ -172,3 +172,47 @@ def test_released_code_and_default_path_run_on_the_same_model(tmp_path: Path) ->
     rec = _record(metrics, raw)
     text = render_markdown(rec)
     assert "## 2: this suite's default path against the released code" in text and "| resnet50 |" in text
+
+
+def test_worker_protocol_calibrates_once_then_fits_with_the_first_as_memory_round(monkeypatch) -> None:
+    """``serve``: set-up and warm-up, then ``calibrate`` / ``fit`` lines; a fit before the
+    calibration and an unknown command are answered with an error line; only the first fit runs
+    with the pinned mmap threshold (the memory round), the process keeps freed memory otherwise."""
+    import io
+    import json
+
+    from benchmarks.perf import released_worker as W
+
+    calls: list[str] = []
+
+    class Fake:
+        device = torch.device("cpu")
+
+        def warm_up(self) -> None:
+            calls.append("warm_up")
+
+        def calibration(self) -> dict[str, Any]:
+            calls.append("calibrate")
+            self.q_model = object()
+            return {"calibration": _stage(1, 1, 1)}
+
+        def fits(self) -> dict[str, Any]:
+            calls.append("fit")
+            return {"fit": _stage(2, 2, 2)}
+
+    def setting(name: str) -> Any:
+        def apply() -> dict[str, bool]:
+            calls.append(name)
+            return {"applied": True}
+        return apply
+
+    monkeypatch.setattr(W, "keep_freed_memory", setting("keep"))
+    monkeypatch.setattr(W, "pin_mmap_threshold", setting("pin"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("fit\ncalibrate\nfit\nfit\nbogus\nquit\nfit\n"))
+    out = io.StringIO()
+    assert W.serve(Fake, out) == 0
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert docs[0]["ready"] and "before calibrate" in docs[1]["error"] and "calibration" in docs[2]
+    assert docs[3]["malloc"]["memory_round"] == {"applied": True} and "malloc" not in docs[4]
+    assert "unknown command" in docs[5]["error"] and len(docs) == 6  # nothing after quit
+    assert calls == ["keep", "warm_up", "calibrate", "pin", "fit", "keep", "fit"]
