@@ -120,8 +120,32 @@ def stage(fn: Callable[[], Any], device: torch.device) -> tuple[Any, dict[str, A
                  "resettable": meter.resettable}
 
 
+class Contender:
+    """What both sides share: ``fp`` (the FP model), ``calib`` (the calibration batch), ``device``,
+    and their own ``calibrate(model, timers)``; the calibrated model is kept in ``q_model``."""
+
+    fp: nn.Module
+    calib: torch.Tensor
+    device: torch.device
+    q_model: nn.Module
+
+    def calibrate(self, model: nn.Module, t: Timers) -> nn.Module:  # pragma: no cover - per side
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """One untimed FP forward of the calibration batch (kernels, allocator), the same on both sides."""
+        with torch.no_grad():
+            self.fp(self.calib)
+
+    def calibration(self) -> dict[str, Any]:
+        """The timed RepQ-ViT calibration of a fresh copy of the FP model (kept for the fits)."""
+        tc = Timers(self.device)
+        self.q_model, calib = stage(lambda: self.calibrate(copy.deepcopy(self.fp), tc), self.device)
+        return {"calibration": calib, "calibration_profile": profile(tc.seconds, calib, "the rest")}
+
+
 # ------------------------------------------------------------------------------ the released code
-class Released:
+class Released(Contender):
     """The released script, its seeded model and images (set-up as ``make parity`` does it)."""
 
     def __init__(self, a: argparse.Namespace) -> None:
@@ -220,17 +244,6 @@ class Released:
         finally:
             comp.forward = forward
 
-    def warm_up(self) -> None:
-        """One untimed FP forward of the calibration batch (kernels, allocator), as the suite's."""
-        with torch.no_grad():
-            self.fp(self.calib)
-
-    def calibration(self) -> dict[str, Any]:
-        """The timed RepQ-ViT calibration of a fresh copy of the FP model (kept for the fits)."""
-        tc = Timers(self.device)
-        self.q_model, calib = stage(lambda: self.calibrate(copy.deepcopy(self.fp), tc), self.device)
-        return {"calibration": calib, "calibration_profile": profile(tc.seconds, calib, "the rest")}
-
     def fits(self) -> dict[str, Any]:
         """One timed QwT fit on a fresh copy of the calibrated model."""
         tf = Timers(self.device)
@@ -253,7 +266,7 @@ def profile(seconds: dict[str, float], total: dict[str, Any], rest: str) -> dict
 
 
 # ------------------------------------------------------------------------------ this suite's default path
-class Suite:
+class Suite(Contender):
     """This suite's public API on the released side's exported weights and images."""
 
     def __init__(self, a: argparse.Namespace) -> None:
@@ -305,17 +318,6 @@ class Suite:
             reports = fit_qwt(blockwise, self.batches, cfg, device=self.device)
             out.update(prof.breakdown(clock() - c0))
         return [r.r2 for r in reports]
-
-    def warm_up(self) -> None:
-        """One untimed FP forward of the calibration batch (kernels, allocator), as the released side's."""
-        with torch.no_grad():
-            self.fp(self.calib)
-
-    def calibration(self) -> dict[str, Any]:
-        """The timed RepQ-ViT calibration of a fresh copy of the FP model (kept for the fits)."""
-        tc = Timers(self.device)
-        self.q_model, calib = stage(lambda: self.calibrate(copy.deepcopy(self.fp), tc), self.device)
-        return {"calibration": calib, "calibration_profile": profile(tc.seconds, calib, "the rest")}
 
     def fits(self) -> dict[str, Any]:
         """One timed fit per solver, each on a fresh copy of the calibrated model."""
