@@ -217,3 +217,30 @@ def test_solver_presets_name_the_config() -> None:
         QwTConfig(regression="rows", gate="float64")
     with pytest.raises(ValueError, match="regression"):
         QwTConfig(regression="all")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_reserved_rows_give_the_same_solution_with_a_short_last_batch(groups: int) -> None:
+    """``reserve`` (the driver's hint: batches x the first batch's rows) fills buffers in place; a
+    short last batch leaves room unused, a batch past the room goes to a piece of its own: W, b, R²
+    and the row count are those of the rows kept without a hint."""
+    g = torch.Generator().manual_seed(groups)
+    x = torch.relu(torch.randn(7, 4 * groups, 5, 5, generator=g))
+    y = torch.randn(7, 3 * groups, 5, 5, generator=g)
+    cfg = QwTConfig(kernel_size=1, factor=4)
+
+    def fit(reserve: int | None) -> tuple[ReferenceRows, Solution]:
+        acc = ReferenceRows(4, 3, groups, ridge=cfg.conv_ridge)
+        for i in (0, 3, 6):  # batches of 3, 3, 1 images
+            xc, yc, _ = _columns(x[i:i + 3], y[i:i + 3], cfg)
+            if reserve is not None and i == 0:
+                acc.reserve(reserve, xc)
+            acc.update_columns(xc, yc)
+        acc.all_reduce()
+        return acc, acc.solve()
+
+    (plain, a), (roomy, b), (tight, c) = fit(None), fit(3 * 3 * 25), fit(2 * 3 * 25)  # 9 / 6 images of room
+    for sol in (b, c):
+        assert torch.equal(sol.weight, a.weight) and torch.equal(sol.bias, a.bias) and sol.r2 == a.r2
+    assert plain.count == roomy.count == tight.count == 7 * 25
+    assert float(roomy.yy) == pytest.approx(float((y.double() ** 2).sum()), rel=1e-6)
