@@ -48,6 +48,14 @@ def sync(device: torch.device | str) -> None:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc mallopt parameters (malloc.h)
 
 
+def _glibc() -> Any:
+    """This process's C library (OSError where there is none; reading ``mallopt`` or
+    ``malloc_trim`` from it raises AttributeError where it is not glibc)."""
+    import ctypes
+
+    return ctypes.CDLL(None)
+
+
 def keep_freed_memory() -> dict[str, Any]:
     """Tell glibc's allocator to keep freed memory in the process (``mallopt``: no mmap for large
     blocks, no trimming), so that a tensor allocated after another was freed reuses its pages.
@@ -58,11 +66,8 @@ def keep_freed_memory() -> dict[str, Any]:
     what ran before it in the process. Kept memory makes the timings measure the computation; the
     memory probes run in their own processes with their own settings. Returns what was applied.
     """
-    import ctypes
-
     try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
+        mallopt = _glibc().mallopt
     except (OSError, AttributeError) as e:  # not glibc
         return {"applied": False, "why": f"{type(e).__name__}: {e}"}
     ok = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
@@ -74,10 +79,8 @@ def pin_mmap_threshold() -> dict[str, Any]:
     ``MMAP_THRESHOLD`` is its own mapping again (returned to the system when freed; trimming back
     at glibc's default 128 KiB), and ``malloc_trim(0)`` gives back what the kept heap holds free,
     so that the resident set follows the live tensors (see the module doc). Returns what was applied."""
-    import ctypes
-
     try:
-        libc = ctypes.CDLL(None)
+        libc = _glibc()
         mallopt, trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError) as e:  # not glibc
         return {"applied": False, "why": f"{type(e).__name__}: {e}"}

@@ -225,7 +225,8 @@ class ReleasedFigure:
         self.plan, self.device, self.ref, self.say, self.show = plan, device, ref, say, show
         self.thread: threading.Thread | None = None
         self.results: list[tuple[str, Side | None, Side | None, str | None, float]] = []
-        self.out: dict[str, Any] | None = None
+        self.out: dict[str, Any] | None = None  # raw["released"] once started
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None  # exported weights and worker logs
         self.saved_affinity: set[int] | None = None
 
     def start(self, raw: dict[str, Any]) -> None:
@@ -352,4 +353,5 @@ class ReleasedFigure:
                            "fit_streaming_over_released", "fit_streaming_mem_over_released", "whole_calibration_s"):
                 if f"{prefix}/{name}" in metrics:
                     show(f"{prefix}/{name}", metrics[f"{prefix}/{name}"])
-        self.tmp.cleanup()
+        if self.tmp is not None:
+            self.tmp.cleanup()

@@ -70,10 +70,13 @@ class ReferenceRows:
     def reserve(self, rows: int, like: Tensor) -> None:
         """Room for ``rows`` rows in total (on ``like``'s device), filled in place by the updates."""
         if self._buffer is None and self.count == 0 and rows > 0:
-            G, dev = self.groups, like.device
-            xa = torch.empty(G, rows, self.in_dim + 1, dtype=torch.float32, device=dev)
-            xa[..., -1] = 1
-            self._buffer = (xa, torch.empty(G, rows, self.out_dim, dtype=torch.float32, device=dev))
+            self._buffer = self._new_rows(rows, like.device)
+
+    def _new_rows(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Empty fp32 rows for n rows: Xa (G, n, D + 1) with its ones column set, Y (G, n, O)."""
+        xa = torch.empty(self.groups, n, self.in_dim + 1, dtype=torch.float32, device=device)
+        xa[..., -1] = 1
+        return xa, torch.empty(self.groups, n, self.out_dim, dtype=torch.float32, device=device)
 
     def _keep(self, x: Tensor, y: Tensor, shape: tuple[int, ...]) -> None:
         """Copy x viewed as (G, *shape, D) and y as (G, *shape, O) (one copy each, fp32) into the
@@ -85,9 +88,7 @@ class ReferenceRows:
             xa, yk = buf[0][:, self._filled:self._filled + n], buf[1][:, self._filled:self._filled + n]
             self._filled += n
         else:
-            xa = torch.empty(G, n, self.in_dim + 1, dtype=torch.float32, device=x.device)
-            xa[..., -1] = 1
-            yk = torch.empty(G, n, self.out_dim, dtype=torch.float32, device=y.device)
+            xa, yk = self._new_rows(n, x.device)
             self._pieces.append((xa, yk))
         xa[..., :-1].view(G, *shape, self.in_dim).copy_(x)
         yk.view(G, *shape, self.out_dim).copy_(y)
