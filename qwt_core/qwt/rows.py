@@ -74,9 +74,9 @@ class ReferenceRows:
 
     def _new_rows(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Empty fp32 rows for n rows: Xa (G, n, D + 1) with its ones column set, Y (G, n, O)."""
-        xa = torch.empty(self.groups, n, self.in_dim + 1, dtype=torch.float32, device=device)
+        xa = _group_major(self.groups, n, self.in_dim + 1, device)
         xa[..., -1] = 1
-        return xa, torch.empty(self.groups, n, self.out_dim, dtype=torch.float32, device=device)
+        return xa, _group_major(self.groups, n, self.out_dim, device)
 
     def _keep(self, x: Tensor, y: Tensor, shape: tuple[int, ...]) -> None:
         """Copy x viewed as (G, *shape, D) and y as (G, *shape, O) (one copy each, fp32) into the
@@ -188,7 +188,7 @@ def _concat(pieces: list[Tensor]) -> Tensor:
     if len(pieces) == 1:
         return pieces.pop()
     G, C = pieces[0].shape[0], pieces[0].shape[2]
-    out = torch.empty(G, sum(p.shape[1] for p in pieces), C, dtype=pieces[0].dtype, device=pieces[0].device)
+    out = _group_major(G, sum(p.shape[1] for p in pieces), C, pieces[0].device)
     start = 0
     while pieces:
         p = pieces.pop(0)
@@ -203,4 +203,15 @@ def _gather_groups(t: Tensor, gather: GatherFn) -> Tensor:
     parts = [gather(t[g]) for g in range(t.shape[0])]
     if all(p.data_ptr() == t[g].data_ptr() and p.shape == t[g].shape for g, p in enumerate(parts)):
         return t
-    return torch.stack(parts)
+    out = _group_major(t.shape[0], parts[0].shape[0], t.shape[2], t.device)
+    for g, p in enumerate(parts):
+        out[g].copy_(p)
+    return out
+
+
+def _group_major(G: int, n: int, C: int, device: torch.device) -> Tensor:
+    """An empty fp32 (G, n, C) whose groups each start 64 bytes apart from a 64-byte aligned start,
+    as a fresh tensor of their own would (rows padded to a multiple of 16): the BLAS then sees each
+    group's (n, C) block as it sees the reference's ``torch.cat`` result (some BLAS paths depend on
+    the alignment of their operands)."""
+    return torch.empty(G, -(-n // 16) * 16, C, dtype=torch.float32, device=device)[:, :n]
