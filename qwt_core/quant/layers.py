@@ -23,6 +23,9 @@ Evaluation fast paths (bit-identical to calling the quantizers; ``tests/core/tes
   levels (int32 codes, ``index_select``) instead of the level arithmetic on every element. Used
   outside calibration and autograd only; bit-identity is tested on odd-sized tensors
   (``tests/core/test_weight_cache.py``, ``tests/perf/test_fast_paths.py``).
+* **Fused CPU kernel.** Per-tensor uniform quantization of a dense fp32 CPU activation runs as one
+  pass of :mod:`qwt_core.quant.fused` (the same operations in C, the same bits; ``QWT_FUSED_QUANT=0``
+  or a missing C compiler leaves the torch passes above, chunked for large tensors).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fused
 from .quantizers import LogSqrt2Quantizer, Quantizer, UniformQuantizer
 
 
@@ -113,6 +117,10 @@ def quantize_activation(q: Quantizer, x: Tensor) -> Tensor:
             # (zp fractional after the reparameterization: no shortcut through integer algebra)
             return t.add_(zp).clamp_(0, top).sub_(zp).mul_(delta)
 
+        if delta.dim() == 0 and zp.dim() == 0 and fused.usable(x):  # one pass in C, the same bits
+            if bounds is not None:
+                return fused.fake_quant_folded(x, float(delta), bounds[0], bounds[1])
+            return fused.fake_quant_zero_point(x, float(delta), float(zp), float(top))
         if (x.numel() >= LARGE_ACTIVATION and x.device.type == "cpu" and delta.dim() == 0 and zp.dim() == 0
                 and x.is_contiguous()):
             return _chunked(uniform, x)

@@ -37,6 +37,9 @@ from .regression import (
     r_squared,
 )
 
+#: elements of Y per chunk of the R² pass (256 KiB of fp32): its temporaries stay in the L2 cache
+R2_CHUNK = 1 << 16
+
 
 class ReferenceRows:
     """Every row of a block kept (fp32 copies), gathered over processes, solved as released.
@@ -73,10 +76,9 @@ class ReferenceRows:
             self._buffer = self._new_rows(rows, like.device)
 
     def _new_rows(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Empty fp32 rows for n rows: Xa (G, n, D + 1) with its ones column set, Y (G, n, O)."""
-        xa = _group_major(self.groups, n, self.in_dim + 1, device)
-        xa[..., -1] = 1
-        return xa, _group_major(self.groups, n, self.out_dim, device)
+        """Empty fp32 rows for n rows: Xa (G, n, D + 1) (:meth:`_keep` sets the ones column of the
+        rows it fills, while they are in the cache), Y (G, n, O)."""
+        return _group_major(self.groups, n, self.in_dim + 1, device), _group_major(self.groups, n, self.out_dim, device)
 
     def _keep(self, x: Tensor, y: Tensor, shape: tuple[int, ...]) -> None:
         """Copy x viewed as (G, *shape, D) and y as (G, *shape, O) (one copy each, fp32) into the
@@ -91,6 +93,7 @@ class ReferenceRows:
             xa, yk = self._new_rows(n, x.device)
             self._pieces.append((xa, yk))
         xa[..., :-1].view(G, *shape, self.in_dim).copy_(x)
+        xa[..., -1] = 1
         yk.view(G, *shape, self.out_dim).copy_(y)
 
     @torch.no_grad()
@@ -127,16 +130,30 @@ class ReferenceRows:
         del pieces
         self.rows = (_gather_groups(X, gather), _gather_groups(Y, gather))
 
-    def _ss_tot(self, Y: Tensor) -> float:
-        """The reference's SS_tot in fp32, Σ (Y - Y.mean(dim=0))²: around the mean of every output
+    def _r2_sums(self, Xa: Tensor, Y: Tensor, weights: list[Tensor], biases: list[Tensor]) -> tuple[float, float]:
+        """(SS_res, SS_tot) of the solution, and ``yy`` = Σ y² (float64): SS_res = Σ (X_g W_g + b_g -
+        Y_g)² and the reference's SS_tot = Σ (Y - Y.mean(dim=0))², around the mean of every output
         column (tokens) or of every (channel, position) over the images (conv rows, (b, *s)
-        ordered); also sets ``yy`` = Σ y² = SS_tot + Σ count·mean² (float64, from the same pass)."""
+        ordered); yy = SS_tot + Σ count·mean². One pass for the means, then one over the rows in
+        chunks of whole images of about ``R2_CHUNK`` elements, whose residual GEMM and elementwise
+        work stay in the cache (fp32 sums per chunk, added in float64)."""
         G, n, O = Y.shape
-        Yi = Y.view(G, -1, self.rows_per_image, O) if self.rows_per_image is not None else Y.view(G, n, 1, O)
-        mean = Yi.mean(dim=1, keepdim=True)  # (G, 1, positions, O)
-        ss_tot = float(torch.sum((Yi - mean).pow_(2)))
-        self.yy = torch.tensor(ss_tot + Yi.shape[1] * float(mean.double().pow(2).sum()), dtype=torch.float64)
-        return ss_tot
+        P = self.rows_per_image or 1  # rows that share a mean position: per image (conv) or 1 (tokens)
+        images = n // P
+        mean = Y.view(G, images, P, O).mean(dim=1)  # (G, P, O)
+        step = max(1, R2_CHUNK // (P * O)) * P  # rows per chunk, whole images
+        ss_res = ss_tot = 0.0
+        for g in range(G):
+            for r0 in range(0, n, step):
+                r1 = min(n, r0 + step)
+                y = Y[g, r0:r1]  # (rows, O)
+                # (X W + b) - Y: the negated residual of the reference's, the same squares
+                err = (Xa[g, r0:r1, :-1] @ weights[g]).add_(biases[g]).sub_(y)
+                ss_res += float(torch.sum(err.pow_(2)))
+                dev = torch.sub(y.view(-1, P, O), mean[g], out=err.view(-1, P, O))
+                ss_tot += float(torch.sum(dev.pow_(2)))
+        self.yy = torch.tensor(ss_tot + images * float(mean.double().pow(2).sum()), dtype=torch.float64)
+        return ss_res, ss_tot
 
     def solve(self) -> Solution:
         """The reference's fp32 fit of rows X (n, G, D), Y (n, G, O) -> W (G, D, O), b (G, O), R²
@@ -147,7 +164,6 @@ class ReferenceRows:
         Xa, Y = self.rows
         G = Xa.shape[0]
         weights, biases = [], []
-        ss_res = 0.0
         for g in range(G):
             X_add_one, Y_g = Xa[g], Y[g]  # [X_g, 1] (n, D + 1), contiguous as the reference's torch.cat
             XTX = X_add_one.t() @ X_add_one
@@ -160,13 +176,10 @@ class ReferenceRows:
                                 -math.inf, -math.inf)
                 return zero
             W_g, b_g = W_all[:-1, :], W_all[-1, :]
-            # (X_g W_g + b_g) - Y_g: the negated residual of the reference's, the same squares
-            err = (X_add_one[:, :-1] @ W_g).add_(b_g).sub_(Y_g)
-            ss_res += float(torch.sum(err.pow_(2)))
-            del err
             weights.append(W_g)
             biases.append(b_g)
-        r2 = r_squared(ss_res, self._ss_tot(Y))
+        ss_res, ss_tot = self._r2_sums(Xa, Y, weights, biases)
+        r2 = r_squared(ss_res, ss_tot)
         sol = Solution(torch.stack(weights), torch.stack(biases), r2, r2)
         self._solved = (sol, ss_res)
         return sol

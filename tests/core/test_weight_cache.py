@@ -188,11 +188,14 @@ def test_log_sqrt2_is_the_reference_function_on_tiny_probabilities(bits: int) ->
 
 
 @pytest.mark.parametrize("fractional", [False, True])
-def test_large_activations_quantized_in_chunks_are_bit_identical(fractional: bool) -> None:
-    """From ``LARGE_ACTIVATION`` elements on, the uniform quantization runs chunk by chunk (in the
-    L2 cache): the same bits as the quantizer itself, integer or fractional zero point, on a tensor
-    whose size is not a multiple of the chunk (a short last chunk), with ties, zeros and -0."""
+def test_large_activations_quantized_in_chunks_are_bit_identical(fractional: bool, monkeypatch) -> None:
+    """Without the fused kernel, from ``LARGE_ACTIVATION`` elements on, the uniform quantization
+    runs chunk by chunk (in the L2 cache): the same bits as the quantizer itself, integer or
+    fractional zero point, on a tensor whose size is not a multiple of the chunk (a short last
+    chunk), with ties, zeros and -0."""
     from qwt_core.quant.layers import CHUNK, LARGE_ACTIVATION
+
+    monkeypatch.setenv("QWT_FUSED_QUANT", "0")
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(LARGE_ACTIVATION + CHUNK // 2 + 3, generator=g) * 3

@@ -1,0 +1,40 @@
+/* Fused per-tensor uniform fake quantization of fp32 activations (loaded by qwt_core/quant/fused.py).
+
+   One pass over the elements instead of the 4-6 elementwise torch passes; the same IEEE operations
+   in the same order, so the same bits (NaN payloads aside):
+     qwt_fq_folded: clamp(round(x / d), lo, hi) * d + 0           (integer zero point folded into lo, hi)
+     qwt_fq_zp:     (clamp(round(x / d) + zp, 0, top) - zp) * d     (the reference's formula, any zp)
+   round() is round-half-to-even (torch.round, nearbyint): for |t| < 2^23 the sum |t| + 2^23 has an
+   ulp of 1, so the default rounding of that sum rounds |t| to the nearest integer, ties to even;
+   larger |t|, inf and NaN are integers or not numbers already. Compiled without -ffast-math (no
+   reciprocal for x / d, no reassociation of (a + 2^23) - 2^23) and with -ffp-contract=off.
+   target_clones picks AVX-512 / AVX2 / baseline code at load time (the results do not depend on it:
+   every operation is an exactly rounded IEEE one). */
+#include <stdint.h>
+#include <math.h>
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+static inline float round_even(float t) {
+    float a = fabsf(t);
+    if (a < 8388608.0f) return copysignf((a + 8388608.0f) - 8388608.0f, t);
+    return t;
+}
+CLONES void qwt_fq_folded(const float* x, float* out, int64_t n, float d, float lo, float hi) {
+    for (int64_t i = 0; i < n; ++i) {
+        float t = round_even(x[i] / d);
+        t = t < lo ? lo : t;
+        t = t > hi ? hi : t;
+        out[i] = t * d + 0.0f;
+    }
+}
+CLONES void qwt_fq_zp(const float* x, float* out, int64_t n, float d, float zp, float top) {
+    for (int64_t i = 0; i < n; ++i) {
+        float t = round_even(x[i] / d) + zp;
+        t = t < 0.0f ? 0.0f : t;
+        t = t > top ? top : t;
+        out[i] = (t - zp) * d;
+    }
+}

@@ -1,0 +1,110 @@
+"""The fused CPU fake-quant kernel (``qwt_core/quant/fused.py``, ``fake_quant.c``): the same bits
+as the torch passes, computed on this machine, for every layout and thread split it takes; a clean
+fallback where it cannot be built."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qwt_core.quant import fused
+from qwt_core.quant.layers import quantize_activation
+from qwt_core.quant.quantizers import UniformQuantizer
+
+needs_kernel = pytest.mark.skipif(fused.library() is None, reason="no C compiler: the fused kernel is not built")
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """int32 view with every NaN mapped to one pattern (NaN payloads are not part of the claim)."""
+    return torch.where(t.isnan(), torch.full_like(t, math.nan), t).view(torch.int32)
+
+
+def _quantizer(zero_point_shift: float) -> UniformQuantizer:
+    """A 4-bit per-tensor quantizer ranged on Gaussian noise, zero point moved by the shift."""
+    q = UniformQuantizer(4)
+    q.initialise(torch.randn(4096, generator=torch.Generator().manual_seed(1)) * 3)
+    q.set_range(q.delta, q.zero_point + zero_point_shift)
+    q.enabled = True
+    return q
+
+
+def _hard_values(n: int, delta: float) -> torch.Tensor:
+    """n fp32 values: exact ties of round(x / d) on both sides, +-0, +-inf, NaN, huge, denormals,
+    values just around the 2^23 integer threshold of x / d, then Gaussian noise."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, generator=g) * 3
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 1e38, -1e38, 1e-40, -1e-40,
+                            2.0**23 * delta, -(2.0**23) * delta, 2.0**22 * delta * 1.5, 2.0**23 * delta * 0.9999999])
+    ties = torch.arange(-40, 40) * 0.5 * delta
+    x[:special.numel()] = special
+    x[special.numel():special.numel() + ties.numel()] = ties
+    return x
+
+
+@needs_kernel
+@pytest.mark.parametrize("shift", [0.0, 0.37, -3.0], ids=["integer-zp", "fractional-zp", "shifted-zp"])
+@pytest.mark.parametrize("n", [1, 17, 4099, (1 << 20) + 13])
+def test_fused_matches_the_torch_passes(shift: float, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernel = torch passes bit for bit (both computed here), integer zero points (folded bounds)
+    and fractional ones (the reference's formula), short and long tensors, one thread and several."""
+    q = _quantizer(shift)
+    x = _hard_values(max(n, 4096), float(q.delta))[:n] if n >= 100 else torch.randn(n) * 3
+    with torch.no_grad():
+        monkeypatch.setenv("QWT_FUSED_QUANT", "0")
+        want = quantize_activation(q, x)
+        assert _bits(want).equal(_bits(q(x)))
+        levels = want[want.isfinite()].unique()
+        assert n < 1000 or 8 <= levels.numel() <= 17  # (the 4-bit grid, + a fractional-zp clamp level)
+        monkeypatch.setenv("QWT_FUSED_QUANT", "1")
+        for threads in (1, 3):
+            old = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                got = quantize_activation(q, x)
+            finally:
+                torch.set_num_threads(old)
+            assert got.shape == x.shape and _bits(got).equal(_bits(want)), f"{threads} threads"
+
+
+@needs_kernel
+def test_fused_takes_dense_permuted_layouts_and_leaves_strided_views() -> None:
+    """A permuted (dense) activation is computed in its own layout (the output keeps x's strides,
+    as the torch passes' output does); a strided slice is not dense and goes the torch way."""
+    q = _quantizer(0.37)
+    x = _hard_values(6 * 7 * 5 * 11, float(q.delta)).view(6, 7, 5, 11)
+    perm = x.permute(0, 2, 3, 1)  # (6, 5, 11, 7): dense, not contiguous
+    sliced = x[:, :, :, :9]
+    assert fused.dense(perm) and not perm.is_contiguous() and not fused.dense(sliced)
+    with torch.no_grad():
+        for t in (perm, sliced, x.transpose(-2, -1)):
+            got = quantize_activation(q, t)
+            want = q(t)
+            assert got.stride() == want.stride() and _bits(got).equal(_bits(want))
+
+
+def test_without_a_compiler_the_torch_path_runs(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """CC pointing nowhere: one warning naming the way out, then the same results as the quantizer."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(fused, "_lib", None)
+    monkeypatch.setattr(fused, "_tried", False)
+    q = _quantizer(0.0)
+    x = _hard_values(5000, float(q.delta))
+    with pytest.warns(RuntimeWarning, match="QWT_FUSED_QUANT=0"):
+        assert fused.library() is None
+    with torch.no_grad():
+        assert _bits(quantize_activation(q, x)).equal(_bits(q(x)))
+
+
+def test_the_kernel_is_built_into_the_cache_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A fresh cache gets one library named after the source, compiler and flags; a second load
+    reuses it."""
+    if fused.library() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = fused._build()
+    assert first.parent == tmp_path / "qwt" / "kernels" and first.exists()
+    mtime = first.stat().st_mtime_ns
+    assert fused._build() == first and first.stat().st_mtime_ns == mtime
+    assert list(first.parent.iterdir()) == [first]  # (no temporary file left behind)
