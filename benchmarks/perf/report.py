@@ -357,8 +357,8 @@ def render_markdown(rec: dict[str, Any]) -> str:
         f"the whole run took {rec['times'].get('total_s', float('nan')):.0f} s.",
         "",
         f"Machine: {hw} ({mach.get('cpu_count')} CPUs visible), device `{mach['device']}`, "
-        + ({True: "fused CPU fake-quant kernel, ", False: "torch fake-quant passes (no fused kernel), "}
-           .get(mach.get("fused_quant"), ""))
+        + ({True: "the suite's CPU kernels, ", False: "torch operations instead of the suite's CPU kernels, "}
+           .get(mach.get("cpu_kernels"), ""))
         + f"{threads} torch "
         f"thread(s), torch {prov['versions'].get('torch', '?')}, timm {prov['versions'].get('timm', '?')}. "
         f"Load average {raw['load_before'][0]:.1f} at the start and {raw['load_after'][0]:.1f} at the end of the run: "

@@ -37,8 +37,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from qwt_core import QwTConfig, eval_arithmetic, fit_qwt, quant_state, save_state
-from qwt_core.quant import fused
+from qwt_core import QwTConfig, eval_arithmetic, fit_qwt, native, quant_state, save_state
 from qwt_core.quant.primitives import per_channel_loop_search, search_uniform_range
 from qwt_core.qwt import halfdot
 from qwt_core.qwt.config import solver_preset
@@ -401,8 +400,8 @@ def machine(device: torch.device) -> dict[str, Any]:
         pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    # whether this suite's CPU activations go through the fused C kernel (else the torch passes)
-    info["fused_quant"] = fused.enabled() and fused.library() is not None
+    # whether this suite's CPU kernels ran (fused fake quantization; else torch operations)
+    info["cpu_kernels"] = native.library() is not None
     return info
 
 

@@ -24,7 +24,7 @@ Evaluation fast paths (bit-identical to calling the quantizers; ``tests/core/tes
   outside calibration and autograd only; bit-identity is tested on odd-sized tensors
   (``tests/core/test_weight_cache.py``, ``tests/perf/test_fast_paths.py``).
 * **Fused CPU kernel.** Per-tensor uniform quantization of a dense fp32 CPU activation runs as one
-  pass of :mod:`qwt_core.quant.fused` (the same operations in C, the same bits; ``QWT_FUSED_QUANT=0``
+  pass of :mod:`qwt_core.quant.fused` (the same operations in C, the same bits; ``QWT_CPU_KERNELS=0``
   or a missing C compiler leaves the torch passes above, chunked for large tensors).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fused CPU fake-quant kernel (``qwt_core/quant/fused.py``, ``fake_quant.c``): the same bits
+"""The CPU kernels (``qwt_core/native``): the fused fake quantization gives the same bits
 as the torch passes, computed on this machine, for every layout and thread split it takes; a clean
 fallback where it cannot be built."""
 from __future__ import annotations
@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from qwt_core.quant import fused
+from qwt_core import native
 from qwt_core.quant.layers import quantize_activation
 from qwt_core.quant.quantizers import UniformQuantizer
 
-needs_kernel = pytest.mark.skipif(fused.library() is None, reason="no C compiler: the fused kernel is not built")
+needs_kernel = pytest.mark.skipif(native.library() is None, reason="no C compiler: the CPU kernels are not built")
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -51,12 +51,12 @@ def test_fused_matches_the_torch_passes(shift: float, n: int, monkeypatch: pytes
     q = _quantizer(shift)
     x = _hard_values(max(n, 4096), float(q.delta))[:n] if n >= 100 else torch.randn(n) * 3
     with torch.no_grad():
-        monkeypatch.setenv("QWT_FUSED_QUANT", "0")
+        monkeypatch.setenv("QWT_CPU_KERNELS", "0")
         want = quantize_activation(q, x)
         assert _bits(want).equal(_bits(q(x)))
         levels = want[want.isfinite()].unique()
         assert n < 1000 or 8 <= levels.numel() <= 17  # (the 4-bit grid, + a fractional-zp clamp level)
-        monkeypatch.setenv("QWT_FUSED_QUANT", "1")
+        monkeypatch.setenv("QWT_CPU_KERNELS", "1")
         for threads in (1, 3):
             old = torch.get_num_threads()
             torch.set_num_threads(threads)
@@ -75,7 +75,7 @@ def test_fused_takes_dense_permuted_layouts_and_leaves_strided_views() -> None:
     x = _hard_values(6 * 7 * 5 * 11, float(q.delta)).view(6, 7, 5, 11)
     perm = x.permute(0, 2, 3, 1)  # (6, 5, 11, 7): dense, not contiguous
     sliced = x[:, :, :, :9]
-    assert fused.dense(perm) and not perm.is_contiguous() and not fused.dense(sliced)
+    assert native.dense(perm) and not perm.is_contiguous() and not native.dense(sliced)
     with torch.no_grad():
         for t in (perm, sliced, x.transpose(-2, -1)):
             got = quantize_activation(q, t)
@@ -87,12 +87,12 @@ def test_without_a_compiler_the_torch_path_runs(monkeypatch: pytest.MonkeyPatch,
     """CC pointing nowhere: one warning naming the way out, then the same results as the quantizer."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    monkeypatch.setattr(fused, "_lib", None)
-    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
     q = _quantizer(0.0)
     x = _hard_values(5000, float(q.delta))
-    with pytest.warns(RuntimeWarning, match="QWT_FUSED_QUANT=0"):
-        assert fused.library() is None
+    with pytest.warns(RuntimeWarning, match="QWT_CPU_KERNELS=0"):
+        assert native.library() is None
     with torch.no_grad():
         assert _bits(quantize_activation(q, x)).equal(_bits(q(x)))
 
@@ -100,11 +100,11 @@ def test_without_a_compiler_the_torch_path_runs(monkeypatch: pytest.MonkeyPatch,
 def test_the_kernel_is_built_into_the_cache_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A fresh cache gets one library named after the source, compiler and flags; a second load
     reuses it."""
-    if fused.library() is None:
+    if native.library() is None:
         pytest.skip("no C compiler")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    first = fused._build()
+    first = native.build()
     assert first.parent == tmp_path / "qwt" / "kernels" and first.exists()
     mtime = first.stat().st_mtime_ns
-    assert fused._build() == first and first.stat().st_mtime_ns == mtime
+    assert native.build() == first and first.stat().st_mtime_ns == mtime
     assert list(first.parent.iterdir()) == [first]  # (no temporary file left behind)

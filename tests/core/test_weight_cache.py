@@ -195,7 +195,7 @@ def test_large_activations_quantized_in_chunks_are_bit_identical(fractional: boo
     chunk), with ties, zeros and -0."""
     from qwt_core.quant.layers import CHUNK, LARGE_ACTIVATION
 
-    monkeypatch.setenv("QWT_FUSED_QUANT", "0")
+    monkeypatch.setenv("QWT_CPU_KERNELS", "0")
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(LARGE_ACTIVATION + CHUNK // 2 + 3, generator=g) * 3

@@ -1,6 +1,7 @@
-/* Fused per-tensor uniform fake quantization of fp32 activations (loaded by qwt_core/quant/fused.py).
+/* CPU kernels of the suite (built and loaded by qwt_core/native/__init__.py).
 
-   One pass over the elements instead of the 4-6 elementwise torch passes; the same IEEE operations
+   Fused per-tensor uniform fake quantization of fp32 activations (qwt_core/quant/fused.py):
+   one pass over the elements instead of the 4-6 elementwise torch passes; the same IEEE operations
    in the same order, so the same bits (NaN payloads aside):
      qwt_fq_folded: clamp(round(x / d), lo, hi) * d + 0           (integer zero point folded into lo, hi)
      qwt_fq_zp:     (clamp(round(x / d) + zp, 0, top) - zp) * d     (the reference's formula, any zp)
@@ -38,3 +39,4 @@ CLONES void qwt_fq_zp(const float* x, float* out, int64_t n, float d, float zp, 
         out[i] = (t - zp) * d;
     }
 }
+
