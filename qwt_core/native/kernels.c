@@ -40,3 +40,40 @@ CLONES void qwt_fq_zp(const float* x, float* out, int64_t n, float d, float zp, 
     }
 }
 
+
+/* The two sums of a regression's R², for one chunk of kept rows (qwt_core/qwt/rows.py):
+     out[0] += Σ ((e + b) - y)²     e = X W (rows, O) from the GEMM, b (O,): the residual
+     out[1] += Σ (y - mean[r % P])²  mean (P, O): per output column (P = 1) or per position (conv)
+   in one pass instead of seven torch passes. Each row's sums are accumulated in 16 fp32 lanes
+   (the compiler vectorizes independent lanes without reassociating), then added in double: not
+   the order of torch.sum, so not its last bits (R² is reported, not reproduced bit for bit). */
+CLONES void qwt_r2_sums(const float* e, const float* y, const float* b, const float* mean,
+                        int64_t rows, int64_t O, int64_t P, double* out) {
+    double res = 0.0, tot = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* er = e + r * O;
+        const float* yr = y + r * O;
+        const float* mr = mean + (r % P) * O;
+        float sr[16] = {0}, st[16] = {0};
+        int64_t o = 0;
+        for (; o + 16 <= O; o += 16)
+            for (int j = 0; j < 16; ++j) {
+                const float d = (er[o + j] + b[o + j]) - yr[o + j];
+                const float t = yr[o + j] - mr[o + j];
+                sr[j] += d * d;
+                st[j] += t * t;
+            }
+        for (; o < O; ++o) {
+            const float d = (er[o] + b[o]) - yr[o];
+            const float t = yr[o] - mr[o];
+            sr[0] += d * d;
+            st[0] += t * t;
+        }
+        for (int j = 0; j < 16; ++j) {
+            res += sr[j];
+            tot += st[j];
+        }
+    }
+    out[0] += res;
+    out[1] += tot;
+}

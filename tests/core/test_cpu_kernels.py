@@ -108,3 +108,46 @@ def test_the_kernel_is_built_into_the_cache_once(monkeypatch: pytest.MonkeyPatch
     mtime = first.stat().st_mtime_ns
     assert native.build() == first and first.stat().st_mtime_ns == mtime
     assert list(first.parent.iterdir()) == [first]  # (no temporary file left behind)
+
+
+@needs_kernel
+@pytest.mark.parametrize("layout", ["tokens", "conv"])
+def test_r2_sums_in_one_pass_match_the_torch_passes_and_float64(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ReferenceRows' R² and Σy² with the one-pass C sums = with the torch passes (another
+    summation order: to fp32 rounding) = a float64 re-derivation from the kept rows; chunks of a
+    few images, so that rows are split across chunks, and O not a multiple of 16 (the lanes' tail)."""
+    from qwt_core import ReferenceRows
+    from qwt_core.qwt import rows as rows_mod
+
+    g = torch.Generator().manual_seed(7)
+    monkeypatch.setattr(rows_mod, "R2_CHUNK", 200)
+    if layout == "tokens":
+        D, O, G = 24, 37, 1
+        x = torch.randn(300, D, generator=g)
+        y = x @ torch.randn(D, O, generator=g) * 0.3 + torch.randn(300, O, generator=g) + 2.0
+    else:  # (B, G, D, h, w) columns, (B, G, O, h, w) targets
+        D, O, G = 5, 19, 2
+        x = torch.randn(6, G, D, 4, 3, generator=g)
+        y = torch.einsum("bgdhw,gdo->bgohw", x, torch.randn(G, D, O, generator=g))
+        y += torch.randn(6, G, O, 4, 3, generator=g)
+
+    def fit(kernels: str) -> tuple[float, float, ReferenceRows]:
+        monkeypatch.setenv("QWT_CPU_KERNELS", kernels)
+        reg = ReferenceRows(D, O, G, ridge=1e-3 if layout == "conv" else 0.0)
+        reg.update(x, y) if layout == "tokens" else reg.update_columns(x, y)
+        sol = reg.solve()
+        return sol.r2, float(reg.yy), reg
+
+    r2_c, yy_c, reg = fit("1")
+    r2_t, yy_t, _ = fit("0")
+    assert r2_c == pytest.approx(r2_t, rel=1e-6) and yy_c == pytest.approx(yy_t, rel=1e-6)
+    assert reg.rows is not None and reg._solved is not None
+    Xa, Y = (t.double() for t in reg.rows)
+    sol = reg._solved[0]
+    pred = torch.einsum("gnd,gdo->gno", Xa[..., :-1], sol.weight.double()) + sol.bias.double()[:, None]
+    P = reg.rows_per_image or 1
+    Yi = Y.view(G, -1, P, O)
+    ss_tot = float(((Yi - Yi.mean(dim=1, keepdim=True)) ** 2).sum())
+    assert r2_c == pytest.approx(1 - float(((Y - pred) ** 2).sum()) / ss_tot, rel=1e-6)
+    assert yy_c == pytest.approx(float((Y**2).sum()), rel=1e-6)
+    assert 0.3 < r2_c < 0.99  # (a fit that explains part of Y: both sums matter)
