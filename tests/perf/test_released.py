@@ -169,6 +169,9 @@ def test_released_code_and_default_path_run_on_the_same_model(tmp_path: Path) ->
     assert all(v > 0 for v in metrics.values())
     assert res["r2"]["max_abs_diff"] < 1e-3 and len(res["r2"]["ours"]) == 16  # resnet50: 16 bottlenecks
     assert res["seconds_total"] <= time.perf_counter() - t0
+    # two cores: calibrations in start(), the fit rounds of both sides together in finish()
+    assert raw["released"]["schedule"] == ("rounds-together" if len(os.sched_getaffinity(0)) >= 2 else "interleaved")
+    assert len(res["released/fit"]["seconds_per_round"]) == len(res["suite/fit_reference"]["seconds_per_round"]) == 2
     rec = _record(metrics, raw)
     text = render_markdown(rec)
     assert "## 2: this suite's default path against the released code" in text and "| resnet50 |" in text
