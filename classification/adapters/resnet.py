@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import ResNet
 
 from qwt_core import BlockStep, LayerSpec
+from qwt_core.native.pool import max_pool2d
 from runtime.methods import EDGE_BITS, REFERENCE_CONV_A_BITS
 
 from .base import Blockwise, FamilyAdapter
@@ -48,7 +49,8 @@ class ResNetAdapter(FamilyAdapter):
         net = _check(model)
 
         def embed(images: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, 64, H/4, W/4)
-            return net.maxpool(net.relu(net.bn1(net.conv1(images))))
+            # (the stem's pool through the CPU kernel where it applies: the same bits, no index tensor)
+            return max_pool2d(net.maxpool, net.relu(net.bn1(net.conv1(images))))
 
         steps = [BlockStep(f"layer{i}.{j}", kind="conv")
                  for i in range(1, 5) for j in range(len(getattr(net, f"layer{i}")))]

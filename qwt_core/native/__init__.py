@@ -2,7 +2,8 @@
 
 Each kernel does, in one pass, what several torch operations do, with the same IEEE operations in
 the same order, so the same bits: the fused fake quantization (:mod:`qwt_core.quant.fused`); and
-the two sums of a regression's R² in one pass (:mod:`qwt_core.qwt.rows`; summed in another order).
+the two sums of a regression's R² in one pass (:mod:`qwt_core.qwt.rows`; summed in another order);
+torch's NCHW max pooling without its index tensor (:func:`qwt_core.native.pool.max_pool2d`).
 (A tiled transposing copy of the grouped-conv regression rows was tried and dropped: slower than
 torch's strided copy on this machine.) The library is built once per source, compiler and flags with the
 system C compiler (``cc``, or ``CC``) into ``$XDG_CACHE_HOME/qwt/kernels/`` (``~/.cache`` by
@@ -33,6 +34,7 @@ SIGNATURES: dict[str, list] = {
     "qwt_fq_folded": [_P, _P, _I, _F, _F, _F],
     "qwt_fq_zp": [_P, _P, _I, _F, _F, _F],
     "qwt_r2_sums": [_P, _P, _P, _P, _I, _I, _I, _P],
+    "qwt_max_pool2d": [_P, _P, _I, _I, _I, _I, _I, _I, _I, _I],
 }
 
 _lib: ctypes.CDLL | None = None

@@ -151,3 +151,31 @@ def test_r2_sums_in_one_pass_match_the_torch_passes_and_float64(layout: str, mon
     assert r2_c == pytest.approx(1 - float(((Y - pred) ** 2).sum()) / ss_tot, rel=1e-6)
     assert yy_c == pytest.approx(float((Y**2).sum()), rel=1e-6)
     assert 0.3 < r2_c < 0.99  # (a fit that explains part of Y: both sums matter)
+
+
+@needs_kernel
+@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2)])
+def test_max_pool_is_torchs_bit_for_bit(k: int, s: int, p: int) -> None:
+    """The kernel's pooling = torch's max_pool2d on this machine, bit for bit (both computed here):
+    odd sizes, windows clipped at the borders, -0/+0 ties in both orders (the first maximum wins),
+    -inf everywhere in some windows, NaN (it wins)."""
+    from qwt_core.native.pool import max_pool2d
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 3, 13, 10, generator=g).relu_()  # many exact +0 ties, as after the stem's ReLU
+    x[0, 0, :4, :4] = torch.tensor([[0.0, -0.0], [-0.0, 0.0]]).repeat(2, 2)
+    x[0, 1, 5:9, 2:6] = -math.inf
+    x[1, 2, 3, 3] = math.nan
+    x[1, 1, :, 0] = -0.0
+    pool = torch.nn.MaxPool2d(k, s, p)
+    got, want = max_pool2d(pool, x), pool(x)
+    assert got.shape == want.shape and _bits(got).equal(_bits(want))
+    assert got.isnan().any() and (got == -math.inf).any() or (k, s, p) != (3, 1, 1)
+    # settings the kernel does not take go to the module: the same result either way
+    for other in (torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True), torch.nn.MaxPool2d(3, 2, 1, dilation=2),
+                  torch.nn.MaxPool2d((3, 2), 2, 1)):
+        assert _bits(max_pool2d(other, x)).equal(_bits(other(x)))
+    assert _bits(max_pool2d(pool, x.transpose(-2, -1))).equal(_bits(pool(x.transpose(-2, -1))))
+    for tiny in (torch.randn(1, 2, 1, 2, generator=g), torch.randn(1, 1, 2, 1, generator=g)):  # windows past both ends
+        if (tiny.shape[-1] + 2 * p - k) // s + 1 >= 1 and (tiny.shape[-2] + 2 * p - k) // s + 1 >= 1:
+            assert _bits(max_pool2d(pool, tiny)).equal(_bits(pool(tiny)))
