@@ -2,7 +2,7 @@
 
 Each kernel does, in one pass, what several torch operations do, with the same IEEE operations in
 the same order, so the same bits: the fused fake quantization (:mod:`qwt_core.quant.fused`); and
-the two sums of a regression's R² in one pass (:mod:`qwt_core.qwt.rows`; summed in another order);
+the sums of a regression's R² in one pass (:mod:`qwt_core.qwt.rows`; summed in another order);
 torch's NCHW max pooling without its index tensor (:func:`qwt_core.native.pool.max_pool2d`).
 (A tiled transposing copy of the grouped-conv regression rows was tried and dropped: slower than
 torch's strided copy on this machine.) The library is built once per source, compiler and flags with the
@@ -33,6 +33,7 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float  # pointer, int64, 
 SIGNATURES: dict[str, list] = {
     "qwt_fq_folded": [_P, _P, _I, _F, _F, _F],
     "qwt_fq_zp": [_P, _P, _I, _F, _F, _F],
+    "qwt_fq_zp_rows": [_P, _P, _I, _I, _P, _P, _F],
     "qwt_r2_sums": [_P, _P, _P, _P, _I, _I, _I, _P],
     "qwt_max_pool2d": [_P, _P, _I, _I, _I, _I, _I, _I, _I, _I],
 }

@@ -41,41 +41,62 @@ CLONES void qwt_fq_zp(const float* x, float* out, int64_t n, float d, float zp, 
 }
 
 
-/* The two sums of a regression's R², for one chunk of kept rows (qwt_core/qwt/rows.py):
-     out[0] += Σ ((e + b) - y)²     e = X W (rows, O) from the GEMM, b (O,): the residual
-     out[1] += Σ (y - mean[r % P])²  mean (P, O): per output column (P = 1) or per position (conv)
-   in one pass instead of seven torch passes. Each row's sums are accumulated in 16 fp32 lanes
-   (the compiler vectorizes independent lanes without reassociating), then added in double: not
-   the order of torch.sum, so not its last bits (R² is reported, not reproduced bit for bit). */
-CLONES void qwt_r2_sums(const float* e, const float* y, const float* b, const float* mean,
+/* qwt_fq_zp per row: rows of `inner` elements, each with its own d[r] and zp[r] (per-output-channel
+   weights, x (O, ...) contiguous): (clamp(round(x / d) + zp, 0, top) - zp) * d, the same bits. */
+CLONES void qwt_fq_zp_rows(const float* x, float* out, int64_t rows, int64_t inner, const float* d,
+                           const float* zp, float top) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const float dr = d[r], zr = zp[r];
+        const float* xr = x + r * inner;
+        float* orow = out + r * inner;
+        for (int64_t i = 0; i < inner; ++i) {
+            float t = round_even(xr[i] / dr) + zr;
+            t = t < 0.0f ? 0.0f : t;
+            t = t > top ? top : t;
+            orow[i] = (t - zr) * dr;
+        }
+    }
+}
+
+/* The sums of a regression's R², for one chunk of kept rows of one group (qwt_core/qwt/rows.py):
+     out[0] += Σ ((e + b) - y)²    e = X W (rows, O) from the GEMM, b (O,): the residual
+     out[1] += Σ y²
+     sy[r % P] += y (double)         per output column (P = 1) or per (position, column) (conv rows)
+   in one pass over e and y (SS_tot = Σ y² - Σ sy² / images afterwards, in double). Each row's
+   squares are accumulated in 16 fp32 lanes (the compiler vectorizes independent lanes without
+   reassociating), then added in double: not torch.sum's order, so not its last bits (R² is
+   reported, not reproduced bit for bit). */
+CLONES void qwt_r2_sums(const float* e, const float* y, const float* b, double* sy,
                         int64_t rows, int64_t O, int64_t P, double* out) {
-    double res = 0.0, tot = 0.0;
+    double res = 0.0, sq = 0.0;
     for (int64_t r = 0; r < rows; ++r) {
         const float* er = e + r * O;
         const float* yr = y + r * O;
-        const float* mr = mean + (r % P) * O;
+        double* sr_y = sy + (r % P) * O;
         float sr[16] = {0}, st[16] = {0};
         int64_t o = 0;
         for (; o + 16 <= O; o += 16)
             for (int j = 0; j < 16; ++j) {
-                const float d = (er[o + j] + b[o + j]) - yr[o + j];
-                const float t = yr[o + j] - mr[o + j];
+                const float v = yr[o + j];
+                const float d = (er[o + j] + b[o + j]) - v;
                 sr[j] += d * d;
-                st[j] += t * t;
+                st[j] += v * v;
+                sr_y[o + j] += v;
             }
         for (; o < O; ++o) {
-            const float d = (er[o] + b[o]) - yr[o];
-            const float t = yr[o] - mr[o];
+            const float v = yr[o];
+            const float d = (er[o] + b[o]) - v;
             sr[0] += d * d;
-            st[0] += t * t;
+            st[0] += v * v;
+            sr_y[o] += v;
         }
         for (int j = 0; j < 16; ++j) {
             res += sr[j];
-            tot += st[j];
+            sq += st[j];
         }
     }
     out[0] += res;
-    out[1] += tot;
+    out[1] += sq;
 }
 
 /* torch's CPU max_pool2d of a contiguous NCHW fp32 tensor (dilation 1, floor mode), the same

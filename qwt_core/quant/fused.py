@@ -47,3 +47,20 @@ def fake_quant_folded(x: Tensor, delta: float, lo: float, hi: float) -> Tensor:
 def fake_quant_zero_point(x: Tensor, delta: float, zero_point: float, top: float) -> Tensor:
     """``(clamp(round(x / delta) + zero_point, 0, top) - zero_point) * delta`` (x: fp32 CPU, dense)."""
     return _run("qwt_fq_zp", x, delta, zero_point, top)
+
+
+def fake_quant_channels(x: Tensor, delta: Tensor, zero_point: Tensor, top: float) -> Tensor:
+    """The same formula with one (delta, zero point) per slice ``x[c]`` along dim 0 (per output
+    channel weights; x contiguous fp32 CPU, delta and zero point (C,) fp32)."""
+    lib = native.library()
+    assert lib is not None
+    out = torch.empty_like(x)
+    d, zp = delta.reshape(-1).contiguous(), zero_point.reshape(-1).contiguous()
+    lib.qwt_fq_zp_rows(x.data_ptr(), out.data_ptr(), x.shape[0], x[0].numel(), d.data_ptr(), zp.data_ptr(), top)
+    return out
+
+
+def channels_usable(x: Tensor, delta: Tensor, zero_point: Tensor) -> bool:
+    """:func:`fake_quant_channels` can take x with these per-dim-0 ranges."""
+    return (x.dim() >= 1 and x.is_contiguous() and x.shape[0] > 0 and delta.numel() == zero_point.numel() == x.shape[0]
+            and delta.dtype == zero_point.dtype == torch.float32 and native.available(x, delta, zero_point))

@@ -166,7 +166,11 @@ class _CachedWeight:
         cache = self._wq_cache
         if cache is not None and self._same(cache[0], key):
             return cache[1]
-        wq = q(self.weight).detach()
+        w = self.weight.detach()
+        if q.channel_dim == 0 and fused.channels_usable(w, q.delta, q.zero_point):  # one C pass, same bits
+            wq = fused.fake_quant_channels(w, q.delta, q.zero_point, float(2**q.n_bits - 1))
+        else:
+            wq = q(self.weight).detach()
         self._wq_cache = (key, wq)
         return wq
 

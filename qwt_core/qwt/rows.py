@@ -38,8 +38,8 @@ from .regression import (
     r_squared,
 )
 
-#: elements of Y per chunk of the R² pass (1 MiB of fp32): its temporaries stay in the L2 cache
-R2_CHUNK = 1 << 18
+#: elements of Y per chunk of the R² pass (4 MiB of fp32: the residual GEMM's output per chunk)
+R2_CHUNK = 1 << 20
 
 
 class ReferenceRows:
@@ -135,35 +135,44 @@ class ReferenceRows:
         """(SS_res, SS_tot) of the solution, and ``yy`` = Σ y² (float64): SS_res = Σ (X_g W_g + b_g -
         Y_g)² and the reference's SS_tot = Σ (Y - Y.mean(dim=0))², around the mean of every output
         column (tokens) or of every (channel, position) over the images (conv rows, (b, *s)
-        ordered); yy = SS_tot + Σ count·mean². One pass for the means, then one over the rows in
-        chunks of whole images of about ``R2_CHUNK`` elements: the residual GEMM (torch), then both
-        sums in one pass of :mod:`qwt_core.native` (fp32 lanes per row, added in float64), or
-        without it the torch passes on the chunk while it is in the cache (fp32 sums per chunk)."""
+        ordered). One pass over the rows in chunks of whole images of about ``R2_CHUNK`` elements:
+        the residual GEMM (torch), then with :mod:`qwt_core.native` SS_res, Σ y² and the sums of y
+        per mean position in one C pass (float64 sums; SS_tot = Σ y² - Σ (Σ y)² / images), or
+        without it the torch passes on the chunk while it is in the cache, around the means of a
+        first pass (fp32 sums per chunk)."""
         G, n, O = Y.shape
         P = self.rows_per_image or 1  # rows that share a mean position: per image (conv) or 1 (tokens)
         images = n // P
-        mean = Y.view(G, images, P, O).mean(dim=1)  # (G, P, O)
         step = max(1, R2_CHUNK // (P * O)) * P  # rows per chunk, whole images
-        ss_res = ss_tot = 0.0
-        lib = native.library() if native.available(Xa, Y) else None
-        sums = torch.zeros(2, dtype=torch.float64)
+        lib = native.library() if native.available(Xa, Y) and all(Y[g].is_contiguous() for g in range(G)) else None
+        ss_res = ss_tot = yy = 0.0
         for g in range(G):
-            b, m = biases[g].contiguous(), mean[g].contiguous()
+            b = biases[g].contiguous()
+            if lib is not None:  # SS_res, Σ y², Σ y per position in one pass (C)
+                sums, sy = torch.zeros(2, dtype=torch.float64), torch.zeros(P, O, dtype=torch.float64)
+                for r0 in range(0, n, step):
+                    r1 = min(n, r0 + step)
+                    e = Xa[g, r0:r1, :-1] @ weights[g]  # (rows, O)
+                    lib.qwt_r2_sums(e.data_ptr(), Y[g, r0:r1].data_ptr(), b.data_ptr(), sy.data_ptr(), r1 - r0, O, P,
+                                    sums.data_ptr())
+                ss_res += float(sums[0])
+                ss_tot += float(sums[1]) - float(sy.pow_(2).sum()) / images
+                yy += float(sums[1])
+                continue
+            Yg = Y[g]
+            m = Yg.view(images, P, O).mean(dim=0)  # (P, O)
+            tot_g = 0.0
             for r0 in range(0, n, step):
                 r1 = min(n, r0 + step)
-                y = Y[g, r0:r1]  # (rows, O)
-                e = Xa[g, r0:r1, :-1] @ weights[g]  # (rows, O)
-                if lib is not None and y.is_contiguous():  # both sums in one pass (C)
-                    lib.qwt_r2_sums(e.data_ptr(), y.data_ptr(), b.data_ptr(), m.data_ptr(), r1 - r0, O, P,
-                                    sums.data_ptr())
-                    continue
+                y = Yg[r0:r1]  # (rows, O)
                 # (X W + b) - Y: the negated residual of the reference's, the same squares
-                err = e.add_(b).sub_(y)
+                err = (Xa[g, r0:r1, :-1] @ weights[g]).add_(b).sub_(y)
                 ss_res += float(torch.sum(err.pow_(2)))
                 dev = torch.sub(y.view(-1, P, O), m, out=err.view(-1, P, O))
-                ss_tot += float(torch.sum(dev.pow_(2)))
-        ss_res, ss_tot = ss_res + float(sums[0]), ss_tot + float(sums[1])
-        self.yy = torch.tensor(ss_tot + images * float(mean.double().pow(2).sum()), dtype=torch.float64)
+                tot_g += float(torch.sum(dev.pow_(2)))
+            ss_tot += tot_g
+            yy += tot_g + images * float(m.double().pow(2).sum())  # Σ y² = SS_tot + Σ count·mean²
+        self.yy = torch.tensor(yy, dtype=torch.float64)
         return ss_res, ss_tot
 
     def solve(self) -> Solution:

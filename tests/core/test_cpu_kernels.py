@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from qwt_core import native
+from qwt_core.quant import fused
 from qwt_core.quant.layers import quantize_activation
 from qwt_core.quant.quantizers import UniformQuantizer
 
@@ -179,3 +180,27 @@ def test_max_pool_is_torchs_bit_for_bit(k: int, s: int, p: int) -> None:
     for tiny in (torch.randn(1, 2, 1, 2, generator=g), torch.randn(1, 1, 2, 1, generator=g)):  # windows past both ends
         if (tiny.shape[-1] + 2 * p - k) // s + 1 >= 1 and (tiny.shape[-2] + 2 * p - k) // s + 1 >= 1:
             assert _bits(max_pool2d(pool, tiny)).equal(_bits(pool(tiny)))
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_cached_weights_from_the_kernel_are_the_quantizers_bits(kind: str) -> None:
+    """The weight cache is filled by the per-channel kernel: the same bits as the quantizer on the
+    weight (computed here), ties of round(w / d_c) on several channels and fractional zero points."""
+    from qwt_core.quant.layers import QuantConv2d, QuantLinear
+
+    g = torch.Generator().manual_seed(13)
+    base = torch.nn.Linear(37, 11) if kind == "linear" else torch.nn.Conv2d(6, 11, 3)
+    m = QuantLinear(base, 4, 4) if kind == "linear" else QuantConv2d(base, 4, 4)
+    q = m.weight_quantizer
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(m.weight.shape, generator=g))
+        q.initialise(m.weight)
+        q.set_range(q.delta, q.zero_point + torch.rand(q.zero_point.shape, generator=g) * (torch.arange(11) % 2))
+        q.enabled = True
+        flat = m.weight.view(11, -1)
+        flat[:, :6] = (torch.arange(-3, 3) + 0.5) * q.delta.reshape(11, 1)  # exact ties per channel
+        want = q(m.weight)
+        got = m.quantized_weight()
+        assert fused.channels_usable(m.weight.detach(), q.delta, q.zero_point)  # (the kernel's path)
+    assert _bits(got).equal(_bits(want))
