@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import ResNet
 
 from qwt_core import BlockStep, LayerSpec
-from qwt_core.native.pool import max_pool2d
+from qwt_core.native.maxpool import max_pool2d
 from runtime.methods import EDGE_BITS, REFERENCE_CONV_A_BITS
 
 from .base import Blockwise, FamilyAdapter

@@ -3,7 +3,7 @@
 Each kernel does, in one pass, what several torch operations do, with the same IEEE operations in
 the same order, so the same bits: the fused fake quantization (:mod:`qwt_core.quant.fused`); and
 the sums of a regression's R² in one pass (:mod:`qwt_core.qwt.rows`; summed in another order);
-torch's NCHW max pooling without its index tensor (:func:`qwt_core.native.pool.max_pool2d`).
+torch's NCHW max pooling without its index tensor (:func:`qwt_core.native.maxpool.max_pool2d`).
 (A tiled transposing copy of the grouped-conv regression rows was tried and dropped: slower than
 torch's strided copy on this machine.) The library is built once per source, compiler and flags with the
 system C compiler (``cc``, or ``CC``) into ``$XDG_CACHE_HOME/qwt/kernels/`` (``~/.cache`` by
@@ -116,7 +116,7 @@ def dense(x: Tensor) -> bool:
     return True
 
 
-def pool(threads: int) -> ThreadPoolExecutor:
+def thread_pool(threads: int) -> ThreadPoolExecutor:
     """A thread pool of at least ``threads`` workers (ctypes releases the GIL during a call)."""
     global _pool
     if _pool is None or _pool._max_workers < threads:

@@ -32,7 +32,7 @@ def _run(name: str, x: Tensor, a: float, b: float, c: float) -> Tensor:
         fn(src, dst, n, a, b, c)
         return out
     step = ((n + threads - 1) // threads + 15) // 16 * 16  # elements per thread (whole 64-byte lines)
-    pool = native.pool(threads)
+    pool = native.thread_pool(threads)
     jobs = [pool.submit(fn, src + 4 * i, dst + 4 * i, min(step, n - i), a, b, c) for i in range(0, n, step)]
     for j in jobs:
         j.result()

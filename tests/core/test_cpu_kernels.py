@@ -160,7 +160,7 @@ def test_max_pool_is_torchs_bit_for_bit(k: int, s: int, p: int) -> None:
     """The kernel's pooling = torch's max_pool2d on this machine, bit for bit (both computed here):
     odd sizes, windows clipped at the borders, -0/+0 ties in both orders (the first maximum wins),
     -inf everywhere in some windows, NaN (it wins)."""
-    from qwt_core.native.pool import max_pool2d
+    from qwt_core.native.maxpool import max_pool2d
 
     g = torch.Generator().manual_seed(11)
     x = torch.randn(2, 3, 13, 10, generator=g).relu_()  # many exact +0 ties, as after the stem's ReLU
