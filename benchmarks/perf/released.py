@@ -197,7 +197,12 @@ def fit_rounds_together(rel: Side, suite: Side, repeats: int, say: Any, label: s
             for side in (rel, suite):
                 assert side.worker is not None
                 side.worker.send("fit")
-            for side in (rel, suite):
+            waiting = [rel, suite]
+            while waiting:  # collected as they answer, so that each logged wall time is its own
+                pipes = [s.worker.proc.stdout for s in waiting if s.worker is not None and s.worker.proc.stdout]
+                ready, _, _ = select.select(pipes, [], [], rel.timeout)
+                side = next((s for s in waiting if s.worker is not None and s.worker.proc.stdout in ready), waiting[0])
+                waiting.remove(side)
                 try:
                     side.collect("fit", say, label, t0)
                 except WorkerError as e:
