@@ -252,9 +252,9 @@ class ReleasedFigure:
     ones one model after the other on the first core (a background thread drives them), the
     suite's on the second, which then runs the rest of ``make bench``; :meth:`finish` runs the fit
     rounds of each model on both cores **round by round together** (:func:`fit_rounds_together`),
-    so that each side's fit runs beside the other side's fit: both are memory-bound, and a fit run
-    beside the released calibration's quantile searches measured about 8 % slower (ResNet-50,
-    0.542 of the released fit then, 0.50 with the rounds together, on the same code). A
+    so that each side's fit runs beside the other side's fit: both are memory-bound, and our
+    ResNet-50 fit took 17.4 s beside the released calibrations (the earlier schedule, our rounds
+    early), 15.9-16.7 s alone, 15.8-16.0 s beside the released fit (see docs/perf.md). A
     contender's CPU seconds do not count waiting. Otherwise (one core, or a GPU) the two workers
     of a model alternate, released first in odd rounds, suite first in even ones. Either way each
     figure is the minimum over the fit rounds; the calibration runs once per contender."""
