@@ -137,15 +137,15 @@ def _released_tables(rel: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _schedule(rel: dict[str, Any], clock: str, threads: Any) -> str:
     """How figure 2's contenders were run (older records: interleaved rounds of both stages)."""
+    tail = f"fit figures are the minimum over the rounds, in {clock}; {threads} torch thread(s) in both. "
+    fresh = "each on a fresh copy of its calibrated model"
     if rel.get("schedule") == "rounds-together":
         a, b = rel["cores"]
         return (f"One process per contender per model, pinned: the released code on CPU {a}, this suite on CPU {b}. "
                 "Each contender calibrated once (the released calibrations one model after the other while this "
                 f"suite's ran and then the other figures), then {rel['repeats']} fit rounds per model, each round "
                 "started on both cores at once, so that every fit ran beside the other contender's fit (this "
-                "suite's default fit is followed in its round by its streaming fit). Each fit is on a fresh copy "
-                f"of the calibrated model; fit figures are the minimum over the rounds, in {clock}; {threads} torch "
-                "thread(s) in both. ")
+                f"suite's default fit is followed in its round by its streaming fit), {fresh}; " + tail)
     if rel.get("schedule") == "concurrent":
         a, b = rel["cores"]
         return (f"One process per contender per model; the two ran at the same time, the released code on CPU {a} "
@@ -153,15 +153,12 @@ def _schedule(rel: dict[str, Any], clock: str, threads: Any) -> str:
                 "DeiT-S forward and an elementwise loop took the same process seconds alone and beside the same "
                 "work; a later check found our memory-bound ResNet-50 fit about 7 % slower beside the released "
                 "calibrations than alone, so this schedule could put this suite's rounds at a disadvantage. "
-                f"Each contender calibrated once and then fitted {rel['repeats']} rounds, each on a fresh copy "
-                "of its calibrated model; fit "
-                f"figures are the minimum over the rounds, in {clock}; {threads} torch thread(s) in both. ")
+                f"Each contender calibrated once and then fitted {rel['repeats']} rounds, {fresh}; " + tail)
     if rel.get("schedule") == "interleaved":
         return (f"One process per contender per model, both alive; each calibrated once (released first), then "
-                f"{rel['repeats']} fit rounds interleaved (released, ours; ours, released; ...); fit figures are the "
-                f"minimum over the rounds, in {clock}; {threads} torch thread(s) in both. ")
+                f"{rel['repeats']} fit rounds interleaved (released, ours; ours, released; ...); " + tail)
     return (f"One process per contender per model, both alive, {rel['repeats']} rounds interleaved (released, ours; "
-            f"ours, released; ...), minimum over the rounds in {clock}; {threads} torch thread(s) in both. ")
+            "ours, released; ...); " + tail)
 
 
 def _released_profiles(rel: dict[str, Any]) -> pd.DataFrame:

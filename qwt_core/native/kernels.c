@@ -31,15 +31,16 @@ CLONES void qwt_fq_folded(const float* x, float* out, int64_t n, float d, float 
         out[i] = t * d + 0.0f;
     }
 }
-CLONES void qwt_fq_zp(const float* x, float* out, int64_t n, float d, float zp, float top) {
-    for (int64_t i = 0; i < n; ++i) {
-        float t = round_even(x[i] / d) + zp;
-        t = t < 0.0f ? 0.0f : t;
-        t = t > top ? top : t;
-        out[i] = (t - zp) * d;
-    }
+/* one element of the reference's formula, (clamp(round(x / d) + zp, 0, top) - zp) * d */
+static inline float fq_zp(float x, float d, float zp, float top) {
+    float t = round_even(x / d) + zp;
+    t = t < 0.0f ? 0.0f : t;
+    t = t > top ? top : t;
+    return (t - zp) * d;
 }
-
+CLONES void qwt_fq_zp(const float* x, float* out, int64_t n, float d, float zp, float top) {
+    for (int64_t i = 0; i < n; ++i) out[i] = fq_zp(x[i], d, zp, top);
+}
 
 /* qwt_fq_zp per row: rows of `inner` elements, each with its own d[r] and zp[r] (per-output-channel
    weights, x (O, ...) contiguous): (clamp(round(x / d) + zp, 0, top) - zp) * d, the same bits. */
@@ -49,12 +50,7 @@ CLONES void qwt_fq_zp_rows(const float* x, float* out, int64_t rows, int64_t inn
         const float dr = d[r], zr = zp[r];
         const float* xr = x + r * inner;
         float* orow = out + r * inner;
-        for (int64_t i = 0; i < inner; ++i) {
-            float t = round_even(xr[i] / dr) + zr;
-            t = t < 0.0f ? 0.0f : t;
-            t = t > top ? top : t;
-            orow[i] = (t - zr) * dr;
-        }
+        for (int64_t i = 0; i < inner; ++i) orow[i] = fq_zp(xr[i], dr, zr, top);
     }
 }
 

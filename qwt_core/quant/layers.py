@@ -117,12 +117,12 @@ def quantize_activation(q: Quantizer, x: Tensor) -> Tensor:
             # (zp fractional after the reparameterization: no shortcut through integer algebra)
             return t.add_(zp).clamp_(0, top).sub_(zp).mul_(delta)
 
-        if delta.dim() == 0 and zp.dim() == 0 and fused.usable(x):  # one pass in C, the same bits
+        per_tensor = delta.dim() == 0 and zp.dim() == 0
+        if per_tensor and fused.usable(x):  # one pass in C, the same bits
             if bounds is not None:
                 return fused.fake_quant_folded(x, float(delta), bounds[0], bounds[1])
             return fused.fake_quant_zero_point(x, float(delta), float(zp), float(top))
-        if (x.numel() >= LARGE_ACTIVATION and x.device.type == "cpu" and delta.dim() == 0 and zp.dim() == 0
-                and x.is_contiguous()):
+        if per_tensor and x.numel() >= LARGE_ACTIVATION and x.device.type == "cpu" and x.is_contiguous():
             return _chunked(uniform, x)
         return uniform(x)
     if type(q) is LogSqrt2Quantizer:
